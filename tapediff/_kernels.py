@@ -1,0 +1,336 @@
+"""Opcodes, their reverse rules, and the jitted sweeps over the tape's record arrays.
+
+Everything Numba compiles lives in this one file.  Numba's on-disk cache is keyed by the source
+file of each function, so opcode constants and kernels defined in another module could go
+stale in the cache without Numba noticing; keeping them together makes every edit here
+invalidate the cache as a whole.
+
+Layout of a tape (see ``_tape.Tape``): record ``i`` produces slot ``i``; its value is
+``val[off[i]:off[i] + n[i]]`` (flat, C order), its adjoint the same range of ``adj``.
+``ia[i]``/``ib[i]`` are input slots (-1 when absent), ``p[i]`` a scalar parameter and
+``mi[i]`` the offset of a block in the int64 side table ``meta`` (``meta[m]`` holds the
+block's length, the payload follows).
+
+Dispatch is a hand-written ``if/elif`` chain over opcodes in ``reverse_sweep``.  Numba cannot
+cache functions built with ``exec`` nor functions that receive other jitted functions as
+arguments, so a registry-driven dispatch would either lose the cache or need generated
+code; a plain chain is cached, readable, and ``tests/test_kernels.py`` checks that every
+opcode in ``OPCODES`` has a branch (an opcode without one makes the sweep return
+``UNKNOWN_OPCODE``).
+
+Elementwise binary records accept an operand of size 1 against an output of size n (a
+scalar operand): the kernels index it with ``k & mask`` where mask is 0 for such an
+operand and -1 otherwise, which keeps one loop per rule and still vectorises for the
+equal-size case.  Every other broadcast goes through ``OP_RESTRIDE``, whose adjoint is the
+single place where broadcast adjoints are summed back to the input's shape.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# ---------------------------------------------------------------------------------------------
+# Opcodes.  Names say the operand kinds: plain = tensor(s) only, _C = tensor with the scalar
+# constant p.  Each rule's derivative sits beside its opcode in ``reverse_sweep`` below.
+# ---------------------------------------------------------------------------------------------
+OP_LEAF = 0  # value of a leaf that requires grad; its adjoint goes to the leaf's .grad
+OP_CONST = 1  # a constant operand (copied in); never gets an adjoint
+OP_ADD = 2  # a + b
+OP_SUB = 3  # a - b
+OP_MUL = 4  # a * b
+OP_DIV = 5  # a / b
+OP_POW = 6  # a ** b
+OP_ADD_C = 7  # a + p   (a - c is recorded as a + (-c): exact in IEEE arithmetic)
+OP_MUL_C = 8  # a * p   (-a is a * -1)
+OP_RSUB_C = 9  # p - a
+OP_DIV_C = 10  # a / p
+OP_RDIV_C = 11  # p / a
+OP_POW_C = 12  # a ** p
+OP_RPOW_C = 13  # p ** a
+OP_EXP = 14
+OP_LOG = 15
+OP_SQRT = 16
+OP_SIN = 17
+OP_COS = 18
+OP_TAN = 19
+OP_TANH = 20
+OP_SIGMOID = 21
+OP_RELU = 22
+OP_ABS = 23
+OP_RESTRIDE = 24  # strided gather / sum: slicing, broadcasting, transposes, axis sums
+
+# Name of each opcode as shown in reprs (grad_fn=<MulBackward0>).
+OPCODES = {
+    OP_LEAF: "Leaf", OP_CONST: "Const", OP_ADD: "Add", OP_SUB: "Sub", OP_MUL: "Mul",
+    OP_DIV: "Div", OP_POW: "Pow", OP_ADD_C: "Add", OP_MUL_C: "Mul", OP_RSUB_C: "Rsub",
+    OP_DIV_C: "Div", OP_RDIV_C: "Div", OP_POW_C: "Pow", OP_RPOW_C: "Pow", OP_EXP: "Exp",
+    OP_LOG: "Log", OP_SQRT: "Sqrt", OP_SIN: "Sin", OP_COS: "Cos", OP_TAN: "Tan",
+    OP_TANH: "Tanh", OP_SIGMOID: "Sigmoid", OP_RELU: "Relu", OP_ABS: "Abs",
+    OP_RESTRIDE: "Restride",
+}
+
+# Record flag bits.
+FLAG_RELEASED = 1  # swept by a backward without retain_graph: may not be swept again
+
+# Return codes of reverse_sweep below zero.
+UNKNOWN_OPCODE = -1
+# ``-2 - i`` means: record i was reached but has been released.
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _seg(arr, o, n):
+    return arr[o:o + n]
+
+
+@njit(cache=True, nogil=True)
+def restride_iter_adjoint(meta, m, adj, oo, oa):
+    """adj_in[pos(k)] += adj_out[k // R] over the record's strided iteration space.
+
+    Payload at meta[m+1:]: ndim, start, R, shape[ndim], strides[ndim] (in elements of the
+    input's flat layout).  The iteration runs over ``shape`` in C order; element k reads the
+    input at ``start + sum(idx_d * strides_d)`` and belongs to output element ``k // R``
+    (R > 1 when trailing dimensions are summed).
+    """
+    d = meta[m + 1]
+    start = meta[m + 2]
+    r = meta[m + 3]
+    shp = meta[m + 4:m + 4 + d]
+    st = meta[m + 4 + d:m + 4 + 2 * d]
+    inner = shp[d - 1]
+    s = st[d - 1]
+    total = 1
+    for j in range(d):
+        total *= shp[j]
+    if total == 0:
+        return
+    g = adj[oo:]
+    a = adj[oa:]
+    idx = np.zeros(d, np.int64)
+    base = start
+    k = 0
+    for _ in range(total // inner):
+        if r == 1:
+            for t in range(inner):
+                a[base + t * s] += g[k + t]
+        else:
+            for t in range(inner):
+                a[base + t * s] += g[(k + t) // r]
+        k += inner
+        # advance the multi-index over the outer dimensions
+        j = d - 2
+        while j >= 0:
+            idx[j] += 1
+            base += st[j]
+            if idx[j] < shp[j]:
+                break
+            base -= st[j] * shp[j]
+            idx[j] = 0
+            j -= 1
+
+
+@njit(cache=True, nogil=True)
+def reverse_sweep(root, release, op, ia, ib, off, n, p, mi, flag, meta, val, adj, touched,
+                  leaf_slots):
+    """Accumulate adjoints from ``root`` (whose adjoint the caller seeded) down to slot 0.
+
+    ``touched[i]`` is 1 once slot i holds an adjoint; the caller zeroes ``touched`` and sets
+    it for the root.  An input's adjoint segment is zeroed on its first touch, so no pass
+    over the whole arena is needed.  Returns the number of leaf slots reached (written to
+    ``leaf_slots``), ``UNKNOWN_OPCODE``, or ``-2 - i`` when released record i is reached; in
+    both error cases no flag has been changed.
+    """
+    nleaf = 0
+    for i in range(root, -1, -1):
+        if touched[i] == 0:
+            continue
+        if flag[i] & FLAG_RELEASED:
+            return -2 - i
+        o = op[i]
+        if o == OP_LEAF:
+            leaf_slots[nleaf] = i
+            nleaf += 1
+            continue
+        a = ia[i]
+        b = ib[i]
+        ga = a >= 0 and op[a] != OP_CONST
+        gb = b >= 0 and op[b] != OP_CONST
+        if ga and touched[a] == 0:
+            adj[off[a]:off[a] + n[a]] = 0.0
+            touched[a] = 1
+        if gb and touched[b] == 0:
+            adj[off[b]:off[b] + n[b]] = 0.0
+            touched[b] = 1
+        nn = n[i]
+        g = _seg(adj, off[i], nn)  # adjoint of this record's output
+        y = _seg(val, off[i], nn)  # its value
+        c = p[i]
+        if o <= OP_POW:
+            # binary: size-1 operands are indexed with mask 0 (broadcast scalar)
+            x = val[off[a]:]
+            z = val[off[b]:]
+            da = adj[off[a]:]
+            db = adj[off[b]:]
+            ma = -1 if n[a] == nn else 0
+            mb = -1 if n[b] == nn else 0
+            if o == OP_ADD:
+                for k in range(nn):
+                    if ga:
+                        da[k & ma] += g[k]
+                    if gb:
+                        db[k & mb] += g[k]
+            elif o == OP_SUB:
+                for k in range(nn):
+                    if ga:
+                        da[k & ma] += g[k]
+                    if gb:
+                        db[k & mb] -= g[k]
+            elif o == OP_MUL:
+                for k in range(nn):
+                    if ga:
+                        da[k & ma] += g[k] * z[k & mb]
+                    if gb:
+                        db[k & mb] += g[k] * x[k & ma]
+            elif o == OP_DIV:
+                # d(a/b)/da = 1/b ; d(a/b)/db = -(a/b)/b
+                for k in range(nn):
+                    if ga:
+                        da[k & ma] += g[k] / z[k & mb]
+                    if gb:
+                        db[k & mb] -= g[k] * y[k] / z[k & mb]
+            elif o == OP_POW:
+                # d/da = b a^(b-1) (0 where b == 0); d/db = a^b log a (0 where a == 0, b >= 0)
+                for k in range(nn):
+                    xa = x[k & ma]
+                    zb = z[k & mb]
+                    if ga and zb != 0.0:
+                        da[k & ma] += g[k] * zb * xa ** (zb - 1.0)
+                    if gb and not (xa == 0.0 and zb >= 0.0):
+                        db[k & mb] += g[k] * y[k] * math.log(xa)
+            else:
+                return UNKNOWN_OPCODE
+            continue
+        x = _seg(val, off[a], nn)  # unary and tensor-constant ops: input has the output's size
+        da = _seg(adj, off[a], nn)
+        if o == OP_ADD_C:
+            for k in range(nn):
+                da[k] += g[k]
+        elif o == OP_MUL_C:
+            for k in range(nn):
+                da[k] += g[k] * c
+        elif o == OP_RSUB_C:
+            for k in range(nn):
+                da[k] -= g[k]
+        elif o == OP_DIV_C:
+            for k in range(nn):
+                da[k] += g[k] / c
+        elif o == OP_RDIV_C:
+            for k in range(nn):  # d(c/a)/da = -(c/a)/a
+                da[k] -= g[k] * y[k] / x[k]
+        elif o == OP_POW_C:
+            if c != 0.0:
+                for k in range(nn):
+                    da[k] += g[k] * c * x[k] ** (c - 1.0)
+        elif o == OP_RPOW_C:
+            lc = math.log(c)
+            for k in range(nn):
+                da[k] += g[k] * y[k] * lc
+        elif o == OP_EXP:
+            for k in range(nn):
+                da[k] += g[k] * y[k]
+        elif o == OP_LOG:
+            for k in range(nn):
+                da[k] += g[k] / x[k]
+        elif o == OP_SQRT:
+            for k in range(nn):
+                da[k] += g[k] * 0.5 / y[k]
+        elif o == OP_SIN:
+            for k in range(nn):
+                da[k] += g[k] * math.cos(x[k])
+        elif o == OP_COS:
+            for k in range(nn):
+                da[k] -= g[k] * math.sin(x[k])
+        elif o == OP_TAN:
+            for k in range(nn):  # 1 + tan^2
+                da[k] += g[k] * (1.0 + y[k] * y[k])
+        elif o == OP_TANH:
+            for k in range(nn):  # 1 - tanh^2
+                da[k] += g[k] * (1.0 - y[k] * y[k])
+        elif o == OP_SIGMOID:
+            for k in range(nn):  # s (1 - s)
+                da[k] += g[k] * y[k] * (1.0 - y[k])
+        elif o == OP_RELU:
+            for k in range(nn):
+                if x[k] > 0.0:
+                    da[k] += g[k]
+        elif o == OP_ABS:
+            for k in range(nn):  # sign(x), 0 at 0 as in PyTorch
+                if x[k] > 0.0:
+                    da[k] += g[k]
+                elif x[k] < 0.0:
+                    da[k] -= g[k]
+        elif o == OP_RESTRIDE:
+            restride_iter_adjoint(meta, mi[i], adj, off[i], off[a])
+        else:
+            return UNKNOWN_OPCODE
+    if release:
+        for i in range(root + 1):
+            if touched[i] and op[i] != OP_LEAF:
+                flag[i] |= FLAG_RELEASED
+    return nleaf
+
+
+@njit(cache=True, nogil=True)
+def mark_live(top, op, ia, ib, flag, keep):
+    """Extend ``keep`` (roots set by the caller) to every record a kept, unreleased record reads.
+
+    Released records keep their own value (a live tensor may still show it) but no longer
+    hold their inputs alive: they can never be swept again.
+    """
+    for i in range(top - 1, -1, -1):
+        if keep[i] and not flag[i] & FLAG_RELEASED:
+            if ia[i] >= 0:
+                keep[ia[i]] = 1
+            if ib[i] >= 0:
+                keep[ib[i]] = 1
+
+
+@njit(cache=True, nogil=True)
+def compact(top, keep, op, ia, ib, off, n, p, mi, flag, meta, val, new_val, new_slot):
+    """Move kept records down in place, their values into ``new_val``, their meta blocks down.
+
+    Writes each old slot's new index (-1 if dropped) to ``new_slot`` and returns
+    ``(records, values, meta)`` now in use.  Inputs always precede their record, so their
+    new index is known when the record moves.
+    """
+    j = 0
+    vt = 0
+    mt = 0
+    for i in range(top):
+        if not keep[i]:
+            new_slot[i] = -1
+            continue
+        new_slot[i] = j
+        nn = n[i]
+        new_val[vt:vt + nn] = val[off[i]:off[i] + nn]
+        op[j] = op[i]
+        ia[j] = new_slot[ia[i]] if ia[i] >= 0 else -1
+        ib[j] = new_slot[ib[i]] if ib[i] >= 0 else -1
+        off[j] = vt
+        n[j] = nn
+        p[j] = p[i]
+        flag[j] = flag[i]
+        m = mi[i]
+        if m >= 0:
+            ln = meta[m] + 1
+            for t in range(ln):
+                meta[mt + t] = meta[m + t]
+            mi[j] = mt
+            mt += ln
+        else:
+            mi[j] = -1
+        vt += nn
+        j += 1
+    flag[j:top] = 0
+    return j, vt, mt
