@@ -348,5 +348,10 @@ def compact(top, keep, op, ia, ib, off, n, p, mi, flag, meta, val, new_val, new_
             mi[j] = -1
         vt += nn
         j += 1
+    # the freed tail takes the defaults the recording path relies on (see Tape.push)
+    ib[j:top] = -1
+    n[j:top] = 1
+    p[j:top] = 0.0
+    mi[j:top] = -1
     flag[j:top] = 0
     return j, vt, mt

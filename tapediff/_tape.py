@@ -49,7 +49,7 @@ class Tape:
     __slots__ = (
         "op", "ia", "ib", "off", "n", "p", "mi", "flag", "meta", "val", "adj",
         "_wop", "_wia", "_wib", "_woff", "_wn", "_wp", "_wmi", "_wval",
-        "top", "vtop", "mtop", "_live", "_cached", "__weakref__",
+        "top", "vtop", "mtop", "rcap", "vcap", "_live", "_cached", "__weakref__",
     )
 
     def __init__(self) -> None:
@@ -64,22 +64,28 @@ class Tape:
 
     # -- storage -----------------------------------------------------------------------------
     def _alloc_records(self, nrec: int) -> None:
-        """(Re)allocate the record arrays with capacity ``nrec``, keeping the first ``top``."""
+        """(Re)allocate the record arrays with capacity ``nrec``, keeping the first ``top``.
+
+        Records past ``top`` always hold the defaults of a scalar unary record (size 1, no
+        input b, no side-table block, p = 0, no flags), so the hot recording path writes
+        only the fields that differ (``push``).
+        """
         top = self.top
         old = None if top == 0 else (self.op, self.ia, self.ib, self.off, self.n, self.p,
                                       self.mi, self.flag)
         self.op = np.zeros(nrec, np.int32)
         self.ia = np.zeros(nrec, np.int64)
-        self.ib = np.zeros(nrec, np.int64)
+        self.ib = np.full(nrec, -1, np.int64)
         self.off = np.zeros(nrec, np.int64)
-        self.n = np.zeros(nrec, np.int64)
+        self.n = np.ones(nrec, np.int64)
         self.p = np.zeros(nrec, np.float64)
-        self.mi = np.zeros(nrec, np.int64)
+        self.mi = np.full(nrec, -1, np.int64)
         self.flag = np.zeros(nrec, np.uint8)
         if old is not None:
             for new, src in zip((self.op, self.ia, self.ib, self.off, self.n, self.p, self.mi,
                                  self.flag), old):
                 new[:top] = src[:top]
+        self.rcap = nrec
         # memoryviews: item assignment through them is ~2x cheaper than through ndarrays
         self._wop = memoryview(self.op)
         self._wia = memoryview(self.ia)
@@ -91,6 +97,7 @@ class Tape:
 
     def _set_arena(self, val: np.ndarray) -> None:
         self.val = val
+        self.vcap = len(val)
         self._wval = memoryview(val)
         self.adj = np.empty(0, np.float64)  # sized to the arena by the next backward
 
@@ -128,7 +135,7 @@ class Tape:
         Every operation reserves all it will append before appending anything, so slots
         handed out while recording one operation stay valid until its record is written.
         """
-        if (self.top + nrec > len(self.op) or self.vtop + nval > len(self.val)
+        if (self.top + nrec > self.rcap or self.vtop + nval > self.vcap
                 or self.mtop + nmeta > len(self.meta)):
             self.reclaim(nrec, nval, nmeta)
 
@@ -145,6 +152,20 @@ class Tape:
         self._wp[i] = p
         self._wmi[i] = m
         self.vtop = v + size
+        return i
+
+    def push(self, op: int, a: int, value: float) -> int:
+        """Append a scalar record with input ``a`` and its value (room reserved); return its
+        slot.  The hot path of scalar code: fields left at their defaults are not written
+        (a binary or constant-parameter record sets ``ib``/``p`` itself)."""
+        i = self.top
+        self.top = i + 1
+        v = self.vtop
+        self.vtop = v + 1
+        self._wop[i] = op
+        self._wia[i] = a
+        self._woff[i] = v
+        self._wval[v] = value
         return i
 
     def put_meta(self, payload) -> int:

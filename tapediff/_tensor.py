@@ -134,11 +134,11 @@ def _slot_on(t: "Tensor", tape: Tape) -> int:
     if c is not None and c[0] is tape and c[2] == t._ver and c[3] == t._rg:
         return c[1]
     v = t._v
-    n = 1 if type(v) is float else v.size
-    s = tape.append(K.OP_LEAF if t._rg else K.OP_CONST, -1, -1, n)
-    if n == 1 and type(v) is float:
-        tape._wval[tape.off[s]] = v
+    op = K.OP_LEAF if t._rg else K.OP_CONST
+    if type(v) is float:
+        s = tape.push(op, -1, v)
     else:
+        s = tape.append(op, -1, -1, v.size)
         tape.value_view(s, v.shape)[...] = v
     t._lc = (tape, s, t._ver, t._rg)
     tape._cached[s] = weakref.ref(t)
@@ -192,8 +192,13 @@ def _record_out(tape: Tape, op: int, a: int, b: int, r: Any, p: float = 0.0,
                 m: int = -1) -> "Tensor":
     """Append the output record for NumPy result ``r`` (room reserved) and wrap it."""
     if type(r) is float:
-        s = tape.append(op, a, b, 1, p, m)
-        tape._wval[tape.off[s]] = r
+        s = tape.push(op, a, r)
+        if b >= 0:
+            tape._wib[s] = b
+        if p != 0.0:
+            tape._wp[s] = p
+        if m >= 0:
+            tape._wmi[s] = m
         out = _wrap(r, tape, s, True)
     else:
         s = tape.append(op, a, b, r.size, p, m)
@@ -233,44 +238,46 @@ _BINARY = {
 
 def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
     """``x (op) other``, or ``other (op) x`` when reflected."""
-    op, uf, sf, (op_c, sign), op_rc = spec
+    op, uf, sf, op_c, op_rc = spec
     xv = x._v
-    if type(other) is Tensor:
-        ov = other._v
-        l, r = (ov, xv) if reflected else (xv, ov)
-        if type(l) is float and type(r) is float:
-            try:
-                v = sf(l, r)
-            except _ARITH_ERRORS:
-                v = float(uf(np.float64(l), r))
-        else:
-            _result_shape(_shape_of(l), _shape_of(r))
-            v = _norm(uf(l, r))
-        if not (x._rg or other._rg) or not _tls.grad_enabled:
-            return _wrap(v)
-        return _record_binary(op, x, other, v, reflected)
-    if isinstance(other, _PY_NUMBERS) or isinstance(other, (np.number, np.bool_)):
-        if isinstance(other, (complex, np.complexfloating)):
+    to = type(other)
+    if to is float or to is int or to is bool or isinstance(other, (float, int, np.number)):
+        # tensor (op) constant: the constant goes into the record's parameter
+        if isinstance(other, np.complexfloating):
             _check_dtype(np.dtype(complex))
-        l, r = (other, xv) if reflected else (xv, other)
-        if type(xv) is float and type(other) in _PY_NUMBERS:
+        if type(xv) is float and (to is float or to is int or to is bool):
             try:
-                v = sf(l, r)
+                v = sf(other, xv) if reflected else sf(xv, other)
             except _ARITH_ERRORS:
-                v = float(uf(np.float64(l), r))
+                v = float(uf(other, np.float64(xv)) if reflected else uf(np.float64(xv), other))
         else:
-            v = _norm(uf(l, r))
+            v = _norm(uf(other, xv) if reflected else uf(xv, other))
         if not x._rg or not _tls.grad_enabled:
             return _wrap(v)
         tape = _tls.tape
-        tape.reserve(2, _nsize(xv) + _nsize(v))
-        a = _slot_on(x, tape)
+        if tape.top + 2 > tape.rcap or tape.vtop + 2 * _nsize(v) > tape.vcap:
+            tape.reclaim(2, 2 * _nsize(v))
+        a = x._slot if x._tape is tape else _slot_on(x, tape)
         if reflected:
             return _record_out(tape, op_rc, a, -1, v, float(other))
-        return _record_out(tape, op_c, a, -1, v, sign * float(other))
-    if isinstance(other, (str, bytes)) or other is None:
-        return NotImplemented
-    return _binary(spec, x, _const(other), reflected)
+        return _record_out(tape, op_c[0], a, -1, v, op_c[1] * float(other))
+    if to is not Tensor:
+        if isinstance(other, (str, bytes)) or other is None:
+            return NotImplemented
+        other = _const(other)
+    ov = other._v
+    l, r = (ov, xv) if reflected else (xv, ov)
+    if type(l) is float and type(r) is float:
+        try:
+            v = sf(l, r)
+        except _ARITH_ERRORS:
+            v = float(uf(np.float64(l), r))
+    else:
+        _result_shape(_shape_of(l), _shape_of(r))
+        v = _norm(uf(l, r))
+    if not (x._rg or other._rg) or not _tls.grad_enabled:
+        return _wrap(v)
+    return _record_binary(op, x, other, v, reflected)
 
 
 def _record_binary(op: int, x: "Tensor", other: "Tensor", v: Any, reflected: bool) -> "Tensor":
@@ -341,8 +348,9 @@ def _unary(spec: tuple, x: "Tensor") -> "Tensor":
     if not x._rg or not _tls.grad_enabled:
         return _wrap(v)
     tape = _tls.tape
-    tape.reserve(2, 2 * _nsize(v))
-    a = _slot_on(x, tape)
+    if tape.top + 2 > tape.rcap or tape.vtop + 2 * _nsize(v) > tape.vcap:
+        tape.reclaim(2, 2 * _nsize(v))
+    a = x._slot if x._tape is tape else _slot_on(x, tape)
     return _record_out(tape, op, a, -1, v)
 
 
