@@ -77,3 +77,7 @@ class set_grad_enabled(_GradMode):
 
     def __enter__(self) -> None:  # the mode was already set by the constructor
         pass
+
+    def __call__(self, fn: F) -> F:
+        _tls.grad_enabled = self._prev  # as a decorator it applies only inside ``fn``
+        return super().__call__(fn)

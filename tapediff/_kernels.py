@@ -108,7 +108,9 @@ def partials(o, g, x, z, y, c):
         return g / c, 0.0
     if o == OP_RDIV_C:  # d(c/a)/da = -(c/a)/a
         return -g * y / x, 0.0
-    if o == OP_POW_C:
+    if o == OP_POW_C:  # c x^(c-1); squares are common enough to skip pow()
+        if c == 2.0:
+            return 2.0 * g * x, 0.0
         return (0.0 if c == 0.0 else g * c * x ** (c - 1.0)), 0.0
     if o == OP_RPOW_C:
         return g * y * math.log(c), 0.0
@@ -136,10 +138,11 @@ def partials(o, g, x, z, y, c):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c):
+def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
     """``partials`` over a record of nn > 1 elements (``o`` is a constant at each call site,
     so the rule's branches fold away and the loop vectorises).  A size-1 operand is read
-    with mask 0; its adjoint accumulates all nn contributions."""
+    with mask 0; its adjoint accumulates all nn contributions.  ``fa``/``fb``: first touch
+    of a full-size input, whose adjoint is then assigned rather than added."""
     g = adj[oo:oo + nn]
     y = val[oo:oo + nn]
     x = val[oa:]
@@ -148,16 +151,20 @@ def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c):
     db = adj[ob:]
     for k in range(nn):
         pa, pb = partials(o, g[k], x[k & ma], z[k & mb], y[k], c)
-        if ga:
+        if fa:
+            da[k] = pa
+        elif ga:
             da[k & ma] += pa
-        if gb:
+        if fb:
+            db[k] = pb
+        elif gb:
             db[k & mb] += pb
 
 
 @njit(cache=True, nogil=True)
-def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c):
+def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
     """``_vector_rule`` for an opcode known only at run time (one branch per element)."""
-    _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c)
+    _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
 
 
 @njit(cache=True, nogil=True)
@@ -188,11 +195,22 @@ def restride_iter_adjoint(meta, m, adj, oo, oa):
     k = 0
     for _ in range(total // inner):
         if r == 1:
-            for t in range(inner):
-                a[base + t * s] += g[k + t]
+            if s == 1:
+                for t in range(inner):
+                    a[base + t] += g[k + t]
+            else:
+                for t in range(inner):
+                    a[base + t * s] += g[k + t]
         else:
-            for t in range(inner):
-                a[base + t * s] += g[(k + t) // r]
+            # summed axes are the trailing ones, so r is a multiple of inner: one output
+            # element per inner run
+            gk = g[k // r]
+            if s == 1:
+                for t in range(inner):
+                    a[base + t] += gk
+            else:
+                for t in range(inner):
+                    a[base + t * s] += gk
         k += inner
         # advance the multi-index over the outer dimensions
         j = d - 2
@@ -256,40 +274,59 @@ def reverse_sweep(root, release, op, ia, ib, off, n, p, mi, flag, meta, val, adj
                     adj[ob] = pb
                     touched[b] = 1
             continue
+        # An input's first touch zeroes its adjoint, except a full-size input of an
+        # elementwise rule, which assigns instead (one pass over memory fewer).  When b is a,
+        # a's first touch has already happened, so b adds.
+        fa = ga and touched[a] == 0 and n[a] == nn and o != OP_RESTRIDE
         if ga and touched[a] == 0:
-            adj[oa:oa + n[a]] = 0.0
+            if not fa:
+                adj[oa:oa + n[a]] = 0.0
             touched[a] = 1
+        fb = gb and touched[b] == 0 and n[b] == nn
         if gb and touched[b] == 0:
-            adj[ob:ob + n[b]] = 0.0
+            if not fb:
+                adj[ob:ob + n[b]] = 0.0
             touched[b] = 1
         ma = -1 if n[a] == nn else 0
         mb = -1 if b >= 0 and n[b] == nn else 0
-        # The cheap, common rules get loops specialised on a constant opcode (they are
-        # memory-bound and vectorise); the rest share one loop that branches per element,
-        # which costs little next to their transcendental functions and keeps compile time
-        # down (each specialised loop adds ~0.3 s to a cold compile).
+        # Common rules get loops specialised on a constant opcode (the cheap ones are
+        # memory-bound and vectorise; a per-element branch and call would cost 1-10 ns per
+        # element); the rare ones share one loop, which keeps compile time down (each
+        # specialised loop adds ~0.3 s to a cold compile).
         if o == OP_RESTRIDE:
             restride_iter_adjoint(meta, mi[i], adj, oo, oa)
         elif o == OP_ADD:
-            _vector_rule(OP_ADD, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            _vector_rule(OP_ADD, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_SUB:
-            _vector_rule(OP_SUB, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            _vector_rule(OP_SUB, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_MUL:
-            _vector_rule(OP_MUL, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            _vector_rule(OP_MUL, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_DIV:
-            _vector_rule(OP_DIV, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            _vector_rule(OP_DIV, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o <= OP_DIV_C:  # ADD_C, MUL_C, RSUB_C, DIV_C: d/da is a constant k
             k = 1.0 if o == OP_ADD_C else (c if o == OP_MUL_C else (-1.0 if o == OP_RSUB_C
                                                                       else 1.0 / c))
-            _vector_rule(OP_MUL_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, k)
+            _vector_rule(OP_MUL_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, k)
+        elif o == OP_POW_C:
+            _vector_rule(OP_POW_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_EXP:
-            _vector_rule(OP_EXP, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            _vector_rule(OP_EXP, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+        elif o == OP_LOG:
+            _vector_rule(OP_LOG, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+        elif o == OP_SQRT:
+            _vector_rule(OP_SQRT, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+        elif o == OP_SIN:
+            _vector_rule(OP_SIN, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+        elif o == OP_COS:
+            _vector_rule(OP_COS, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_TANH:
-            _vector_rule(OP_TANH, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            _vector_rule(OP_TANH, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+        elif o == OP_SIGMOID:
+            _vector_rule(OP_SIGMOID, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_RELU:
-            _vector_rule(OP_RELU, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            _vector_rule(OP_RELU, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         else:
-            _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
     if release:
         for i in range(root + 1):
             if touched[i] and op[i] != OP_LEAF:

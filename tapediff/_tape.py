@@ -49,13 +49,15 @@ class Tape:
     __slots__ = (
         "op", "ia", "ib", "off", "n", "p", "mi", "flag", "meta", "val", "adj",
         "_wop", "_wia", "_wib", "_woff", "_wn", "_wp", "_wmi", "_wval",
-        "top", "vtop", "mtop", "rcap", "vcap", "_live", "_cached", "__weakref__",
+        "_spare", "top", "vtop", "mtop", "rcap", "vcap", "_live", "_cached", "__weakref__",
     )
 
     def __init__(self) -> None:
         self.top = 0  # records in use
         self.vtop = 0  # arena values in use
         self.mtop = 0  # side-table entries in use
+        self._spare = None  # the previous arena, reused by the next reclaim of the same size
+        self.adj = np.empty(0, np.float64)
         self._live: list = []  # weakrefs to tensors recorded here (roots for reclamation)
         self._cached: dict = {}  # slot -> weakref to the tape-less tensor it holds
         self._alloc_records(_MIN_RECORDS)
@@ -99,7 +101,8 @@ class Tape:
         self.val = val
         self.vcap = len(val)
         self._wval = memoryview(val)
-        self.adj = np.empty(0, np.float64)  # sized to the arena by the next backward
+        if len(self.adj) != len(val):
+            self.adj = np.empty(0, np.float64)  # sized to the arena by the next backward
 
     def __len__(self) -> int:
         """Number of records on the tape (released ones included until reclaimed)."""
@@ -108,8 +111,9 @@ class Tape:
     @property
     def nbytes(self) -> int:
         """Bytes held by the tape's arrays (records, side table, value and adjoint arenas)."""
-        return sum(a.nbytes for a in (self.op, self.ia, self.ib, self.off, self.n, self.p,
-                                      self.mi, self.flag, self.meta, self.val, self.adj))
+        spare = 0 if self._spare is None else self._spare.nbytes
+        return spare + sum(a.nbytes for a in (self.op, self.ia, self.ib, self.off, self.n, self.p,
+                                              self.mi, self.flag, self.meta, self.val, self.adj))
 
     def __repr__(self) -> str:
         return f"<tapediff.Tape: {self.top} records, {self.nbytes} bytes>"
@@ -222,16 +226,16 @@ class Tape:
                 keep[t._slot] = 1
                 alive.append(t)
                 live_refs.append(r)
-        cached = {}
+        cached = []  # (slot, weakref, whether the tensor's cache points at that slot)
         for s, r in self._cached.items():
             t = r()
             if t is None:
                 continue
             c = t._lc
-            if c is not None and c[0] is self and c[1] == s:
-                if c[2] == t._ver:  # still the tensor's current value: worth keeping
-                    keep[s] = 1
-                cached[s] = r
+            here = c is not None and c[0]() is self and c[1] == s
+            if here and c[2] == t._ver:  # still the tensor's current value: worth keeping
+                keep[s] = 1
+            cached.append((s, r, here))
         K.mark_live(top, self.op, self.ia, self.ib, self.flag, keep)
 
         nkeep = int(keep.sum())
@@ -239,7 +243,12 @@ class Tape:
         cap_r, cap_v, cap_m = len(self.op), len(self.val), len(self.meta)
         cap_r = _fit(cap_r, nkeep + nrec, _MIN_RECORDS)
         cap_v = _fit(cap_v, vkeep + nval, _MIN_VALUES)
-        new_val = np.empty(cap_v, np.float64)
+        # Compact into the spare arena when it has the right size: its pages are already
+        # mapped, where a fresh allocation would page-fault on every first write (~5 ms per
+        # 100 MB).  No view into it survives: every tensor was re-pointed by the last reclaim,
+        # and np.asarray / detach hand out copies of arena values.
+        spare = self._spare
+        new_val = spare if spare is not None and len(spare) == cap_v else np.empty(cap_v)
         new_slot = np.empty(top, np.int64)
         old_val = self.val
         j, vt, mt = K.compact(top, keep, self.op, self.ia, self.ib, self.off, self.n, self.p,
@@ -252,24 +261,33 @@ class Tape:
             meta = np.zeros(cap_m, np.int64)
             meta[:self.mtop] = self.meta[:self.mtop]
             self.meta = meta
+        self._spare = old_val if len(old_val) == cap_v else None
         self._set_arena(new_val)
 
-        # re-point live tensors; a released record still shows its value
+        # re-point live tensors (float64 arrays of recorded tensors are arena views; other
+        # dtypes keep their own copy); a released record still shows its value
         for t in alive:
             s = int(new_slot[t._slot])
             t._slot = s
-            if type(t._v) is np.ndarray:
-                t._v = _frozen(self.value_view(s, t._v.shape))
+            v = t._v
+            if type(v) is np.ndarray and v.dtype == np.float64:
+                t._v = _frozen(self.value_view(s, v.shape))
         self._live = live_refs
+        # leaf/constant records that survive keep feeding .grad (their slot moved); a tensor
+        # whose cached record was dropped records its value again when next used
         self._cached = {}
-        for s, r in cached.items():
+        me = weakref.ref(self)
+        for s, r, here in cached:
             t = r()
-            ns = int(new_slot[s]) if t is not None else -1
+            ns = int(new_slot[s])
+            if t is None:
+                continue
             if ns >= 0:
-                c = t._lc
-                t._lc = (self, ns, c[2], c[3])
                 self._cached[ns] = r
-            elif t is not None:
+                if here:
+                    c = t._lc
+                    t._lc = (me, ns, c[2], c[3])
+            elif here:
                 t._lc = None
 
 

@@ -130,8 +130,8 @@ def _slot_on(t: "Tensor", tape: Tape) -> int:
                 "compute it inside the same `with td.tape():` block, or use .detach() to take "
                 "its value as a constant")
         return t._slot
-    c = t._lc
-    if c is not None and c[0] is tape and c[2] == t._ver and c[3] == t._rg:
+    c = t._lc  # (weakref to the tape, slot, version, requires_grad) of the cached record
+    if c is not None and c[0]() is tape and c[2] == t._ver and c[3] == t._rg:
         return c[1]
     v = t._v
     op = K.OP_LEAF if t._rg else K.OP_CONST
@@ -140,7 +140,8 @@ def _slot_on(t: "Tensor", tape: Tape) -> int:
     else:
         s = tape.append(op, -1, -1, v.size)
         tape.value_view(s, v.shape)[...] = v
-    t._lc = (tape, s, t._ver, t._rg)
+    # The tape is held weakly: a constant used in many short-lived tapes must not keep them.
+    t._lc = (weakref.ref(tape), s, t._ver, t._rg)
     tape._cached[s] = weakref.ref(t)
     return s
 
@@ -190,7 +191,7 @@ def _result_shape(a: tuple, b: tuple) -> tuple:
 
 def _record_out(tape: Tape, op: int, a: int, b: int, r: Any, p: float = 0.0,
                 m: int = -1) -> "Tensor":
-    """Append the output record for NumPy result ``r`` (room reserved) and wrap it."""
+    """Append the output record for the computed value ``r`` (room reserved) and wrap it."""
     if type(r) is float:
         s = tape.push(op, a, r)
         if b >= 0:
@@ -199,14 +200,40 @@ def _record_out(tape: Tape, op: int, a: int, b: int, r: Any, p: float = 0.0,
             tape._wp[s] = p
         if m >= 0:
             tape._wmi[s] = m
-        out = _wrap(r, tape, s, True)
-    else:
-        s = tape.append(op, a, b, r.size, p, m)
-        view = tape.value_view(s, r.shape)
-        view[...] = r
-        out = _wrap(r if r.dtype != _F64 else _frozen(view), tape, s, True)
+        return _register(tape, s, r)
+    s = tape.append(op, a, b, r.size, p, m)
+    view = tape.value_view(s, r.shape)
+    view[...] = r
+    return _register(tape, s, r if r.dtype != _F64 else _frozen(view))
+
+
+def _in_arena(shape: tuple, *dtypes: np.dtype) -> bool:
+    """Whether a result of ``shape`` computed from ``dtypes`` can be written straight into
+    the float64 arena (a 0-d float64 result is a Python float instead)."""
+    return shape != () and all(d == _F64 for d in dtypes)
+
+
+def _record_into(tape: Tape, op: int, a: int, b: int, shape: tuple, p: float = 0.0,
+                 m: int = -1) -> tuple:
+    """Append an array record of ``shape`` (room reserved); return its slot and the arena
+    view the caller computes the value into (``out=``), saving a copy per operation."""
+    s = tape.append(op, a, b, math.prod(shape), p, m)
+    return s, tape.value_view(s, shape)
+
+
+def _register(tape: Tape, s: int, v: Any) -> "Tensor":
+    """Wrap the value of slot ``s`` as a recorded tensor; arena views are frozen first."""
+    if type(v) is np.ndarray and v.base is not None and v.flags.writeable:
+        _frozen(v)
+    out = _wrap(v, tape, s, True)
     tape._live.append(weakref.ref(out))
     return out
+
+
+def _strong(v: Any) -> Any:
+    """A tensor value as a NumPy operand: a Python float becomes np.float64, which NumPy
+    does not treat as a weak scalar (float32 + float64 tensor must give float64)."""
+    return np.float64(v) if type(v) is float else v
 
 
 def _nsize(v: Any) -> int:
@@ -245,57 +272,84 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
         # tensor (op) constant: the constant goes into the record's parameter
         if isinstance(other, np.complexfloating):
             _check_dtype(np.dtype(complex))
-        if type(xv) is float and (to is float or to is int or to is bool):
-            try:
-                v = sf(other, xv) if reflected else sf(xv, other)
-            except _ARITH_ERRORS:
-                v = float(uf(other, np.float64(xv)) if reflected else uf(np.float64(xv), other))
+        if type(xv) is float:
+            if to is float or to is int or to is bool:
+                try:
+                    v = sf(other, xv) if reflected else sf(xv, other)
+                except _ARITH_ERRORS:
+                    v = float(uf(other, np.float64(xv)) if reflected else
+                              uf(np.float64(xv), other))
+            else:  # a NumPy scalar: the tensor is a strongly typed float64 (NEP 50)
+                f = np.float64(xv)
+                v = _norm(uf(other, f) if reflected else uf(f, other))
+            if not x._rg or not _tls.grad_enabled:
+                return _wrap(v)
+        elif not x._rg or not _tls.grad_enabled:
+            return _wrap(_norm(uf(other, xv) if reflected else uf(xv, other)))
         else:
-            v = _norm(uf(other, xv) if reflected else uf(xv, other))
-        if not x._rg or not _tls.grad_enabled:
-            return _wrap(v)
+            v = None  # computed below, into the arena when possible
         tape = _tls.tape
-        if tape.top + 2 > tape.rcap or tape.vtop + 2 * _nsize(v) > tape.vcap:
-            tape.reclaim(2, 2 * _nsize(v))
+        nx = _nsize(xv)
+        if tape.top + 2 > tape.rcap or tape.vtop + 2 * nx > tape.vcap:
+            tape.reclaim(2, 2 * nx)
         a = x._slot if x._tape is tape else _slot_on(x, tape)
-        if reflected:
-            return _record_out(tape, op_rc, a, -1, v, float(other))
-        return _record_out(tape, op_c[0], a, -1, v, op_c[1] * float(other))
+        o, p = (op_rc, float(other)) if reflected else (op_c[0], op_c[1] * float(other))
+        if v is None:
+            shape = xv.shape
+            if _in_arena(shape, xv.dtype) and (to is float or to is int or to is bool):
+                s, view = _record_into(tape, o, a, -1, shape, p)
+                uf(other, xv, out=view) if reflected else uf(xv, other, out=view)
+                return _register(tape, s, view)
+            v = _norm(uf(other, xv) if reflected else uf(xv, other))
+        return _record_out(tape, o, a, -1, v, p)
     if to is not Tensor:
         if isinstance(other, (str, bytes)) or other is None:
             return NotImplemented
         other = _const(other)
     ov = other._v
     l, r = (ov, xv) if reflected else (xv, ov)
+    rec = (x._rg or other._rg) and _tls.grad_enabled
     if type(l) is float and type(r) is float:
         try:
             v = sf(l, r)
         except _ARITH_ERRORS:
             v = float(uf(np.float64(l), r))
-    else:
-        _result_shape(_shape_of(l), _shape_of(r))
-        v = _norm(uf(l, r))
-    if not (x._rg or other._rg) or not _tls.grad_enabled:
-        return _wrap(v)
-    return _record_binary(op, x, other, v, reflected)
+        return _record_binary(op, uf, x, other, reflected, v, ()) if rec else _wrap(v)
+    shape = _result_shape(_shape_of(l), _shape_of(r))
+    if not rec:
+        # a float64 tensor held as a Python float must not act as a weak scalar (NEP 50)
+        l, r = _strong(l), _strong(r)
+        return _wrap(_norm(uf(l, r)))
+    return _record_binary(op, uf, x, other, reflected, None, shape)
 
 
-def _record_binary(op: int, x: "Tensor", other: "Tensor", v: Any, reflected: bool) -> "Tensor":
+def _record_binary(op: int, uf: Any, x: "Tensor", other: "Tensor", reflected: bool, v: Any,
+                   out_shape: tuple) -> "Tensor":
+    """Record ``x (op) other`` (operands swapped when reflected); ``v`` is the value when
+    already computed (scalars), else it is computed here, into the arena when possible."""
     tape = _tls.tape
-    xs, os_ = _shape_of(x._v), _shape_of(other._v)
-    out_shape = _shape_of(v)
-    nx, no, nv = _nsize(x._v), _nsize(other._v), _nsize(v)
+    xv, ov = x._v, other._v
+    xs, os_ = _shape_of(xv), _shape_of(ov)
+    nx, no, nv = _nsize(xv), _nsize(ov), math.prod(out_shape)
     tape.reserve(5, nx + no + 3 * nv, 2 * (4 + 2 * len(out_shape)))
     a = _slot_on(x, tape)
     b = _slot_on(other, tape)
     if reflected:
-        a, b, xs, os_, nx, no = b, a, os_, xs, no, nx
+        a, b, xs, os_, nx, no, xv, ov = b, a, os_, xs, no, nx, ov, xv
+    if v is None:
+        xv, ov = _strong(xv), _strong(ov)
     # operands of the output's size or of size 1 go straight in; others are broadcast first
     if nx != nv and nx != 1:
         a = _broadcast_slot(tape, a, xs, out_shape)
     if no != nv and no != 1:
         b = _broadcast_slot(tape, b, os_, out_shape)
-    return _record_out(tape, op, a, b, v)
+    if v is not None:
+        return _record_out(tape, op, a, b, v)
+    if _in_arena(out_shape, _dtype_of(xv), _dtype_of(ov)):
+        s, view = _record_into(tape, op, a, b, out_shape)
+        uf(xv, ov, out=view)
+        return _register(tape, s, view)
+    return _record_out(tape, op, a, b, _norm(uf(xv, ov)))
 
 
 def _sigmoid_f(x: float) -> float:
@@ -305,17 +359,17 @@ def _sigmoid_f(x: float) -> float:
     return e / (1.0 + e)
 
 
-def _sigmoid_np(x: np.ndarray) -> np.ndarray:
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.result_type(x, 1.0))
+def _sigmoid_np(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    e = np.exp(-np.abs(x))  # never overflows: 1/(1+e) for x >= 0, e/(1+e) below
+    return np.divide(np.where(x >= 0, np.ones((), e.dtype), e), 1.0 + e, out=out)
 
 
 def _relu_f(x: float) -> float:
     return x if x > 0.0 or x != x else 0.0
 
 
-def _relu_np(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, np.zeros((), x.dtype))
+def _relu_np(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.maximum(x, np.zeros((), x.dtype), out=out)
 
 
 # name: (opcode, NumPy function, Python float function)
@@ -336,21 +390,31 @@ _UNARY = {
 def _unary(spec: tuple, x: "Tensor") -> "Tensor":
     op, uf, sf = spec
     xv = x._v
+    rec = x._rg and _tls.grad_enabled
     if type(xv) is float:
         try:
             v = sf(xv)
         except _ARITH_ERRORS:
             v = float(uf(np.float64(xv)))
+        if not rec:
+            return _wrap(v)
     else:
-        if spec is not _UNARY["abs"] and xv.dtype.kind in "biu":
+        if op != K.OP_ABS and xv.dtype.kind in "biu":
             xv = xv.astype(_F64)  # NumPy promotes ints to float64 for these functions
-        v = _norm(uf(xv))
-    if not x._rg or not _tls.grad_enabled:
-        return _wrap(v)
+        if not rec:
+            return _wrap(_norm(uf(xv)))
+        v = None  # computed below, into the arena when possible
     tape = _tls.tape
-    if tape.top + 2 > tape.rcap or tape.vtop + 2 * _nsize(v) > tape.vcap:
-        tape.reclaim(2, 2 * _nsize(v))
+    nx = _nsize(xv)
+    if tape.top + 2 > tape.rcap or tape.vtop + 2 * nx > tape.vcap:
+        tape.reclaim(2, 2 * nx)
     a = x._slot if x._tape is tape else _slot_on(x, tape)
+    if v is None:
+        if _in_arena(xv.shape, xv.dtype):
+            s, view = _record_into(tape, op, a, -1, xv.shape)
+            uf(xv, out=view)
+            return _register(tape, s, view)
+        v = _norm(uf(xv))
     return _record_out(tape, op, a, -1, v)
 
 
@@ -508,8 +572,9 @@ class Tensor:
         return f"<{name}Backward0>"
 
     def detach(self) -> "Tensor":
-        """A new leaf sharing this tensor's value, outside any graph."""
-        return _wrap(self._v)
+        """A new leaf with this tensor's value, outside any graph (a copy when the value lives
+        in a tape's arena, whose storage is reused)."""
+        return _wrap(_own(self._v))
 
     def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into ``.grad`` of every leaf this tensor depends on.
@@ -598,9 +663,16 @@ class Tensor:
         return v.item()
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        # np.asarray(t) gives the values, detached from any graph (read-only if recorded).
-        a = np.asarray(self._v, dtype=dtype)
-        return a.copy() if copy else a
+        # np.asarray(t) gives the values, detached from any graph: a copy for recorded
+        # tensors (the arena is reused), a read-only view of a leaf's own storage otherwise.
+        v = self._v
+        if copy or (type(v) is np.ndarray and self._tape is not None):
+            return np.array(v, dtype=dtype)
+        a = np.asarray(v, dtype=dtype)
+        if a is v:
+            a = a.view()
+            a.flags.writeable = False
+        return a
 
     def __float__(self) -> float:
         if _nsize(self._v) != 1:
@@ -681,7 +753,9 @@ class Tensor:
         return _binary(_BINARY["pow"], self, other, True)
 
     def __neg__(self) -> "Tensor":
-        return _binary(_BINARY["mul"], self, -1.0, False)
+        if _dtype_of(self._v).kind != "f":  # ints stay ints (never recorded)
+            return _wrap(_norm(np.negative(self._v)))
+        return _binary(_BINARY["mul"], self, -1, False)
 
     def __pos__(self) -> "Tensor":
         return self
@@ -835,6 +909,11 @@ def _axis_args(axis: Any, keepdims: bool, dim: Any, keepdim: bool | None) -> tup
             raise TypeError("pass either axis= or dim=, not both")
         axis = dim
     return axis, keepdims if keepdim is None else keepdim
+
+
+def _own(v: Any) -> Any:
+    """``v``, copied if it is a view of a tape's arena (read-only views are the arena's)."""
+    return v.copy() if type(v) is np.ndarray and not v.flags.writeable else v
 
 
 def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
