@@ -18,6 +18,9 @@ code; a plain chain is cached, readable, and ``tests/test_kernels.py`` checks th
 opcode in ``OPCODES`` has a branch (an opcode without one makes the sweep return
 ``UNKNOWN_OPCODE``).
 
+Kernels use ``error_model="numpy"``: division by zero and the like give inf/nan as in NumPy
+(Numba's default raises ZeroDivisionError) and loops need no per-element checks.
+
 Elementwise binary records accept an operand of size 1 against an output of size n (a
 scalar operand): the kernels index it with ``k & mask`` where mask is 0 for such an
 operand and -1 otherwise, which keeps one loop per rule and still vectorises for the
@@ -79,7 +82,7 @@ UNKNOWN_OPCODE = -1
 # ``-2 - i`` means: record i was reached but has been released.
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def partials(o, g, x, z, y, c):
     """The reverse rule of every elementwise opcode: (g * d out/d a, g * d out/d b).
 
@@ -137,7 +140,7 @@ def partials(o, g, x, z, y, c):
     return math.nan, math.nan
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
     """``partials`` over a record of nn > 1 elements (``o`` is a constant at each call site,
     so the rule's branches fold away and the loop vectorises).  A size-1 operand is read
@@ -161,13 +164,13 @@ def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
             db[k & mb] += pb
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
     """``_vector_rule`` for an opcode known only at run time (one branch per element)."""
     _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def restride_iter_adjoint(meta, m, adj, oo, oa):
     """adj_in[pos(k)] += adj_out[k // R] over the record's strided iteration space.
 
@@ -224,7 +227,7 @@ def restride_iter_adjoint(meta, m, adj, oo, oa):
             j -= 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def reverse_sweep(root, release, op, ia, ib, off, n, p, mi, flag, meta, val, adj, touched,
                   leaf_slots):
     """Accumulate adjoints from ``root`` (whose adjoint the caller seeded) down to slot 0.
@@ -303,7 +306,7 @@ def reverse_sweep(root, release, op, ia, ib, off, n, p, mi, flag, meta, val, adj
             _vector_rule(OP_MUL, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_DIV:
             _vector_rule(OP_DIV, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o <= OP_DIV_C:  # ADD_C, MUL_C, RSUB_C, DIV_C: d/da is a constant k
+        elif OP_ADD_C <= o <= OP_DIV_C:  # ADD_C, MUL_C, RSUB_C, DIV_C: d/da is a constant k
             k = 1.0 if o == OP_ADD_C else (c if o == OP_MUL_C else (-1.0 if o == OP_RSUB_C
                                                                       else 1.0 / c))
             _vector_rule(OP_MUL_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, k)
@@ -334,7 +337,7 @@ def reverse_sweep(root, release, op, ia, ib, off, n, p, mi, flag, meta, val, adj
     return nleaf
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def mark_live(top, op, ia, ib, flag, keep):
     """Extend ``keep`` (roots set by the caller) to every record a kept, unreleased record reads.
 
@@ -349,7 +352,7 @@ def mark_live(top, op, ia, ib, flag, keep):
                 keep[ib[i]] = 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def compact(top, keep, op, ia, ib, off, n, p, mi, flag, meta, val, new_val, new_slot):
     """Move kept records down in place, their values into ``new_val``, their meta blocks down.
 

@@ -25,9 +25,9 @@ import numpy as np
 
 from . import _kernels as K
 
-_MIN_RECORDS = 256
-_MIN_VALUES = 1024
-_MIN_META = 256
+_MIN_RECORDS = 4096
+_MIN_VALUES = 16384
+_MIN_META = 1024
 
 
 class Tape:

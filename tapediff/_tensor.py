@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 import weakref
 from typing import Any, Iterator, Sequence
 
@@ -27,6 +28,10 @@ from ._tape import Tape, _frozen, _tls
 _F64 = np.dtype(np.float64)
 _PY_NUMBERS = (float, int, bool)
 _new = object.__new__
+# Threads may backward into the same leaf at once (NumPy's in-place add releases the GIL);
+# accumulation into .grad is serialised, as PyTorch's AccumulateGrad is.
+_GRAD_LOCK = threading.Lock()
+_weakref = weakref.ref
 
 
 class BroadcastError(ValueError, RuntimeError):
@@ -81,7 +86,7 @@ def _wrap(v: Any, tape: Tape | None = None, slot: int = -1, rg: bool = False) ->
     t._tape = tape
     t._slot = slot
     t._rg = rg
-    t.grad = None
+    t._grad = None
     t._ver = 0
     t._lc = None
     return t
@@ -155,12 +160,18 @@ def _c_strides(shape: Sequence[int]) -> list:
     return st
 
 
-def _restride_meta(tape: Tape, shape: Sequence[int], strides: Sequence[int], start: int,
-                   r: int) -> int:
+def _restride_meta(tape: Tape, in_size: int, shape: Sequence[int], strides: Sequence[int],
+                   start: int, r: int) -> int:
     """Side-table block of an OP_RESTRIDE record: out[k // r] (+)= in[start + idx . strides],
     idx running over ``shape`` in C order."""
     if len(shape) == 0:  # a single element: one iteration of stride 0
         shape, strides = (1,), (0,)
+    # The kernels do no bounds checks: refuse a layout that could leave the input.
+    if all(shape):
+        lo = start + sum((d - 1) * s for d, s in zip(shape, strides) if s < 0)
+        hi = start + sum((d - 1) * s for d, s in zip(shape, strides) if s > 0)
+        if lo < 0 or hi >= in_size:
+            raise AssertionError(f"restride out of bounds: {start}, {shape}, {strides}")
     return tape.put_meta([len(shape), start, r, *shape, *strides])
 
 
@@ -172,7 +183,7 @@ def _broadcast_slot(tape: Tape, slot: int, in_shape: tuple, out_shape: tuple) ->
     for d in range(1, len(in_shape) + 1):
         if in_shape[-d] != 1 or out_shape[-d] == 1:
             strides[-d] = st[-d]
-    m = _restride_meta(tape, out_shape, strides, 0, 1)
+    m = _restride_meta(tape, math.prod(in_shape), out_shape, strides, 0, 1)
     s = tape.append(K.OP_RESTRIDE, slot, -1, math.prod(out_shape), 0.0, m)
     src = tape.value_view(slot, in_shape)
     np.copyto(tape.value_view(s, out_shape), np.broadcast_to(src, out_shape))
@@ -193,18 +204,39 @@ def _record_out(tape: Tape, op: int, a: int, b: int, r: Any, p: float = 0.0,
                 m: int = -1) -> "Tensor":
     """Append the output record for the computed value ``r`` (room reserved) and wrap it."""
     if type(r) is float:
-        s = tape.push(op, a, r)
+        t = _record_scalar(tape, op, a, r)
+        s = t._slot
         if b >= 0:
             tape._wib[s] = b
         if p != 0.0:
             tape._wp[s] = p
         if m >= 0:
             tape._wmi[s] = m
-        return _register(tape, s, r)
+        return t
     s = tape.append(op, a, b, r.size, p, m)
     view = tape.value_view(s, r.shape)
     view[...] = r
     return _register(tape, s, r if r.dtype != _F64 else _frozen(view))
+
+
+def _record_scalar(tape: Tape, op: int, a: int, r: float) -> "Tensor":
+    """The hot path of scalar code: append a size-1 record of input ``a`` and value ``r``
+    (room reserved; other fields keep their defaults, see ``Tape.push``) and wrap it."""
+    i = tape.top
+    tape.top = i + 1
+    o = tape.vtop
+    tape.vtop = o + 1
+    tape._wop[i] = op
+    tape._wia[i] = a
+    tape._woff[i] = o
+    tape._wval[o] = r
+    t = _new(Tensor)
+    t._v = r
+    t._tape = tape
+    t._slot = i
+    t._rg = True
+    tape._live.append(_weakref(t))
+    return t
 
 
 def _in_arena(shape: tuple, *dtypes: np.dtype) -> bool:
@@ -225,9 +257,13 @@ def _register(tape: Tape, s: int, v: Any) -> "Tensor":
     """Wrap the value of slot ``s`` as a recorded tensor; arena views are frozen first."""
     if type(v) is np.ndarray and v.base is not None and v.flags.writeable:
         _frozen(v)
-    out = _wrap(v, tape, s, True)
-    tape._live.append(weakref.ref(out))
-    return out
+    t = _new(Tensor)
+    t._v = v
+    t._tape = tape
+    t._slot = s
+    t._rg = True
+    tape._live.append(_weakref(t))
+    return t
 
 
 def _strong(v: Any) -> Any:
@@ -268,43 +304,47 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
     op, uf, sf, op_c, op_rc = spec
     xv = x._v
     to = type(other)
-    if to is float or to is int or to is bool or isinstance(other, (float, int, np.number)):
-        # tensor (op) constant: the constant goes into the record's parameter
-        if isinstance(other, np.complexfloating):
-            _check_dtype(np.dtype(complex))
+    if to is float or to is int or to is bool:
+        # tensor (op) Python number: the number goes into the record's parameter
         if type(xv) is float:
-            if to is float or to is int or to is bool:
-                try:
-                    v = sf(other, xv) if reflected else sf(xv, other)
-                except _ARITH_ERRORS:
-                    v = float(uf(other, np.float64(xv)) if reflected else
-                              uf(np.float64(xv), other))
-            else:  # a NumPy scalar: the tensor is a strongly typed float64 (NEP 50)
-                f = np.float64(xv)
-                v = _norm(uf(other, f) if reflected else uf(f, other))
+            try:
+                v = sf(other, xv) if reflected else sf(xv, other)
+            except _ARITH_ERRORS:
+                v = float(uf(other, np.float64(xv)) if reflected else uf(np.float64(xv), other))
             if not x._rg or not _tls.grad_enabled:
                 return _wrap(v)
-        elif not x._rg or not _tls.grad_enabled:
+            tape = _tls.tape
+            if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
+                tape.reclaim(2, 2)
+            a = x._slot if x._tape is tape else _slot_on(x, tape)
+            if reflected:
+                t = _record_scalar(tape, op_rc, a, v)
+                p = float(other)
+            else:
+                t = _record_scalar(tape, op_c[0], a, v)
+                p = op_c[1] * other
+            if p != 0.0:
+                tape._wp[t._slot] = p
+            return t
+        if not x._rg or not _tls.grad_enabled:
             return _wrap(_norm(uf(other, xv) if reflected else uf(xv, other)))
-        else:
-            v = None  # computed below, into the arena when possible
         tape = _tls.tape
-        nx = _nsize(xv)
+        nx = xv.size
         if tape.top + 2 > tape.rcap or tape.vtop + 2 * nx > tape.vcap:
             tape.reclaim(2, 2 * nx)
         a = x._slot if x._tape is tape else _slot_on(x, tape)
         o, p = (op_rc, float(other)) if reflected else (op_c[0], op_c[1] * float(other))
-        if v is None:
-            shape = xv.shape
-            if _in_arena(shape, xv.dtype) and (to is float or to is int or to is bool):
-                s, view = _record_into(tape, o, a, -1, shape, p)
-                uf(other, xv, out=view) if reflected else uf(xv, other, out=view)
-                return _register(tape, s, view)
-            v = _norm(uf(other, xv) if reflected else uf(xv, other))
-        return _record_out(tape, o, a, -1, v, p)
+        shape = xv.shape
+        if _in_arena(shape, xv.dtype):
+            s, view = _record_into(tape, o, a, -1, shape, p)
+            uf(other, xv, out=view) if reflected else uf(xv, other, out=view)
+            return _register(tape, s, view)
+        return _record_out(tape, o, a, -1, _norm(uf(other, xv) if reflected else uf(xv, other)),
+                           p)
     if to is not Tensor:
         if isinstance(other, (str, bytes)) or other is None:
             return NotImplemented
+        # ndarrays, lists and NumPy scalars (typed operands under NEP 50) are constants
         other = _const(other)
     ov = other._v
     l, r = (ov, xv) if reflected else (xv, ov)
@@ -399,8 +439,8 @@ def _unary(spec: tuple, x: "Tensor") -> "Tensor":
         if not rec:
             return _wrap(v)
     else:
-        if op != K.OP_ABS and xv.dtype.kind in "biu":
-            xv = xv.astype(_F64)  # NumPy promotes ints to float64 for these functions
+        if xv.dtype.kind in "biu" and op != K.OP_ABS and op != K.OP_RELU:
+            xv = xv.astype(_F64)  # NumPy's transcendental functions promote ints to float64
         if not rec:
             return _wrap(_norm(uf(xv)))
         v = None  # computed below, into the arena when possible
@@ -454,7 +494,8 @@ def _sum(x: "Tensor", axis: Any, keepdims: bool) -> "Tensor":
     kept = [d for d in range(len(shape)) if d not in axes]
     order = kept + list(axes)
     r = math.prod(shape[d] for d in axes)  # an empty sum has r == 0 and no iterations
-    m = _restride_meta(tape, [shape[d] for d in order], [st[d] for d in order], 0, max(r, 1))
+    m = _restride_meta(tape, _nsize(xv), [shape[d] for d in order], [st[d] for d in order], 0,
+                       max(r, 1))
     return _record_out(tape, K.OP_RESTRIDE, a, -1, v, 0.0, m)
 
 
@@ -469,7 +510,9 @@ def _getitem(x: "Tensor", key: Any) -> "Tensor":
     xv = x._v
     arr = np.asarray(xv) if type(xv) is float else xv
     keys = key if isinstance(key, tuple) else (key,)
-    if isinstance(key, Tensor) or not all(isinstance(k, _BASIC_INDEX) for k in keys):
+    # Python bools are int subclasses but index as 0-d boolean masks in NumPy
+    if isinstance(key, Tensor) or not all(isinstance(k, _BASIC_INDEX) and not
+                                          isinstance(k, (bool, np.bool_)) for k in keys):
         raise IndexError(
             "only integers, slices (`:`), ellipsis (`...`) and None are supported as indices "
             f"for now; got {key!r}")
@@ -478,12 +521,13 @@ def _getitem(x: "Tensor", key: Any) -> "Tensor":
         return _wrap(v)
     # where the selection sits in the input's flat C layout: index a 1-byte array of its shape
     probe = np.empty(arr.shape, np.int8)
-    view = probe[key]
+    # a trailing Ellipsis makes NumPy return a (possibly 0-d) view, never a scalar copy
+    view = probe[keys if any(k is Ellipsis for k in keys) else keys + (Ellipsis,)]
     start = view.__array_interface__["data"][0] - probe.__array_interface__["data"][0]
     tape = _tls.tape
     tape.reserve(2, _nsize(xv) + _nsize(v), 4 + 2 * max(view.ndim, 1))
     a = _slot_on(x, tape)
-    m = _restride_meta(tape, view.shape, view.strides, start, 1)
+    m = _restride_meta(tape, arr.size, view.shape, view.strides, start, 1)
     return _record_out(tape, K.OP_RESTRIDE, a, -1, v, 0.0, m)
 
 
@@ -520,17 +564,39 @@ class Tensor:
     tensor(5.)
     """
 
-    __slots__ = ("_v", "_tape", "_slot", "_rg", "grad", "_ver", "_lc", "__weakref__")
+    # A recorded tensor sets only _v, _tape, _slot and _rg (the hot path); _grad, _ver and
+    # _lc (the cached record of a tape-less tensor) are set on leaves and constants.
+    __slots__ = ("_v", "_tape", "_slot", "_rg", "_grad", "_ver", "_lc", "__weakref__")
     # NumPy defers binary operators with tensors to the reflected Tensor methods.
     __array_ufunc__ = None
     __array_priority__ = 1000
 
     def __init__(self, data: Any, dtype: Any = None, requires_grad: bool = False) -> None:
         t = tensor(data, dtype=dtype, requires_grad=requires_grad)
-        for name in ("_v", "_tape", "_slot", "_rg", "grad", "_ver", "_lc"):
+        for name in ("_v", "_tape", "_slot", "_rg", "_grad", "_ver", "_lc"):
             setattr(self, name, getattr(t, name))
 
     # -- autograd attributes -----------------------------------------------------------------
+    @property
+    def grad(self) -> "Tensor | None":
+        """The accumulated gradient: None until a backward reaches this leaf, then a Tensor
+        of the leaf's shape and dtype; ``backward`` adds to it.  Set it to None to reset."""
+        try:
+            return self._grad
+        except AttributeError:  # recorded tensors do not set it (see __slots__)
+            return None
+
+    @grad.setter
+    def grad(self, g: "Tensor | None") -> None:
+        if g is not None:
+            if not isinstance(g, Tensor):
+                raise TypeError(f"assigned grad expected to be a Tensor or None but got "
+                                f"{type(g).__name__}")
+            if g.shape != self.shape:
+                raise RuntimeError(f"assigned grad has data of a different size: {g.shape} "
+                                   f"vs the tensor's {self.shape}")
+        self._grad = g
+
     @property
     def requires_grad(self) -> bool:
         """Whether operations on this tensor are recorded (settable on leaves)."""
@@ -599,18 +665,20 @@ class Tensor:
                                    f"and output has a shape of {shape}.")
         tape = self._tape
         if tape is None:  # a leaf differentiated with respect to itself
-            _accumulate_grad(self, seed.ravel())
+            with _GRAD_LOCK:
+                _accumulate_grad(self, seed.ravel())
             return
         slots = tape.sweep(self._slot, seed, retain_graph)
         if slots is None:
             raise RuntimeError(_ERR_RELEASED)
         adj, off, n, cached = tape.adj, tape.off, tape.n, tape._cached
-        for s in slots:
-            r = cached.get(int(s))
-            leaf = r() if r is not None else None
-            if leaf is not None:
-                o = off[s]
-                _accumulate_grad(leaf, adj[o:o + n[s]])
+        with _GRAD_LOCK:
+            for s in slots:
+                r = cached.get(int(s))
+                leaf = r() if r is not None else None
+                if leaf is not None:
+                    o = off[s]
+                    _accumulate_grad(leaf, adj[o:o + n[s]])
 
     # -- array attributes --------------------------------------------------------------------
     @property
