@@ -1,0 +1,456 @@
+"""Bounded memory: long loops must not make the tape (or the process) grow step after step.
+
+Each loop runs 1,000 steps of a graph of a few MB (a 50,000-element float64 leaf, seven
+elementwise operations and a sum per step).  A tape that never drops dead records would
+need ~3 GB by the end, so "nbytes after step 50 stays within 4x of what the first 50 steps
+needed" and "tracemalloc's peak over steps 500-1000 stays within 1.5x of its peak over
+steps 50-100" separate bounded from leaking without depending on the exact growth policy
+(the arena may double or halve on any reclamation, hence the slack).  tracemalloc also
+sees what nbytes does not: Python-side bookkeeping and arenas of tapes that should have
+died.
+
+The loop shapes are the ones users write: forward only and forward+backward inside a
+function, script-level loops where the previous step's ``loss`` is still alive while the
+next step records, and one ``with td.tape():`` block per step.
+
+Reclamation must also keep whatever is still alive intact: values, dtypes and gradients
+of retained graphs must equal a fresh computation after many reclamations.
+"""
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import tapediff as td
+
+N = 50_000  # elements of the leaf: ~400 KB per value, ~3.2 MB of values per step
+STEPS = 1000
+GROWTH = 4.0  # allowed nbytes factor over the first 50 steps
+PEAK_GROWTH = 1.5  # allowed tracemalloc peak factor, late window over early window
+
+
+def f(w, x=None):
+    """Seven elementwise operations and a sum (x: optional constant operand)."""
+    h = w * 1.5
+    h = h + (0.25 if x is None else x)
+    h = td.sin(h)
+    h = h * w
+    h = h - w
+    h = td.tanh(h)
+    h = h * h
+    return h.sum()
+
+
+def f_np(w, x=0.25):
+    t = np.tanh(np.sin(1.5 * w + x) * w - w)
+    return float((t * t).sum())
+
+
+def df_np(w, x=0.25):
+    a = 1.5 * w + x
+    t = np.tanh(np.sin(a) * w - w)
+    return 2 * t * (1 - t * t) * (np.cos(a) * 1.5 * w + np.sin(a) - 1)
+
+
+@pytest.fixture
+def w0():
+    return np.linspace(-1.0, 1.0, N)
+
+
+@pytest.fixture(autouse=True)
+def _tracing():
+    """tracemalloc for the test's duration (left as found if it was already tracing)."""
+    gc.collect()
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    yield
+    if started:
+        tracemalloc.stop()
+
+
+def _run(step, steps=STEPS):
+    """Run ``step(i)`` for i < steps; return the tapes' nbytes after each step and the
+    tracemalloc peaks over steps 50-100 and over the second half.
+
+    ``step`` returns the tape it recorded on, or None for the thread's default tape.
+    """
+    nbytes = []
+    early = late = None
+    for i in range(steps):
+        if i == 50 or i == steps // 2:
+            tracemalloc.reset_peak()
+        t = step(i)
+        nbytes.append((t if t is not None else td.current_tape()).nbytes)
+        if i == 100:
+            early = tracemalloc.get_traced_memory()[1]
+    late = tracemalloc.get_traced_memory()[1]
+    return nbytes, early, late
+
+
+def _assert_bounded(nbytes, early, late, check_nbytes=True):
+    if check_nbytes:
+        base = max(nbytes[:51])
+        worst = max(nbytes[50:])
+        assert worst <= GROWTH * base, (
+            f"tape grew from {base} bytes (first 50 steps) to {worst} bytes; "
+            f"at steps 100/500/999: {nbytes[100]}, {nbytes[500]}, {nbytes[-1]}")
+    assert late <= PEAK_GROWTH * early, (
+        f"traced memory peak grew from {early / 1e6:.1f} MB (steps 50-100) "
+        f"to {late / 1e6:.1f} MB (second half)")
+
+
+# ---------------------------------------------------------------------------------------------
+# loop shapes on the default tape
+# ---------------------------------------------------------------------------------------------
+def test_forward_only_inside_a_function(w0):
+    w = td.tensor(w0, requires_grad=True)
+    values = []
+
+    def step(i):
+        values.append(f(w).item())
+
+    nbytes, early, late = _run(step)
+    _assert_bounded(nbytes, early, late)
+    assert values[0] == pytest.approx(f_np(w0), rel=1e-12)
+    assert values[-1] == values[0]
+    assert w.grad is None
+
+
+def test_forward_backward_with_updates_inside_a_function(w0):
+    # The in-place update bumps w's version every step, so every step records a new value
+    # of the leaf: the old ones must be dropped too.
+    w = td.tensor(w0, requires_grad=True)
+    lr = 1e-3
+    ref = w0.copy()
+
+    def step(i):
+        nonlocal ref, w  # w: the in-place update rebinds the name (to the same tensor)
+        loss = f(w)
+        loss.backward()
+        with td.no_grad():
+            w -= lr * w.grad
+        w.grad = None
+        if i < 3:  # the loop does what it should (checked on the first steps only)
+            ref = ref - lr * df_np(ref)
+            np.testing.assert_allclose(w.numpy(), ref, rtol=1e-12, atol=1e-15)
+
+    nbytes, early, late = _run(step)
+    _assert_bounded(nbytes, early, late)
+
+
+def test_script_level_loop_with_backward(w0):
+    # The previous step's loss is alive (bound to the name) while the next step records.
+    w = td.tensor(w0, requires_grad=True)
+    history = []
+    nbytes = []
+    early = None
+    loss = None
+    for step in range(STEPS):
+        if step == 50 or step == STEPS // 2:
+            tracemalloc.reset_peak()
+        loss = f(w)
+        loss.backward()
+        history.append(loss.item())
+        nbytes.append(td.current_tape().nbytes)
+        if step == 100:
+            early = tracemalloc.get_traced_memory()[1]
+    late = tracemalloc.get_traced_memory()[1]
+    _assert_bounded(nbytes, early, late)
+    assert history[0] == pytest.approx(f_np(w0), rel=1e-12)
+    np.testing.assert_allclose(w.grad.numpy(), STEPS * df_np(w0), rtol=1e-9)
+    del loss
+
+
+def test_script_level_loop_without_backward(w0):
+    # Each live loss keeps its whole (unreleased) graph: two steps' worth at most.
+    w = td.tensor(w0, requires_grad=True)
+    history = []
+    nbytes = []
+    early = None
+    loss = None
+    for step in range(STEPS):
+        if step == 50 or step == STEPS // 2:
+            tracemalloc.reset_peak()
+        loss = f(w)
+        history.append(loss.item())
+        nbytes.append(td.current_tape().nbytes)
+        if step == 100:
+            early = tracemalloc.get_traced_memory()[1]
+    late = tracemalloc.get_traced_memory()[1]
+    _assert_bounded(nbytes, early, late)
+    # the last loss still differentiates after all those reclamations
+    loss.backward()
+    np.testing.assert_allclose(w.grad.numpy(), df_np(w0), rtol=1e-12, atol=1e-15)
+
+
+def test_nbytes_stays_near_one_step_of_graph(w0):
+    # An absolute bound besides the relative one: a few graphs' worth (values + adjoints,
+    # with the arena's doubling slack), far below 1,000 steps' worth.
+    w = td.tensor(w0, requires_grad=True)
+    step_bytes = 8 * N * 8  # the leaf and seven 50k-element float64 values per step
+    worst = 0
+    for _ in range(200):
+        f(w).backward()
+        worst = max(worst, td.current_tape().nbytes)
+    assert worst <= 24 * step_bytes, worst
+
+
+def test_scalar_script_loop_stays_bounded():
+    # Scalar code records one tiny record per operation: 10,000 steps of it must recycle
+    # the records instead of growing the tape.
+    x = td.tensor(0.3, requires_grad=True)
+    nbytes, records = [], []
+    for step in range(10_000):
+        y = x * x * 3.0 + td.sin(x) - x / 4.0
+        y.backward()
+        nbytes.append(td.current_tape().nbytes)
+        records.append(len(td.current_tape()))
+    assert max(nbytes[1000:]) <= GROWTH * max(nbytes[:1001])
+    assert max(records) < 10_000, "records of dead scalar graphs were never reclaimed"
+    assert x.grad.item() == pytest.approx(10_000 * (6 * 0.3 + np.cos(0.3) - 0.25), rel=1e-9)
+
+
+def test_mixed_scalar_and_array_graphs_across_reclamations(w0):
+    # Scalar records are written with only a few fields set; the others must hold their
+    # defaults even in slots freed by a reclamation of array records.  Every gradient is
+    # checked, across many reclamations.
+    tape = td.current_tape()
+    w = td.tensor(w0, requires_grad=True)
+    drops, last = 0, len(tape)
+    for step in range(120):
+        if step % 3 == 0:
+            loss = f(w)
+            loss.backward()
+            if step % 30 == 0:
+                np.testing.assert_allclose(w.grad.numpy(), df_np(w0), rtol=1e-12,
+                                           atol=1e-15)
+            w.grad = None
+        s0 = 0.5 + step % 7
+        s = td.tensor(s0, requires_grad=True)
+        c = td.tensor(2.0)
+        y = (s * s + s * c) / 3.0 - td.sin(s) + td.exp(s * 0.1)
+        y.backward()
+        assert s.grad.item() == pytest.approx((2 * s0 + 2) / 3 - np.cos(s0)
+                                              + 0.1 * np.exp(0.1 * s0), rel=1e-13), step
+        drops += len(tape) < last
+        last = len(tape)
+    assert drops >= 3
+
+
+# ---------------------------------------------------------------------------------------------
+# one tape block per step
+# ---------------------------------------------------------------------------------------------
+def test_each_step_in_its_own_tape_block(w0):
+    w = td.tensor(w0, requires_grad=True)
+    losses = []
+
+    def step(i):
+        with td.tape() as t:
+            loss = f(w)
+            loss.backward()
+        losses.append(loss.item())
+        w.grad = None
+        return t
+
+    nbytes, early, late = _run(step)
+    _assert_bounded(nbytes, early, late)
+    assert losses[0] == pytest.approx(f_np(w0), rel=1e-12) and losses[-1] == losses[0]
+
+
+def test_each_step_in_its_own_tape_block_with_prebuilt_data():
+    # The usual dataset loop: the batches are tensors built once, each used in its step's
+    # tape block.  Holding the data must not hold the dead tapes (and their arenas) of the
+    # steps that used it.
+    m, steps = 2_000, 400
+    rng = np.random.default_rng(1)
+    data = [td.tensor(rng.normal(size=m)) for _ in range(steps)]
+    w0 = np.linspace(-1.0, 1.0, m)
+    w = td.tensor(w0, requires_grad=True)
+    early = None
+    for i, x in enumerate(data):
+        if i == 50 or i == steps - 100:
+            tracemalloc.reset_peak()
+        with td.tape():
+            loss = f(w, x)
+            loss.backward()
+        if i in (0, steps - 1):
+            np.testing.assert_allclose(w.grad.numpy(), df_np(w0, x.numpy()), rtol=1e-10,
+                                       atol=1e-14)
+        w.grad = None
+        if i == 100:
+            early = tracemalloc.get_traced_memory()[1]
+    late = tracemalloc.get_traced_memory()[1]
+    assert late <= PEAK_GROWTH * early + 1_000_000, (
+        f"traced memory peak grew from {early / 1e6:.1f} MB (steps 50-100) "
+        f"to {late / 1e6:.1f} MB (last 100 steps)")
+
+
+# ---------------------------------------------------------------------------------------------
+# explicit reclamation
+# ---------------------------------------------------------------------------------------------
+def _big_graph(w):
+    h = w
+    for _ in range(10):
+        h = td.sin(h) * 1.01
+    return h.sum()
+
+
+def test_reclaim_after_release_shrinks_the_default_tape():
+    tape = td.current_tape()
+    w = td.tensor(np.linspace(0.0, 1.0, 200_000), requires_grad=True)
+    loss = _big_graph(w)
+    loss.backward()  # releases the graph
+    big = tape.nbytes
+    assert big > 20 * 200_000 * 8  # 20 values of 200k elements, plus adjoints
+    tape.reclaim()
+    # What is left: the released loss (a scalar) and the leaf's 200k values.
+    assert tape.nbytes < big / 4, (big, tape.nbytes)
+    np.testing.assert_array_equal(w.numpy(), np.linspace(0.0, 1.0, 200_000))
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward()  # still released after compaction
+
+
+def test_reclaim_of_a_dead_graph_returns_a_tape_to_its_initial_size():
+    with td.tape() as t:
+        initial = t.nbytes
+        assert td.current_tape() is t
+        w = td.tensor(np.linspace(0.0, 1.0, 200_000), requires_grad=True)
+        loss = _big_graph(w)
+        loss.backward()
+        big = t.nbytes
+        del w, loss
+        gc.collect()
+        td.current_tape().reclaim()
+        assert t.nbytes <= initial < big / 100, (initial, big, t.nbytes)
+        assert len(t) == 0
+
+
+def test_unreleased_dead_graph_is_reclaimed_too():
+    # forward-only: nothing is released, but nothing live reaches the records either
+    with td.tape() as t:
+        w = td.tensor(np.linspace(0.0, 1.0, 200_000), requires_grad=True)
+        _big_graph(w)
+        big = t.nbytes
+        t.reclaim()
+        assert len(t) == 1  # the leaf's value, cached while w is alive and unchanged
+        assert t.nbytes < big / 4
+
+
+def _intervening_work(tape, steps=150):
+    """Many operations on the current tape (other leaves); return how many times the
+    tape's record count went down, i.e. how many reclamations were seen."""
+    other = td.tensor(np.linspace(-2.0, 2.0, N), requires_grad=True)
+    drops, last = 0, len(tape)
+    for i in range(steps):
+        loss = f(other)
+        if i % 2:
+            loss.backward()
+        n = len(tape)
+        drops += n < last
+        last = n
+    return drops
+
+
+def test_retained_graph_survives_many_reclamations(w0):
+    tape = td.current_tape()
+    w = td.tensor(w0, requires_grad=True)
+    h = td.sin(w * 1.5)  # a live intermediate
+    y = (h * w).sum() + f(w)
+    y.backward(retain_graph=True)
+    first = w.grad.numpy()
+    expected_grad = np.cos(1.5 * w0) * 1.5 * w0 + np.sin(1.5 * w0) + df_np(w0)
+    np.testing.assert_allclose(first, expected_grad, rtol=1e-12, atol=1e-14)
+
+    drops = _intervening_work(tape)
+    for i in range(20):  # w itself keeps being used (same value) on the same tape
+        (w * float(i)).sum()
+    assert drops >= 3, "the intervening work should have made the tape reclaim"
+
+    np.testing.assert_array_equal(h.numpy(), np.sin(w0 * 1.5))
+    assert y.item() == pytest.approx(float((np.sin(1.5 * w0) * w0).sum()) + f_np(w0),
+                                     rel=1e-12)
+    assert y.grad_fn == "<AddBackward0>" and h.grad_fn == "<SinBackward0>"
+    w.grad = None
+    y.backward(retain_graph=True)
+    np.testing.assert_array_equal(w.grad.numpy(), first)  # the same sweep as before
+    (h * 2.0).sum().backward()  # the live intermediate is still a working graph node
+    np.testing.assert_allclose(w.grad.numpy(), first + 2 * 1.5 * np.cos(1.5 * w0),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_values_taken_from_recorded_tensors_survive_reclamations(w0):
+    # Values handed out from a recorded tensor (detach, np.asarray, no_grad results) must
+    # not share storage a later reclamation writes into, whatever the arena reuse policy.
+    # The values are taken in the middle of a steady loop (arena size settled), so that an
+    # arena recycled by a later reclamation would be the very one they were taken from.
+    tape = td.current_tape()
+    w = td.tensor(w0, requires_grad=True)
+    for _ in range(30):
+        f(w).backward()
+    h = td.sin(w * 2.0)
+    expected = np.sin(w0 * 2.0)
+    taken = {"detach": h.detach(), "asarray": np.asarray(h), "tensor": td.tensor(h)}
+    with td.no_grad():
+        taken["slice"] = h[10:1000]
+        taken["sum"] = h.sum(axis=0, keepdims=True)
+    values = {k: np.array(v) for k, v in taken.items()}
+    np.testing.assert_array_equal(values["detach"], expected)
+    del h
+    drops, last = 0, len(tape)
+    for _ in range(100):
+        f(w).backward()
+        drops += len(tape) < last
+        last = len(tape)
+    assert drops >= 3
+    for k, v in taken.items():
+        np.testing.assert_array_equal(np.array(v), values[k], err_msg=k)
+
+
+def test_reclamation_keeps_float32_values_and_dtype():
+    x0 = np.linspace(-1.0, 1.0, 1000, dtype=np.float32)
+    x = td.tensor(x0, requires_grad=True)
+    y = x * 3.0
+    assert y.dtype == np.float32
+    expected = y.numpy()
+    td.current_tape().reclaim()
+    assert y.dtype == np.float32, "reclamation changed a live float32 tensor's dtype"
+    assert repr(y).endswith("dtype=float32, grad_fn=<MulBackward0>)")
+    np.testing.assert_array_equal(y.numpy(), expected)
+    y.sum().backward()
+    assert x.grad.dtype == np.float32
+    np.testing.assert_array_equal(x.grad.numpy(), np.full(1000, 3.0, np.float32))
+
+
+def test_old_graph_keeps_its_leaf_after_update_and_reclamation(w0):
+    # A graph recorded before an in-place update differentiates with the old value, and
+    # still delivers the gradient to the leaf once the tape has reclaimed in between.
+    w = td.tensor(w0, requires_grad=True)
+    old = (w * w).sum()
+    with td.no_grad():
+        w -= 1.0
+    new = (w * w).sum()  # records the leaf's new value
+    td.current_tape().reclaim()
+    old.backward()
+    assert w.grad is not None, "the old graph's gradient never reached the leaf"
+    np.testing.assert_array_equal(w.grad.numpy(), 2 * w0)
+    new.backward()
+    np.testing.assert_array_equal(w.grad.numpy(), 2 * w0 + 2 * (w0 - 1.0))
+
+
+def test_graph_keeps_its_leaf_after_the_leaf_was_used_on_another_tape(w0):
+    # Using a leaf on an inner tape must not cut it off from a graph on the default tape,
+    # however often the default tape reclaims afterwards.
+    w = td.tensor(w0, requires_grad=True)
+    y = (w * w).sum()
+    with td.tape():
+        z = (w * 3.0).sum()
+    td.current_tape().reclaim()
+    y.backward()
+    assert w.grad is not None, "the default tape's graph lost its leaf"
+    np.testing.assert_array_equal(w.grad.numpy(), 2 * w0)
+    z.backward()
+    np.testing.assert_array_equal(w.grad.numpy(), 2 * w0 + 3.0)
