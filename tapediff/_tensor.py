@@ -354,7 +354,18 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
             v = sf(l, r)
         except _ARITH_ERRORS:
             v = float(uf(np.float64(l), r))
-        return _record_binary(op, uf, x, other, reflected, v, ()) if rec else _wrap(v)
+        if not rec:
+            return _wrap(v)
+        tape = _tls.tape
+        if tape.top + 3 > tape.rcap or tape.vtop + 3 > tape.vcap:
+            tape.reclaim(3, 3)
+        a = x._slot if x._tape is tape else _slot_on(x, tape)
+        b = other._slot if other._tape is tape else _slot_on(other, tape)
+        if reflected:
+            a, b = b, a
+        t = _record_scalar(tape, op, a, v)
+        tape._wib[t._slot] = b
+        return t
     shape = _result_shape(_shape_of(l), _shape_of(r))
     if not rec:
         # a float64 tensor held as a Python float must not act as a weak scalar (NEP 50)
@@ -438,24 +449,24 @@ def _unary(spec: tuple, x: "Tensor") -> "Tensor":
             v = float(uf(np.float64(xv)))
         if not rec:
             return _wrap(v)
-    else:
-        if xv.dtype.kind in "biu" and op != K.OP_ABS and op != K.OP_RELU:
-            xv = xv.astype(_F64)  # NumPy's transcendental functions promote ints to float64
-        if not rec:
-            return _wrap(_norm(uf(xv)))
-        v = None  # computed below, into the arena when possible
+        tape = _tls.tape
+        if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
+            tape.reclaim(2, 2)
+        return _record_scalar(tape, op, x._slot if x._tape is tape else _slot_on(x, tape), v)
+    if xv.dtype.kind in "biu" and op != K.OP_ABS and op != K.OP_RELU:
+        xv = xv.astype(_F64)  # NumPy's transcendental functions promote ints to float64
+    if not rec:
+        return _wrap(_norm(uf(xv)))
     tape = _tls.tape
-    nx = _nsize(xv)
+    nx = xv.size
     if tape.top + 2 > tape.rcap or tape.vtop + 2 * nx > tape.vcap:
         tape.reclaim(2, 2 * nx)
     a = x._slot if x._tape is tape else _slot_on(x, tape)
-    if v is None:
-        if _in_arena(xv.shape, xv.dtype):
-            s, view = _record_into(tape, op, a, -1, xv.shape)
-            uf(xv, out=view)
-            return _register(tape, s, view)
-        v = _norm(uf(xv))
-    return _record_out(tape, op, a, -1, v)
+    if _in_arena(xv.shape, xv.dtype):
+        s, view = _record_into(tape, op, a, -1, xv.shape)
+        uf(xv, out=view)
+        return _register(tape, s, view)
+    return _record_out(tape, op, a, -1, _norm(uf(xv)))
 
 
 # ---------------------------------------------------------------------------------------------
