@@ -13,9 +13,20 @@ tensor([2., 2., 2.])
 import numpy as _np
 
 from ._functions import (
-    abs, arange, cos, exp, full, log, mean, ones, ones_like, relu, sigmoid, sin, sqrt, sum,
-    tan, tanh, zeros, zeros_like,
+    arange, arccos, arcsin, arctan, cos, cosh, exp, exp2, expm1, full, log, log1p, log2, log10,
+    ones, ones_like, relu, sigmoid, sin, sinh, softplus, sqrt, tan, tanh, zeros, zeros_like,
 )
+from ._ops import abs_ as abs
+from ._ops import (
+    arctan2, argmax, argmin, array_split, astype, atleast_1d, atleast_2d, broadcast_to, clip,
+    concatenate, cumprod, cumsum, diagonal, dot, einsum, expand_dims, flip, hstack, hypot,
+    inner, log_softmax, logsumexp, matmul, maximum, mean, minimum, moveaxis, norm, outer, pad,
+    prod, ravel, reciprocal, repeat, reshape, roll, sign, softmax, split, square, squeeze,
+    stack, std, swapaxes, take, tensordot, tile, trace, transpose, var, vdot, vstack, where,
+)
+from ._ops import max_ as max
+from ._ops import min_ as min
+from ._ops import sum_ as sum
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._tape import Tape, current_tape, tape
 from ._tensor import BroadcastError, Tensor, tensor
@@ -33,5 +44,13 @@ __all__ = [
     "Tensor", "Tape", "BroadcastError", "tensor", "tape", "current_tape", "no_grad",
     "enable_grad", "set_grad_enabled", "is_grad_enabled", "zeros", "ones", "full", "arange",
     "zeros_like", "ones_like", "exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid",
-    "relu", "abs", "sum", "mean", "float16", "float32", "float64", "int32", "int64", "bool_",
+    "relu", "abs", "log1p", "expm1", "log2", "log10", "exp2", "sinh", "cosh", "arcsin",
+    "arccos", "arctan", "softplus", "square", "reciprocal", "sign", "arctan2", "hypot", "sum",
+    "mean", "var", "std", "max", "min", "argmax", "argmin", "prod", "cumsum", "cumprod",
+    "logsumexp", "softmax", "log_softmax", "norm", "reshape", "ravel", "squeeze",
+    "expand_dims", "transpose", "swapaxes", "moveaxis", "broadcast_to", "flip", "roll",
+    "repeat", "tile", "pad", "take", "diagonal", "trace", "concatenate", "stack", "hstack",
+    "vstack", "split", "array_split", "atleast_1d", "atleast_2d", "where", "maximum",
+    "minimum", "clip", "matmul", "dot", "vdot", "inner", "outer", "tensordot", "einsum",
+    "astype", "float16", "float32", "float64", "int32", "int64", "bool_",
 ]

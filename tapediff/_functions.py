@@ -67,19 +67,59 @@ def abs(x: Any) -> Tensor:  # noqa: A001 - NumPy's name
     return _unary(_UNARY["abs"], _t(x))
 
 
-def sum(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:  # noqa: A001
-    """Sum over ``axis`` (None for all, an int or a tuple), as ``np.sum``.
-
-    >>> import tapediff as td
-    >>> td.sum(td.tensor([[1.0, 2.0], [3.0, 4.0]]), axis=0)
-    tensor([4., 6.])
-    """
-    return _t(x).sum(axis, keepdims, **aliases)
+def log1p(x: Any) -> Tensor:
+    """Elementwise log(1 + x), accurate near 0."""
+    return _unary(_UNARY["log1p"], _t(x))
 
 
-def mean(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
-    """Mean over ``axis`` (None for all, an int or a tuple), as ``np.mean``."""
-    return _t(x).mean(axis, keepdims, **aliases)
+def expm1(x: Any) -> Tensor:
+    """Elementwise e**x - 1, accurate near 0."""
+    return _unary(_UNARY["expm1"], _t(x))
+
+
+def log2(x: Any) -> Tensor:
+    """Elementwise base-2 logarithm."""
+    return _unary(_UNARY["log2"], _t(x))
+
+
+def log10(x: Any) -> Tensor:
+    """Elementwise base-10 logarithm."""
+    return _unary(_UNARY["log10"], _t(x))
+
+
+def exp2(x: Any) -> Tensor:
+    """Elementwise 2**x."""
+    return _unary(_UNARY["exp2"], _t(x))
+
+
+def sinh(x: Any) -> Tensor:
+    """Elementwise hyperbolic sine."""
+    return _unary(_UNARY["sinh"], _t(x))
+
+
+def cosh(x: Any) -> Tensor:
+    """Elementwise hyperbolic cosine."""
+    return _unary(_UNARY["cosh"], _t(x))
+
+
+def arcsin(x: Any) -> Tensor:
+    """Elementwise inverse sine."""
+    return _unary(_UNARY["arcsin"], _t(x))
+
+
+def arccos(x: Any) -> Tensor:
+    """Elementwise inverse cosine."""
+    return _unary(_UNARY["arccos"], _t(x))
+
+
+def arctan(x: Any) -> Tensor:
+    """Elementwise inverse tangent."""
+    return _unary(_UNARY["arctan"], _t(x))
+
+
+def softplus(x: Any) -> Tensor:
+    """Elementwise log(1 + e**x), computed without overflow."""
+    return _unary(_UNARY["softplus"], _t(x))
 
 
 # -- factories -------------------------------------------------------------------------------

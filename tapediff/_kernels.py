@@ -5,18 +5,22 @@ file of each function, so opcode constants and kernels defined in another module
 stale in the cache without Numba noticing; keeping them together makes every edit here
 invalidate the cache as a whole.
 
-Layout of a tape (see ``_tape.Tape``): record ``i`` produces slot ``i``; its value is
-``val[off[i]:off[i] + n[i]]`` (flat, C order), its adjoint the same range of ``adj``.
-``ia[i]``/``ib[i]`` are input slots (-1 when absent), ``p[i]`` a scalar parameter and
-``mi[i]`` the offset of a block in the int64 side table ``meta`` (``meta[m]`` holds the
-block's length, the payload follows).
+Layout of a tape (see ``_tape.Tape``): record ``i`` produces slot ``i``.  ``dt[i]`` says which
+arena holds its value (``KIND_F64`` or ``KIND_F32``): ``val[off[i]:off[i] + n[i]]`` (flat, C
+order), its adjoint the same range of the matching adjoint arena.  ``ia[i]``/``ib[i]`` are
+input slots (-1 when absent), ``p[i]`` a scalar parameter and ``mi[i]`` the offset of a
+block in the int64 side table ``meta`` (``meta[m]`` holds the block's length, the payload
+follows).  Opcodes in ``META_INPUTS`` list further input slots at the start of their
+payload: ``meta[m+1]`` = count, then the slots.
 
-Dispatch is a hand-written ``if/elif`` chain over opcodes in ``reverse_sweep``.  Numba cannot
-cache functions built with ``exec`` nor functions that receive other jitted functions as
-arguments, so a registry-driven dispatch would either lose the cache or need generated
-code; a plain chain is cached, readable, and ``tests/test_kernels.py`` checks that every
-opcode in ``OPCODES`` has a branch (an opcode without one makes the sweep return
-``UNKNOWN_OPCODE``).
+The sweep: ``reverse_sweep`` is one jitted loop over the records of one arena kind (Numba
+compiles it once per kind, on first use).  It hands control back to the Python driver
+(``Tape.sweep``) at a record of the other kind and at the two records whose rules are NumPy
+calls: ``OP_MATMUL`` (BLAS; a BLAS call compiled into the sweep costs ~7 s of cold compile)
+and ``OP_CAST`` (it spans both arenas).  Dispatch is a hand-written ``if/elif`` chain: Numba
+cannot cache functions built with ``exec`` nor functions that receive other jitted
+functions as arguments, so a registry-driven dispatch would lose the cache or need
+generated code; ``tests/test_kernels.py`` checks that every opcode has a branch.
 
 Kernels use ``error_model="numpy"``: division by zero and the like give inf/nan as in NumPy
 (Numba's default raises ZeroDivisionError) and loops need no per-element checks.
@@ -36,59 +40,103 @@ from numba import njit
 
 # ---------------------------------------------------------------------------------------------
 # Opcodes.  Names say the operand kinds: plain = tensor(s) only, _C = tensor with the scalar
-# constant p.  Each rule's derivative sits beside its opcode in ``reverse_sweep`` below.
+# constant p.  Elementwise rules are in ``partials``, the others in ``reverse_sweep``.
 # ---------------------------------------------------------------------------------------------
 OP_LEAF = 0  # value of a leaf that requires grad; its adjoint goes to the leaf's .grad
 OP_CONST = 1  # a constant operand (copied in); never gets an adjoint
-OP_ADD = 2  # a + b
-OP_SUB = 3  # a - b
-OP_MUL = 4  # a * b
-OP_DIV = 5  # a / b
-OP_POW = 6  # a ** b
-OP_ADD_C = 7  # a + p   (a - c is recorded as a + (-c): exact in IEEE arithmetic)
-OP_MUL_C = 8  # a * p   (-a is a * -1)
-OP_RSUB_C = 9  # p - a
-OP_DIV_C = 10  # a / p
-OP_RDIV_C = 11  # p / a
-OP_POW_C = 12  # a ** p
-OP_RPOW_C = 13  # p ** a
-OP_EXP = 14
-OP_LOG = 15
-OP_SQRT = 16
-OP_SIN = 17
-OP_COS = 18
-OP_TAN = 19
-OP_TANH = 20
-OP_SIGMOID = 21
-OP_RELU = 22
-OP_ABS = 23
-OP_RESTRIDE = 24  # strided gather / sum: slicing, broadcasting, transposes, axis sums
+# binary elementwise: a (op) b
+OP_ADD = 2
+OP_SUB = 3
+OP_MUL = 4
+OP_DIV = 5
+OP_POW = 6
+OP_ARCTAN2 = 7
+OP_HYPOT = 8
+# tensor (op) constant p
+OP_ADD_C = 9  # a + p   (a - c is recorded as a + (-c): exact in IEEE arithmetic)
+OP_MUL_C = 10  # a * p   (-a is a * -1)
+OP_RSUB_C = 11  # p - a
+OP_DIV_C = 12  # a / p
+OP_RDIV_C = 13  # p / a
+OP_POW_C = 14  # a ** p
+OP_RPOW_C = 15  # p ** a
+# unary
+OP_EXP = 16
+OP_LOG = 17
+OP_SQRT = 18
+OP_SIN = 19
+OP_COS = 20
+OP_TAN = 21
+OP_TANH = 22
+OP_SIGMOID = 23
+OP_RELU = 24
+OP_ABS = 25
+OP_LOG1P = 26
+OP_EXPM1 = 27
+OP_SINH = 28
+OP_COSH = 29
+OP_ARCSIN = 30
+OP_ARCCOS = 31
+OP_ARCTAN = 32
+OP_LOG2 = 33
+OP_LOG10 = 34
+OP_EXP2 = 35
+OP_SOFTPLUS = 36
+LAST_ELEMENTWISE = OP_SOFTPLUS
+# layout, selection, reductions and scans
+OP_RESTRIDE = 37  # strided gather / sum: slicing, broadcasting, transposes, axis sums
+OP_GATHER = 38  # out[k] = a[idx[k]]: advanced indexing, repeat, roll
+OP_SCATTER = 39  # out = 0; out[idx[k]] += a[k]: functional index updates
+OP_WHERE = 40  # out = a where w else b; weights w (1, 0, or 1/2 at ties) in a META_INPUTS slot
+OP_CONCAT = 41  # inputs listed in meta, joined along an axis
+OP_PROD = 42  # strided product reduction (OP_RESTRIDE's layout)
+OP_CUMSUM = 43  # running sum along an axis
+OP_CUMPROD = 44  # running product along an axis
+# rules run by the Python driver (NumPy calls)
+OP_MATMUL = 45  # batched (b, m, k) @ (b, k, n) through BLAS
+OP_CAST = 46  # a value of the other arena kind (float32 <-> float64)
+LAST_OPCODE = OP_CAST
+META_INPUTS = (OP_WHERE, OP_CONCAT)
+PYTHON_RULES = (OP_MATMUL, OP_CAST)
 
 # Name of each opcode as shown in reprs (grad_fn=<MulBackward0>).
 OPCODES = {
     OP_LEAF: "Leaf", OP_CONST: "Const", OP_ADD: "Add", OP_SUB: "Sub", OP_MUL: "Mul",
-    OP_DIV: "Div", OP_POW: "Pow", OP_ADD_C: "Add", OP_MUL_C: "Mul", OP_RSUB_C: "Rsub",
-    OP_DIV_C: "Div", OP_RDIV_C: "Div", OP_POW_C: "Pow", OP_RPOW_C: "Pow", OP_EXP: "Exp",
-    OP_LOG: "Log", OP_SQRT: "Sqrt", OP_SIN: "Sin", OP_COS: "Cos", OP_TAN: "Tan",
-    OP_TANH: "Tanh", OP_SIGMOID: "Sigmoid", OP_RELU: "Relu", OP_ABS: "Abs",
-    OP_RESTRIDE: "Restride",
+    OP_DIV: "Div", OP_POW: "Pow", OP_ARCTAN2: "Atan2", OP_HYPOT: "Hypot", OP_ADD_C: "Add",
+    OP_MUL_C: "Mul", OP_RSUB_C: "Rsub", OP_DIV_C: "Div", OP_RDIV_C: "Div", OP_POW_C: "Pow",
+    OP_RPOW_C: "Pow", OP_EXP: "Exp", OP_LOG: "Log", OP_SQRT: "Sqrt", OP_SIN: "Sin",
+    OP_COS: "Cos", OP_TAN: "Tan", OP_TANH: "Tanh", OP_SIGMOID: "Sigmoid", OP_RELU: "Relu",
+    OP_ABS: "Abs", OP_LOG1P: "Log1P", OP_EXPM1: "Expm1", OP_SINH: "Sinh", OP_COSH: "Cosh",
+    OP_ARCSIN: "Asin", OP_ARCCOS: "Acos", OP_ARCTAN: "Atan", OP_LOG2: "Log2",
+    OP_LOG10: "Log10", OP_EXP2: "Exp2", OP_SOFTPLUS: "Softplus", OP_RESTRIDE: "View",
+    OP_GATHER: "Index", OP_SCATTER: "IndexPut", OP_WHERE: "Where", OP_CONCAT: "Cat",
+    OP_PROD: "Prod", OP_CUMSUM: "Cumsum", OP_CUMPROD: "Cumprod", OP_MATMUL: "Mm",
+    OP_CAST: "ToCopy",
 }
+
+KIND_F64 = 0
+KIND_F32 = 1
 
 # Record flag bits.
 FLAG_RELEASED = 1  # swept by a backward without retain_graph: may not be swept again
 
-# Return codes of reverse_sweep below zero.
-UNKNOWN_OPCODE = -1
-# ``-2 - i`` means: record i was reached but has been released.
+# reverse_sweep's return codes; a value >= 0 is the record where it handed back control.
+SWEEP_DONE = -1
+UNKNOWN_OPCODE = -2
+# ``-3 - i`` means: record i was reached but has been released.
+
+_LN2 = math.log(2.0)
+_LN10 = math.log(10.0)
 
 
+# ---------------------------------------------------------------------------------------------
+# Elementwise reverse rules: (g * d out/d a, g * d out/d b) from g (the output's adjoint),
+# x, z (the inputs' values; z unused by unary rules), y (the output's value) and c (the
+# record's parameter).  ``partials_hot`` holds the rules that have specialised array loops
+# in the sweep; keeping it small lets LLVM inline and fold it into each of those loops.
+# ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
-def partials(o, g, x, z, y, c):
-    """The reverse rule of every elementwise opcode: (g * d out/d a, g * d out/d b).
-
-    g: adjoint of the output; x, z: values of inputs a, b (z unused by unary ops);
-    y: value of the output; c: the record's scalar parameter.
-    """
+def partials_hot(o, g, x, z, y, c):
     if o == OP_ADD:
         return g, g
     if o == OP_SUB:
@@ -97,26 +145,12 @@ def partials(o, g, x, z, y, c):
         return g * z, g * x
     if o == OP_DIV:  # d/da = 1/b, d/db = -(a/b)/b
         return g / z, -g * y / z
-    if o == OP_POW:  # d/da = b a^(b-1) (0 where b == 0); d/db = a^b log a (0 where a == 0, b >= 0)
-        da = 0.0 if z == 0.0 else g * z * x ** (z - 1.0)
-        db = 0.0 if (x == 0.0 and z >= 0.0) else g * y * math.log(x)
-        return da, db
-    if o == OP_ADD_C:
-        return g, 0.0
-    if o == OP_MUL_C:
+    if o == OP_MUL_C:  # also ADD_C, RSUB_C, DIV_C with c = d out/d a (see reverse_sweep)
         return g * c, 0.0
-    if o == OP_RSUB_C:
-        return -g, 0.0
-    if o == OP_DIV_C:
-        return g / c, 0.0
-    if o == OP_RDIV_C:  # d(c/a)/da = -(c/a)/a
-        return -g * y / x, 0.0
     if o == OP_POW_C:  # c x^(c-1); squares are common enough to skip pow()
         if c == 2.0:
             return 2.0 * g * x, 0.0
         return (0.0 if c == 0.0 else g * c * x ** (c - 1.0)), 0.0
-    if o == OP_RPOW_C:
-        return g * y * math.log(c), 0.0
     if o == OP_EXP:
         return g * y, 0.0
     if o == OP_LOG:
@@ -127,25 +161,93 @@ def partials(o, g, x, z, y, c):
         return g * math.cos(x), 0.0
     if o == OP_COS:
         return -g * math.sin(x), 0.0
-    if o == OP_TAN:  # 1 + tan^2
-        return g * (1.0 + y * y), 0.0
     if o == OP_TANH:  # 1 - tanh^2
         return g * (1.0 - y * y), 0.0
     if o == OP_SIGMOID:  # s (1 - s)
         return g * y * (1.0 - y), 0.0
     if o == OP_RELU:  # 0 at 0, as PyTorch
         return (g if x > 0.0 else 0.0), 0.0
+    return math.nan, math.nan
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def partials(o, g, x, z, y, c):
+    """Every elementwise rule (the hot ones via ``partials_hot``)."""
+    if o == OP_POW:  # d/da = b a^(b-1) (0 where b == 0); d/db = a^b log a (0 where a == 0, b >= 0)
+        da = 0.0 if z == 0.0 else g * z * x ** (z - 1.0)
+        db = 0.0 if (x == 0.0 and z >= 0.0) else g * y * math.log(x)
+        return da, db
+    if o == OP_ARCTAN2:  # atan2(a, b): (b, -a) / (a^2 + b^2)
+        r = x * x + z * z
+        return g * z / r, -g * x / r
+    if o == OP_HYPOT:
+        return g * x / y, g * z / y
+    if o == OP_ADD_C:
+        return g, 0.0
+    if o == OP_RSUB_C:
+        return -g, 0.0
+    if o == OP_DIV_C:
+        return g / c, 0.0
+    if o == OP_RDIV_C:  # d(c/a)/da = -(c/a)/a
+        return -g * y / x, 0.0
+    if o == OP_RPOW_C:
+        return g * y * math.log(c), 0.0
+    if o == OP_TAN:  # 1 + tan^2
+        return g * (1.0 + y * y), 0.0
     if o == OP_ABS:  # sign(x), 0 at 0
         return (g if x > 0.0 else (-g if x < 0.0 else 0.0)), 0.0
-    return math.nan, math.nan
+    if o == OP_LOG1P:
+        return g / (1.0 + x), 0.0
+    if o == OP_EXPM1:
+        return g * (y + 1.0), 0.0
+    if o == OP_SINH:
+        return g * math.cosh(x), 0.0
+    if o == OP_COSH:
+        return g * math.sinh(x), 0.0
+    if o == OP_ARCSIN:
+        return g / math.sqrt(1.0 - x * x), 0.0
+    if o == OP_ARCCOS:
+        return -g / math.sqrt(1.0 - x * x), 0.0
+    if o == OP_ARCTAN:
+        return g / (1.0 + x * x), 0.0
+    if o == OP_LOG2:
+        return g / (x * _LN2), 0.0
+    if o == OP_LOG10:
+        return g / (x * _LN10), 0.0
+    if o == OP_EXP2:
+        return g * y * _LN2, 0.0
+    if o == OP_SOFTPLUS:  # sigmoid(x) = 1 - exp(-softplus(x)), accurate through expm1
+        return -g * math.expm1(-y), 0.0
+    return partials_hot(o, g, x, z, y, c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
-    """``partials`` over a record of nn > 1 elements (``o`` is a constant at each call site,
-    so the rule's branches fold away and the loop vectorises).  A size-1 operand is read
-    with mask 0; its adjoint accumulates all nn contributions.  ``fa``/``fb``: first touch
-    of a full-size input, whose adjoint is then assigned rather than added."""
+    """A rule over a record of nn > 1 elements (``o`` is a constant at each call site, so the
+    rule's branches fold away and the loop vectorises).  A size-1 operand is read with mask
+    0; its adjoint accumulates all nn contributions.  ``fa``/``fb``: first touch of a
+    full-size input, whose adjoint is then assigned rather than added."""
+    g = adj[oo:oo + nn]
+    y = val[oo:oo + nn]
+    x = val[oa:]
+    z = val[ob:]
+    da = adj[oa:]
+    db = adj[ob:]
+    for k in range(nn):
+        pa, pb = partials_hot(o, g[k], x[k & ma], z[k & mb], y[k], c)
+        if fa:
+            da[k] = pa
+        elif ga:
+            da[k & ma] += pa
+        if fb:
+            db[k] = pb
+        elif gb:
+            db[k & mb] += pb
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
+    """``_vector_rule`` for the rarer rules: one call of ``partials`` per element."""
     g = adj[oo:oo + nn]
     y = val[oo:oo + nn]
     x = val[oa:]
@@ -164,14 +266,11 @@ def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
             db[k & mb] += pb
 
 
+# ---------------------------------------------------------------------------------------------
+# Layout, selection, reductions, scans
+# ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
-def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
-    """``_vector_rule`` for an opcode known only at run time (one branch per element)."""
-    _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def restride_iter_adjoint(meta, m, adj, oo, oa):
+def restride_adjoint(meta, m, adj, oo, oa):
     """adj_in[pos(k)] += adj_out[k // R] over the record's strided iteration space.
 
     Payload at meta[m+1:]: ndim, start, R, shape[ndim], strides[ndim] (in elements of the
@@ -228,40 +327,173 @@ def restride_iter_adjoint(meta, m, adj, oo, oa):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def reverse_sweep(root, release, op, ia, ib, off, n, p, mi, flag, meta, val, adj, touched,
-                  leaf_slots):
-    """Accumulate adjoints from ``root`` (whose adjoint the caller seeded) down to slot 0.
+def restride_positions(meta, m):
+    """The input position of every element of a restride layout, in iteration order."""
+    d = meta[m + 1]
+    start = meta[m + 2]
+    shp = meta[m + 4:m + 4 + d]
+    st = meta[m + 4 + d:m + 4 + 2 * d]
+    total = 1
+    for j in range(d):
+        total *= shp[j]
+    pos = np.empty(total, np.int64)
+    idx = np.zeros(d, np.int64)
+    base = start
+    for k in range(total):
+        pos[k] = base
+        j = d - 1
+        while j >= 0:
+            idx[j] += 1
+            base += st[j]
+            if idx[j] < shp[j]:
+                break
+            base -= st[j] * shp[j]
+            idx[j] = 0
+            j -= 1
+    return pos
 
-    ``touched[i]`` is 1 once slot i holds an adjoint; the caller zeroes ``touched`` and sets
-    it for the root.  An input's adjoint is assigned, not added, on its first touch (scalar
-    records) or zeroed just before it (array records), so the arena is never cleared as a
-    whole.  Returns the number of leaf slots reached (written to ``leaf_slots``),
-    ``UNKNOWN_OPCODE``, or ``-2 - i`` when released record i is reached; in both error cases
-    no flag has been changed.
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def prod_adjoint(meta, m, val, adj, oo, oa, nn):
+    """Product over groups of R elements: d/dx_i = g * prod_{j != i} x_j, from exclusive
+    prefix and suffix products, so zeros in the group are handled exactly."""
+    r = meta[m + 3]
+    pos = restride_positions(meta, m)
+    x = val[oa:]
+    a = adj[oa:]
+    pre = np.empty(r, val.dtype)
+    for j in range(nn):
+        g = adj[oo + j]
+        acc = 1.0
+        for t in range(r):
+            pre[t] = acc
+            acc *= x[pos[j * r + t]]
+        acc = 1.0
+        for t in range(r - 1, -1, -1):
+            q = pos[j * r + t]
+            a[q] += g * pre[t] * acc
+            acc *= x[q]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def scan_adjoint(o, meta, m, val, adj, oo, oa):
+    """Reverse rules of cumsum and cumprod along the middle axis of (outer, length, inner)."""
+    outer = meta[m + 1]
+    ln = meta[m + 2]
+    inner = meta[m + 3]
+    g = adj[oo:]
+    y = val[oo:]
+    x = val[oa:]
+    a = adj[oa:]
+    for u in range(outer):
+        for q in range(inner):
+            b = u * ln * inner + q
+            if o == OP_CUMSUM:  # d/dx_i = sum_{k >= i} g_k
+                acc = 0.0
+                for i in range(ln - 1, -1, -1):
+                    acc += g[b + i * inner]
+                    a[b + i * inner] += acc
+                continue
+            # cumprod: before the first zero, d/dx_i = (sum_{k >= i} g_k y_k) / x_i; at the
+            # first zero, the running product that skips it; after it, 0.
+            z = ln
+            for i in range(ln):
+                if x[b + i * inner] == 0.0:
+                    z = i
+                    break
+            acc = 0.0  # y_k = 0 from the first zero on, so the sum stops there
+            for i in range(z - 1, -1, -1):
+                acc += g[b + i * inner] * y[b + i * inner]
+                a[b + i * inner] += acc / x[b + i * inner]
+            if z < ln:
+                before = 1.0 if z == 0 else y[b + (z - 1) * inner]
+                run = before
+                s = 0.0
+                for k in range(z, ln):
+                    if k > z:
+                        run *= x[b + k * inner]
+                    s += g[b + k * inner] * run
+                a[b + z * inner] += s
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def concat_adjoint(meta, m, op, off, n, adj, oo, touched):
+    """Hand each input of a concatenation its part of the output's adjoint.
+
+    Payload: count k, slots[k], outer.  In C order the output is (outer, row) and input j
+    is (outer, w_j) with w_j = n_j / outer, placed at column sum_{i<j} w_i of each row.  An
+    input's first touch assigns (each of its elements is written once)."""
+    k = meta[m + 1]
+    outer = meta[m + 2 + k]
+    if outer == 0:  # empty: nothing to hand out, but the inputs were reached
+        for j in range(k):
+            touched[meta[m + 2 + j]] = 1
+        return
+    row = 0
+    for j in range(k):
+        row += n[meta[m + 2 + j]] // outer
+    g = adj[oo:]
+    col = 0
+    for j in range(k):
+        s = meta[m + 2 + j]
+        w = n[s] // outer
+        if op[s] != OP_CONST:
+            a = adj[off[s]:]
+            first = touched[s] == 0
+            for u in range(outer):
+                for t in range(w):
+                    if first:
+                        a[u * w + t] = g[u * row + col + t]
+                    else:
+                        a[u * w + t] += g[u * row + col + t]
+            touched[s] = 1
+        col += w
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, error_model="numpy")
+def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, adj, touched,
+                  leaf_slots, nleaf):
+    """Accumulate adjoints of ``kind`` records from ``start`` down to slot 0.
+
+    ``touched[i]`` is 1 once slot i holds an adjoint (the caller seeds the root).  An input's
+    adjoint is assigned, not added, on its first touch where the rule writes every element
+    once, and zeroed first otherwise, so the arena is never cleared as a whole.  Leaves
+    reached are appended to ``leaf_slots`` (count in ``nleaf[0]``).
+
+    Returns ``SWEEP_DONE``; or the index of a record the Python driver must handle (another
+    kind, or a rule in ``PYTHON_RULES``) before resuming below it; ``UNKNOWN_OPCODE``; or
+    ``-3 - i`` when released record i is reached.  No flag is changed here.
     """
-    nleaf = 0
-    for i in range(root, -1, -1):
+    for i in range(start, -1, -1):
         if touched[i] == 0:
             continue
         if flag[i] & FLAG_RELEASED:
-            return -2 - i
+            return -3 - i
         o = op[i]
         if o == OP_LEAF:
-            leaf_slots[nleaf] = i
-            nleaf += 1
+            leaf_slots[nleaf[0]] = i
+            nleaf[0] += 1
             continue
-        if o > OP_RESTRIDE or o < 0:
+        if o < 0 or o > LAST_OPCODE:
             return UNKNOWN_OPCODE
+        if dt[i] != kind or o == OP_MATMUL or o == OP_CAST:
+            return i
         a = ia[i]
         b = ib[i]
-        ga = op[a] != OP_CONST  # every record has an input a
-        gb = b >= 0 and op[b] != OP_CONST
         oo = off[i]
-        oa = off[a]
-        ob = off[b] if b >= 0 else oa
         nn = n[i]
         c = p[i]
-        if nn == 1 and o != OP_RESTRIDE:
+        if o == OP_CONCAT:
+            concat_adjoint(meta, mi[i], op, off, n, adj, oo, touched)
+            continue
+        ga = a >= 0 and op[a] != OP_CONST
+        gb = b >= 0 and op[b] != OP_CONST
+        oa = off[a] if a >= 0 else oo
+        ob = off[b] if b >= 0 else oa
+        if nn == 1 and o <= LAST_ELEMENTWISE:
             # scalar record: one rule evaluation, first touch assigns
             pa, pb = partials(o, adj[oo], val[oa], val[ob], val[oo], c)
             if ga:
@@ -277,27 +509,27 @@ def reverse_sweep(root, release, op, ia, ib, off, n, p, mi, flag, meta, val, adj
                     adj[ob] = pb
                     touched[b] = 1
             continue
-        # An input's first touch zeroes its adjoint, except a full-size input of an
-        # elementwise rule, which assigns instead (one pass over memory fewer).  When b is a,
-        # a's first touch has already happened, so b adds.
-        fa = ga and touched[a] == 0 and n[a] == nn and o != OP_RESTRIDE
+        # First touch: a full-size input of an elementwise rule (or where) is assigned,
+        # any other is zeroed first.  When b is a, a's first touch has happened: b adds.
+        same_a = a >= 0 and n[a] == nn and (o <= LAST_ELEMENTWISE or o == OP_WHERE)
+        fa = ga and touched[a] == 0 and same_a
         if ga and touched[a] == 0:
             if not fa:
                 adj[oa:oa + n[a]] = 0.0
             touched[a] = 1
-        fb = gb and touched[b] == 0 and n[b] == nn
+        fb = gb and touched[b] == 0 and n[b] == nn and (o <= LAST_ELEMENTWISE or o == OP_WHERE)
         if gb and touched[b] == 0:
             if not fb:
                 adj[ob:ob + n[b]] = 0.0
             touched[b] = 1
-        ma = -1 if n[a] == nn else 0
+        ma = -1 if a >= 0 and n[a] == nn else 0
         mb = -1 if b >= 0 and n[b] == nn else 0
         # Common rules get loops specialised on a constant opcode (the cheap ones are
         # memory-bound and vectorise; a per-element branch and call would cost 1-10 ns per
         # element); the rare ones share one loop, which keeps compile time down (each
         # specialised loop adds ~0.3 s to a cold compile).
         if o == OP_RESTRIDE:
-            restride_iter_adjoint(meta, mi[i], adj, oo, oa)
+            restride_adjoint(meta, mi[i], adj, oo, oa)
         elif o == OP_ADD:
             _vector_rule(OP_ADD, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_SUB:
@@ -328,17 +560,49 @@ def reverse_sweep(root, release, op, ia, ib, off, n, p, mi, flag, meta, val, adj
             _vector_rule(OP_SIGMOID, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_RELU:
             _vector_rule(OP_RELU, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        else:
+        elif o <= LAST_ELEMENTWISE:
             _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-    if release:
-        for i in range(root + 1):
-            if touched[i] and op[i] != OP_LEAF:
-                flag[i] |= FLAG_RELEASED
-    return nleaf
+        elif o == OP_GATHER:  # adj_a[idx[k]] += g[k]: repeated indices accumulate
+            m = mi[i] + 1
+            for k in range(nn):
+                adj[oa + meta[m + k]] += adj[oo + k]
+        elif o == OP_SCATTER:  # adj_a[k] += g[idx[k]]
+            m = mi[i] + 1
+            for k in range(n[a]):
+                adj[oa + k] += adj[oo + meta[m + k]]
+        elif o == OP_WHERE:  # weights w: a gets g w, b gets g (1 - w)
+            w = val[off[meta[mi[i] + 2]]:]
+            g = adj[oo:oo + nn]
+            da = adj[oa:]
+            db = adj[ob:]
+            for k in range(nn):
+                if fa:
+                    da[k] = g[k] * w[k]
+                elif ga:
+                    da[k & ma] += g[k] * w[k]
+                if fb:
+                    db[k] = g[k] * (1.0 - w[k])
+                elif gb:
+                    db[k & mb] += g[k] * (1.0 - w[k])
+        elif o == OP_PROD:
+            prod_adjoint(meta, mi[i], val, adj, oo, oa, nn)
+        elif o == OP_CUMSUM or o == OP_CUMPROD:
+            scan_adjoint(o, meta, mi[i], val, adj, oo, oa)
+        else:
+            return UNKNOWN_OPCODE
+    return SWEEP_DONE
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def mark_live(top, op, ia, ib, flag, keep):
+def _meta_inputs(o, meta, m):
+    """Number of input slots listed in the meta block of a record with opcode ``o``."""
+    if m >= 0 and (o == OP_WHERE or o == OP_CONCAT):
+        return meta[m + 1]
+    return 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mark_live(top, op, ia, ib, mi, flag, meta, keep):
     """Extend ``keep`` (roots set by the caller) to every record a kept, unreleased record reads.
 
     Released records keep their own value (a live tensor may still show it) but no longer
@@ -350,18 +614,24 @@ def mark_live(top, op, ia, ib, flag, keep):
                 keep[ia[i]] = 1
             if ib[i] >= 0:
                 keep[ib[i]] = 1
+            m = mi[i]
+            for t in range(_meta_inputs(op[i], meta, m)):
+                keep[meta[m + 2 + t]] = 1
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def compact(top, keep, op, ia, ib, off, n, p, mi, flag, meta, val, new_val, new_slot):
-    """Move kept records down in place, their values into ``new_val``, their meta blocks down.
+def compact(top, keep, op, ia, ib, off, n, p, mi, flag, dt, meta, val, new_val, val32,
+            new_val32, new_slot):
+    """Move kept records down in place, their values into ``new_val``/``new_val32`` (by kind),
+    their meta blocks down (remapping listed input slots).
 
     Writes each old slot's new index (-1 if dropped) to ``new_slot`` and returns
-    ``(records, values, meta)`` now in use.  Inputs always precede their record, so their
-    new index is known when the record moves.
+    ``(records, float64 values, float32 values, meta)`` now in use.  Inputs always precede
+    their record, so their new index is known when the record moves.
     """
     j = 0
     vt = 0
+    vt32 = 0
     mt = 0
     for i in range(top):
         if not keep[i]:
@@ -369,24 +639,32 @@ def compact(top, keep, op, ia, ib, off, n, p, mi, flag, meta, val, new_val, new_
             continue
         new_slot[i] = j
         nn = n[i]
-        new_val[vt:vt + nn] = val[off[i]:off[i] + nn]
+        if dt[i] == KIND_F64:
+            new_val[vt:vt + nn] = val[off[i]:off[i] + nn]
+            off[j] = vt
+            vt += nn
+        else:
+            new_val32[vt32:vt32 + nn] = val32[off[i]:off[i] + nn]
+            off[j] = vt32
+            vt32 += nn
         op[j] = op[i]
         ia[j] = new_slot[ia[i]] if ia[i] >= 0 else -1
         ib[j] = new_slot[ib[i]] if ib[i] >= 0 else -1
-        off[j] = vt
         n[j] = nn
         p[j] = p[i]
         flag[j] = flag[i]
+        dt[j] = dt[i]
         m = mi[i]
         if m >= 0:
             ln = meta[m] + 1
             for t in range(ln):
                 meta[mt + t] = meta[m + t]
+            for t in range(_meta_inputs(op[j], meta, mt)):
+                meta[mt + 2 + t] = new_slot[meta[mt + 2 + t]]
             mi[j] = mt
             mt += ln
         else:
             mi[j] = -1
-        vt += nn
         j += 1
     # the freed tail takes the defaults the recording path relies on (see Tape.push)
     ib[j:top] = -1
@@ -394,4 +672,5 @@ def compact(top, keep, op, ia, ib, off, n, p, mi, flag, meta, val, new_val, new_
     p[j:top] = 0.0
     mi[j:top] = -1
     flag[j:top] = 0
-    return j, vt, mt
+    dt[j:top] = KIND_F64
+    return j, vt, vt32, mt

@@ -1,9 +1,11 @@
 """The flat Wengert tape: record arrays, the value arena, reclamation, and the per-thread tape stack.
 
 A tape is a struct of arrays: record ``i`` (opcode, input slots, arena offset, size, scalar
-parameter, side-table offset, flags) produces slot ``i``.  Values live in one float64 arena,
-adjoints in a second one of the same size.  Nothing on the tape is a Python object, so the
-jitted kernels in ``_kernels`` can reverse (and later re-run) any record from the arrays.
+parameter, side-table offset, flags, arena kind) produces slot ``i``.  Values live in two
+flat arenas, one per floating dtype (float64 and float32, so float32 code stays float32 end
+to end), adjoints in two more of the same sizes.  Nothing on the tape is a Python object,
+so the jitted kernels in ``_kernels`` can reverse (and later re-run) any record from the
+arrays.
 
 Python-side bookkeeping is limited to weak references: to the tensors recorded here
 (the roots of liveness) and to the tape-less tensors (leaves, constants) that have a record
@@ -47,34 +49,36 @@ class Tape:
     """
 
     __slots__ = (
-        "op", "ia", "ib", "off", "n", "p", "mi", "flag", "meta", "val", "adj",
-        "_wop", "_wia", "_wib", "_woff", "_wn", "_wp", "_wmi", "_wval",
-        "_spare", "top", "vtop", "mtop", "rcap", "vcap", "_live", "_cached", "__weakref__",
+        "op", "ia", "ib", "off", "n", "p", "mi", "flag", "dt", "meta",
+        "_wop", "_wia", "_wib", "_woff", "_wn", "_wp", "_wmi", "_wdt", "_wval",
+        "val", "adj", "_spare", "top", "vtop", "vcap",  # float64 arena (the hot path's)
+        "val32", "adj32", "_spare32", "vtop32", "vcap32",  # float32 arena
+        "mtop", "rcap", "_live", "_cached", "__weakref__",
     )
 
     def __init__(self) -> None:
         self.top = 0  # records in use
-        self.vtop = 0  # arena values in use
         self.mtop = 0  # side-table entries in use
-        self._spare = None  # the previous arena, reused by the next reclaim of the same size
-        self.adj = np.empty(0, np.float64)
         self._live: list = []  # weakrefs to tensors recorded here (roots for reclamation)
         self._cached: dict = {}  # slot -> weakref to the tape-less tensor it holds
         self._alloc_records(_MIN_RECORDS)
         self.meta = np.zeros(_MIN_META, np.int64)
-        self._set_arena(np.empty(_MIN_VALUES, np.float64))
+        self.adj = np.empty(0, np.float64)
+        self.adj32 = np.empty(0, np.float32)
+        self._set_arena(K.KIND_F64, np.empty(_MIN_VALUES, np.float64), 0)
+        self._set_arena(K.KIND_F32, np.empty(_MIN_VALUES, np.float32), 0)
+        self._spare = self._spare32 = None  # previous arenas, reused by the next reclaim
 
     # -- storage -----------------------------------------------------------------------------
     def _alloc_records(self, nrec: int) -> None:
         """(Re)allocate the record arrays with capacity ``nrec``, keeping the first ``top``.
 
-        Records past ``top`` always hold the defaults of a scalar unary record (size 1, no
-        input b, no side-table block, p = 0, no flags), so the hot recording path writes
-        only the fields that differ (``push``).
+        Records past ``top`` always hold the defaults of a float64 scalar unary record (size
+        1, no input b, no side-table block, p = 0, no flags), so the hot recording path
+        writes only the fields that differ (``push``).
         """
         top = self.top
-        old = None if top == 0 else (self.op, self.ia, self.ib, self.off, self.n, self.p,
-                                      self.mi, self.flag)
+        old = None if top == 0 else self._records()
         self.op = np.zeros(nrec, np.int32)
         self.ia = np.zeros(nrec, np.int64)
         self.ib = np.full(nrec, -1, np.int64)
@@ -83,9 +87,9 @@ class Tape:
         self.p = np.zeros(nrec, np.float64)
         self.mi = np.full(nrec, -1, np.int64)
         self.flag = np.zeros(nrec, np.uint8)
+        self.dt = np.full(nrec, K.KIND_F64, np.uint8)
         if old is not None:
-            for new, src in zip((self.op, self.ia, self.ib, self.off, self.n, self.p, self.mi,
-                                 self.flag), old):
+            for new, src in zip(self._records(), old):
                 new[:top] = src[:top]
         self.rcap = nrec
         # memoryviews: item assignment through them is ~2x cheaper than through ndarrays
@@ -96,13 +100,26 @@ class Tape:
         self._wn = memoryview(self.n)
         self._wp = memoryview(self.p)
         self._wmi = memoryview(self.mi)
+        self._wdt = memoryview(self.dt)
 
-    def _set_arena(self, val: np.ndarray) -> None:
-        self.val = val
-        self.vcap = len(val)
-        self._wval = memoryview(val)
-        if len(self.adj) != len(val):
-            self.adj = np.empty(0, np.float64)  # sized to the arena by the next backward
+    def _records(self) -> tuple:
+        return (self.op, self.ia, self.ib, self.off, self.n, self.p, self.mi, self.flag,
+                self.dt)
+
+    def _set_arena(self, kind: int, val: np.ndarray, used: int) -> None:
+        if kind == K.KIND_F64:
+            self.val, self.vcap, self.vtop = val, len(val), used
+            self._wval = memoryview(val)
+            if len(self.adj) != len(val):
+                self.adj = np.empty(0, np.float64)  # sized to the arena by the next backward
+        else:
+            self.val32, self.vcap32, self.vtop32 = val, len(val), used
+            if len(self.adj32) != len(val):
+                self.adj32 = np.empty(0, np.float32)
+
+    def arena(self, kind: int) -> tuple:
+        """(values, adjoints) of the arena of ``kind`` (adjoints sized by ``sweep``)."""
+        return (self.val, self.adj) if kind == K.KIND_F64 else (self.val32, self.adj32)
 
     def __len__(self) -> int:
         """Number of records on the tape (released ones included until reclaimed)."""
@@ -111,9 +128,9 @@ class Tape:
     @property
     def nbytes(self) -> int:
         """Bytes held by the tape's arrays (records, side table, value and adjoint arenas)."""
-        spare = 0 if self._spare is None else self._spare.nbytes
-        return spare + sum(a.nbytes for a in (self.op, self.ia, self.ib, self.off, self.n, self.p,
-                                              self.mi, self.flag, self.meta, self.val, self.adj))
+        arrays = [*self._records(), self.meta, self.val, self.adj, self.val32, self.adj32,
+                  self._spare, self._spare32]
+        return sum(a.nbytes for a in arrays if a is not None)
 
     def __repr__(self) -> str:
         return f"<tapediff.Tape: {self.top} records, {self.nbytes} bytes>"
@@ -133,35 +150,42 @@ class Tape:
         st.tape = st.stack[-1] if st.stack else st.default
 
     # -- recording ---------------------------------------------------------------------------
-    def reserve(self, nrec: int, nval: int, nmeta: int = 0) -> None:
-        """Make room for ``nrec`` records, ``nval`` values and ``nmeta`` side-table entries.
+    def reserve(self, nrec: int, nval: int, nmeta: int = 0, nval32: int = 0) -> None:
+        """Make room for ``nrec`` records, ``nval`` float64 and ``nval32`` float32 values and
+        ``nmeta`` side-table entries.
 
         Every operation reserves all it will append before appending anything, so slots
         handed out while recording one operation stay valid until its record is written.
         """
         if (self.top + nrec > self.rcap or self.vtop + nval > self.vcap
-                or self.mtop + nmeta > len(self.meta)):
-            self.reclaim(nrec, nval, nmeta)
+                or self.vtop32 + nval32 > self.vcap32 or self.mtop + nmeta > len(self.meta)):
+            self.reclaim(nrec, nval, nmeta, nval32)
 
-    def append(self, op: int, a: int, b: int, size: int, p: float = 0.0, m: int = -1) -> int:
+    def append(self, op: int, a: int, b: int, size: int, p: float = 0.0, m: int = -1,
+               kind: int = K.KIND_F64) -> int:
         """Append a record (room already reserved) and return its slot; the value is unset."""
         i = self.top
         self.top = i + 1
         self._wop[i] = op
         self._wia[i] = a
         self._wib[i] = b
-        v = self.vtop
+        if kind == K.KIND_F64:
+            v = self.vtop
+            self.vtop = v + size
+        else:
+            v = self.vtop32
+            self.vtop32 = v + size
+            self._wdt[i] = kind
         self._woff[i] = v
         self._wn[i] = size
         self._wp[i] = p
         self._wmi[i] = m
-        self.vtop = v + size
         return i
 
     def push(self, op: int, a: int, value: float) -> int:
-        """Append a scalar record with input ``a`` and its value (room reserved); return its
-        slot.  The hot path of scalar code: fields left at their defaults are not written
-        (a binary or constant-parameter record sets ``ib``/``p`` itself)."""
+        """Append a float64 scalar record with input ``a`` and its value (room reserved);
+        return its slot.  Fields left at their defaults are not written (a binary or
+        constant-parameter record sets ``ib``/``p`` itself)."""
         i = self.top
         self.top = i + 1
         v = self.vtop
@@ -184,33 +208,78 @@ class Tape:
     def value_view(self, slot: int, shape: tuple) -> np.ndarray:
         """The arena range of ``slot`` as an array of ``shape`` (writable; callers freeze it)."""
         o = int(self.off[slot])
-        return self.val[o:o + int(self.n[slot])].reshape(shape)
+        val = self.val if self.dt[slot] == K.KIND_F64 else self.val32
+        return val[o:o + int(self.n[slot])].reshape(shape)
+
+    def adjoint_view(self, slot: int) -> np.ndarray:
+        """The flat adjoint range of ``slot`` (valid after a sweep that reached it)."""
+        o = int(self.off[slot])
+        adj = self.adj if self.dt[slot] == K.KIND_F64 else self.adj32
+        return adj[o:o + int(self.n[slot])]
 
     # -- differentiation -----------------------------------------------------------------------
     def sweep(self, root: int, seed: np.ndarray, retain_graph: bool):
         """Run the reverse sweep from ``root`` seeded with ``seed``; return the leaf slots reached.
 
-        Returns None, with nothing changed, when the sweep reaches a released record.  Unless
-        ``retain_graph``, every non-leaf record swept is released.
+        The jitted sweep runs over the records of one arena kind and hands back at records of
+        the other kind and at the rules that are NumPy calls (matmul, casts), which are run
+        here.  Returns None, with nothing changed, when the sweep reaches a released record.
+        Unless ``retain_graph``, every non-leaf record swept is released.
         """
-        if len(self.adj) != len(self.val):
+        if len(self.adj) != len(self.val) and self.vtop:
             self.adj = np.empty(len(self.val), np.float64)
-        o = int(self.off[root])
-        self.adj[o:o + int(self.n[root])] = seed.ravel()
+        if len(self.adj32) != len(self.val32) and self.vtop32:
+            self.adj32 = np.empty(len(self.val32), np.float32)
+        self.adjoint_view(root)[:] = seed.ravel()
         touched = np.zeros(root + 1, np.uint8)
         touched[root] = 1
         leaf_slots = np.empty(root + 1, np.int64)
-        rc = K.reverse_sweep(root, not retain_graph, self.op, self.ia, self.ib, self.off, self.n,
-                             self.p, self.mi, self.flag, self.meta, self.val, self.adj, touched,
-                             leaf_slots)
-        if rc == K.UNKNOWN_OPCODE:
-            raise AssertionError("reverse sweep met an opcode it has no rule for")
-        if rc < 0:
-            return None
-        return leaf_slots[:rc]
+        nleaf = np.zeros(1, np.int64)
+        i = root
+        while i >= 0:
+            kind = int(self.dt[i])
+            val, adj = self.arena(kind)
+            r = K.reverse_sweep(i, kind, self.op, self.ia, self.ib, self.off, self.n, self.p,
+                                self.mi, self.flag, self.dt, self.meta, val, adj, touched,
+                                leaf_slots, nleaf)
+            if r == K.SWEEP_DONE:
+                break
+            if r == K.UNKNOWN_OPCODE:
+                raise AssertionError("reverse sweep met an opcode it has no rule for")
+            if r < 0:
+                return None
+            if int(self.dt[r]) != kind:
+                i = r  # resume on the other arena
+                continue
+            self._python_rule(r, touched)
+            i = r - 1
+        if not retain_graph:
+            swept = touched.view(bool) & (self.op[:root + 1] != K.OP_LEAF)
+            self.flag[:root + 1][swept] |= K.FLAG_RELEASED
+        return leaf_slots[:nleaf[0]]
+
+    def _python_rule(self, i: int, touched: np.ndarray) -> None:
+        """The reverse rules that are NumPy calls: matmul (BLAS) and casts between arenas."""
+        op = int(self.op[i])
+        g = self.adjoint_view(i)
+        a, b = int(self.ia[i]), int(self.ib[i])
+        if op == K.OP_CAST:
+            if self.op[a] != K.OP_CONST:
+                _accumulate(self, a, g, touched)
+            return
+        # OP_MATMUL: (bs, m, k) @ (bs, k, n); dA = G B^T, dB = A^T G
+        m = int(self.mi[i])
+        bs, mm, kk, nn = (int(v) for v in self.meta[m + 1:m + 5])
+        g = g.reshape(bs, mm, nn)
+        if self.op[a] != K.OP_CONST:
+            bv = self.value_view(b, (bs, kk, nn))
+            _accumulate(self, a, np.matmul(g, bv.transpose(0, 2, 1)), touched)
+        if self.op[b] != K.OP_CONST:
+            av = self.value_view(a, (bs, mm, kk))
+            _accumulate(self, b, np.matmul(av.transpose(0, 2, 1), g), touched)
 
     # -- reclamation -------------------------------------------------------------------------
-    def reclaim(self, nrec: int = 0, nval: int = 0, nmeta: int = 0) -> None:
+    def reclaim(self, nrec: int = 0, nval: int = 0, nmeta: int = 0, nval32: int = 0) -> None:
         """Drop every record no live tensor can reach; grow (x2) or shrink (/2) the arrays.
 
         Called when a reservation does not fit; may be called at any time.  Live tensors are
@@ -218,7 +287,7 @@ class Tape:
         """
         top = self.top
         keep = np.zeros(top, np.uint8)
-        alive = []  # (tensor, is_cached)
+        alive = []
         live_refs = []
         for r in self._live:
             t = r()
@@ -236,41 +305,47 @@ class Tape:
             if here and c[2] == t._ver:  # still the tensor's current value: worth keeping
                 keep[s] = 1
             cached.append((s, r, here))
-        K.mark_live(top, self.op, self.ia, self.ib, self.flag, keep)
+        K.mark_live(top, self.op, self.ia, self.ib, self.mi, self.flag, self.meta, keep)
 
-        nkeep = int(keep.sum())
-        vkeep = int(self.n[:top][keep.view(bool)].sum()) if top else 0
-        cap_r, cap_v, cap_m = len(self.op), len(self.val), len(self.meta)
-        cap_r = _fit(cap_r, nkeep + nrec, _MIN_RECORDS)
-        cap_v = _fit(cap_v, vkeep + nval, _MIN_VALUES)
-        # Compact into the spare arena when it has the right size: its pages are already
-        # mapped, where a fresh allocation would page-fault on every first write (~5 ms per
-        # 100 MB).  No view into it survives: every tensor was re-pointed by the last reclaim,
-        # and np.asarray / detach hand out copies of arena values.
-        spare = self._spare
-        new_val = spare if spare is not None and len(spare) == cap_v else np.empty(cap_v)
+        kept = keep.view(bool)
+        sizes, kinds = self.n[:top][kept], self.dt[:top][kept]
+        v64 = int(sizes[kinds == K.KIND_F64].sum())
+        v32 = int(sizes.sum()) - v64
+        cap_r = _fit(self.rcap, int(kept.sum()) + nrec, _MIN_RECORDS)
+        cap_v = _fit(self.vcap, v64 + nval, _MIN_VALUES)
+        cap_v32 = _fit(self.vcap32, v32 + nval32, _MIN_VALUES)
+        # Compact into the spare arenas when they have the right size: their pages are
+        # already mapped, where fresh memory would page-fault on every first write (~5 ms per
+        # 100 MB).  No view into them survives: every tensor was re-pointed by the last
+        # reclaim, and np.asarray / detach hand out copies of arena values.
+        new_val = _reuse(self._spare, cap_v, np.float64)
+        new_val32 = _reuse(self._spare32, cap_v32, np.float32)
         new_slot = np.empty(top, np.int64)
-        old_val = self.val
-        j, vt, mt = K.compact(top, keep, self.op, self.ia, self.ib, self.off, self.n, self.p,
-                              self.mi, self.flag, self.meta, old_val, new_val, new_slot)
-        self.top, self.vtop, self.mtop = int(j), int(vt), int(mt)
-        if cap_r != len(self.op):
+        old_val, old_val32 = self.val, self.val32
+        j, vt, vt32, mt = K.compact(top, keep, self.op, self.ia, self.ib, self.off, self.n,
+                                    self.p, self.mi, self.flag, self.dt, self.meta, old_val,
+                                    new_val, old_val32, new_val32, new_slot)
+        self.top, self.mtop = int(j), int(mt)
+        if cap_r != self.rcap:
             self._alloc_records(cap_r)
-        cap_m = _fit(cap_m, self.mtop + nmeta, _MIN_META)
+        cap_m = _fit(len(self.meta), self.mtop + nmeta, _MIN_META)
         if cap_m != len(self.meta):
             meta = np.zeros(cap_m, np.int64)
             meta[:self.mtop] = self.meta[:self.mtop]
             self.meta = meta
-        self._spare = old_val if len(old_val) == cap_v else None
-        self._set_arena(new_val)
+        # (a minimum-size arena is cheap to allocate: no spare is kept for it)
+        self._spare = old_val if len(old_val) == cap_v > _MIN_VALUES else None
+        self._spare32 = old_val32 if len(old_val32) == cap_v32 > _MIN_VALUES else None
+        self._set_arena(K.KIND_F64, new_val, int(vt))
+        self._set_arena(K.KIND_F32, new_val32, int(vt32))
 
-        # re-point live tensors (float64 arrays of recorded tensors are arena views; other
-        # dtypes keep their own copy); a released record still shows its value
+        # re-point live tensors (array values of recorded tensors are arena views); a
+        # released record still shows its value
         for t in alive:
             s = int(new_slot[t._slot])
             t._slot = s
             v = t._v
-            if type(v) is np.ndarray and v.dtype == np.float64:
+            if type(v) is np.ndarray:
                 t._v = _frozen(self.value_view(s, v.shape))
         self._live = live_refs
         # leaf/constant records that survive keep feeding .grad (their slot moved); a tensor
@@ -289,6 +364,20 @@ class Tape:
                     t._lc = (me, ns, c[2], c[3])
             elif here:
                 t._lc = None
+
+
+def _accumulate(tape: Tape, slot: int, g: np.ndarray, touched: np.ndarray) -> None:
+    """Add ``g`` to the adjoint of ``slot`` (assign on its first touch), casting to its kind."""
+    dst = tape.adjoint_view(slot)
+    if touched[slot]:
+        dst += g.reshape(-1)
+    else:
+        dst[:] = g.reshape(-1)
+        touched[slot] = 1
+
+
+def _reuse(spare, cap: int, dtype) -> np.ndarray:
+    return spare if spare is not None and len(spare) == cap else np.empty(cap, dtype)
 
 
 def _fit(cap: int, need: int, minimum: int) -> int:

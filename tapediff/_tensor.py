@@ -26,6 +26,7 @@ from ._format import format_tensor
 from ._tape import Tape, _frozen, _tls
 
 _F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
 _PY_NUMBERS = (float, int, bool)
 _new = object.__new__
 # Threads may backward into the same leaf at once (NumPy's in-place add releases the GIL);
@@ -125,8 +126,21 @@ def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> "Tensor
 # ---------------------------------------------------------------------------------------------
 # recording helpers
 # ---------------------------------------------------------------------------------------------
-def _slot_on(t: "Tensor", tape: Tape) -> int:
-    """The slot holding ``t``'s value on ``tape`` (room already reserved)."""
+def _kind(dt: np.dtype) -> int:
+    """The arena kind that holds values of dtype ``dt``."""
+    if dt == _F64:
+        return K.KIND_F64
+    if dt == _F32:
+        return K.KIND_F32
+    raise TypeError(f"tapediff differentiates float32 and float64 operations; this one gives "
+                    f"{dt}: convert the inputs with .astype(np.float32) or .astype(np.float64)")
+
+
+def _slot_on(t: "Tensor", tape: Tape, kind: int = K.KIND_F64) -> int:
+    """The slot holding ``t``'s value on ``tape`` (room already reserved).
+
+    A tape-less tensor gets a LEAF (requires grad) or CONST record, in its own dtype's arena
+    (``kind`` for an int or bool constant), cached on the tensor until its value changes."""
     tp = t._tape
     if tp is not None:
         if tp is not tape:
@@ -143,12 +157,77 @@ def _slot_on(t: "Tensor", tape: Tape) -> int:
     if type(v) is float:
         s = tape.push(op, -1, v)
     else:
-        s = tape.append(op, -1, -1, v.size)
+        own = v.dtype.kind == "f"
+        s = tape.append(op, -1, -1, v.size, kind=_kind(v.dtype) if own else kind)
         tape.value_view(s, v.shape)[...] = v
+        if not own:  # an int or bool constant takes the kind of its use: not cached
+            return s
     # The tape is held weakly: a constant used in many short-lived tapes must not keep them.
     t._lc = (weakref.ref(tape), s, t._ver, t._rg)
     tape._cached[s] = weakref.ref(t)
     return s
+
+
+def _input_slot(t: "Tensor", tape: Tape, kind: int) -> int:
+    """``t``'s slot, converted to arena ``kind`` if needed (room reserved): a constant is
+    copied in that kind, anything else goes through an OP_CAST record (which carries the
+    gradient back to the other arena)."""
+    s = _slot_on(t, tape, kind)
+    if tape.dt[s] == kind:
+        return s
+    shape = _shape_of(t._v)
+    c = tape.append(K.OP_CONST if tape.op[s] == K.OP_CONST else K.OP_CAST, s, -1,
+                    int(tape.n[s]), kind=kind)
+    if tape.op[c] == K.OP_CONST:
+        tape._wia[c] = -1
+    tape.value_view(c, shape)[...] = tape.value_view(s, shape)
+    return c
+
+
+def _natural_kind(t: "Tensor", kind: int) -> int:
+    dt = _dtype_of(t._v)
+    return kind if dt.kind != "f" else _kind(dt)
+
+
+def _emit(op: int, xs: Sequence["Tensor"], shape: tuple, dtype: np.dtype, fill: Any, *,
+          p: float = 0.0, meta: Any = None, nmeta: int = 0, bcast: bool = False) -> "Tensor":
+    """Record ``op`` over the tensors ``xs`` with an output of ``shape`` and ``dtype``.
+
+    ``fill(out)`` computes the value into ``out``, the output's arena range (so NumPy writes
+    it in place, no copy).  ``meta(slots)`` gives the side-table payload (``nmeta`` entries
+    at most) from the input slots, for records with a layout or listed inputs.  With
+    ``bcast``, inputs whose size is neither the output's nor 1 are first broadcast to
+    ``shape`` with OP_RESTRIDE records.  Inputs of another dtype are cast (NumPy's
+    promotion made the output dtype).  The first two inputs are the record's a and b.
+    """
+    tape = _tls.tape
+    kind = _kind(dtype)
+    out_n = math.prod(shape)
+    need = [0, 0]
+    need[kind] += out_n
+    for t in xs:
+        nt = _nsize(t._v)
+        if t._tape is not tape:
+            need[_natural_kind(t, kind)] += nt
+        need[kind] += nt + (out_n if bcast else 0)  # a cast, a broadcast copy
+    nb = 4 + 2 * max(len(shape), 1)  # one broadcast's layout block
+    tape.reserve(3 * len(xs) + 1, need[0], nmeta + 1 + (nb + 1) * len(xs) * bcast, need[1])
+    if op == K.OP_CAST:  # its input stays in its own arena
+        slots = [_slot_on(t, tape, kind) for t in xs]
+    else:
+        slots = [_input_slot(t, tape, kind) for t in xs]
+    if bcast:
+        for j, t in enumerate(xs):
+            nt = _nsize(t._v)
+            if nt != out_n and nt != 1:
+                slots[j] = _broadcast_slot(tape, slots[j], _shape_of(t._v), shape)
+    m = tape.put_meta(meta(slots)) if meta is not None else -1
+    a = slots[0] if slots else -1
+    b = slots[1] if len(slots) > 1 else -1
+    s = tape.append(op, a, b, out_n, p, m, kind)
+    view = tape.value_view(s, shape)
+    fill(view)
+    return _register(tape, s, float(view[()]) if kind == K.KIND_F64 and shape == () else view)
 
 
 def _c_strides(shape: Sequence[int]) -> list:
@@ -160,9 +239,9 @@ def _c_strides(shape: Sequence[int]) -> list:
     return st
 
 
-def _restride_meta(tape: Tape, in_size: int, shape: Sequence[int], strides: Sequence[int],
-                   start: int, r: int) -> int:
-    """Side-table block of an OP_RESTRIDE record: out[k // r] (+)= in[start + idx . strides],
+def _restride_payload(in_size: int, shape: Sequence[int], strides: Sequence[int], start: int,
+                      r: int) -> list:
+    """Side-table payload of an OP_RESTRIDE record: out[k // r] (+)= in[start + idx . strides],
     idx running over ``shape`` in C order."""
     if len(shape) == 0:  # a single element: one iteration of stride 0
         shape, strides = (1,), (0,)
@@ -172,7 +251,7 @@ def _restride_meta(tape: Tape, in_size: int, shape: Sequence[int], strides: Sequ
         hi = start + sum((d - 1) * s for d, s in zip(shape, strides) if s > 0)
         if lo < 0 or hi >= in_size:
             raise AssertionError(f"restride out of bounds: {start}, {shape}, {strides}")
-    return tape.put_meta([len(shape), start, r, *shape, *strides])
+    return [len(shape), start, r, *shape, *strides]
 
 
 def _broadcast_slot(tape: Tape, slot: int, in_shape: tuple, out_shape: tuple) -> int:
@@ -183,8 +262,8 @@ def _broadcast_slot(tape: Tape, slot: int, in_shape: tuple, out_shape: tuple) ->
     for d in range(1, len(in_shape) + 1):
         if in_shape[-d] != 1 or out_shape[-d] == 1:
             strides[-d] = st[-d]
-    m = _restride_meta(tape, math.prod(in_shape), out_shape, strides, 0, 1)
-    s = tape.append(K.OP_RESTRIDE, slot, -1, math.prod(out_shape), 0.0, m)
+    m = tape.put_meta(_restride_payload(math.prod(in_shape), out_shape, strides, 0, 1))
+    s = tape.append(K.OP_RESTRIDE, slot, -1, math.prod(out_shape), 0.0, m, int(tape.dt[slot]))
     src = tape.value_view(slot, in_shape)
     np.copyto(tape.value_view(s, out_shape), np.broadcast_to(src, out_shape))
     return s
@@ -198,25 +277,6 @@ def _result_shape(a: tuple, b: tuple) -> tuple:
     except ValueError:
         raise BroadcastError(f"operands could not be broadcast together: shapes {a} and {b}"
                              ) from None
-
-
-def _record_out(tape: Tape, op: int, a: int, b: int, r: Any, p: float = 0.0,
-                m: int = -1) -> "Tensor":
-    """Append the output record for the computed value ``r`` (room reserved) and wrap it."""
-    if type(r) is float:
-        t = _record_scalar(tape, op, a, r)
-        s = t._slot
-        if b >= 0:
-            tape._wib[s] = b
-        if p != 0.0:
-            tape._wp[s] = p
-        if m >= 0:
-            tape._wmi[s] = m
-        return t
-    s = tape.append(op, a, b, r.size, p, m)
-    view = tape.value_view(s, r.shape)
-    view[...] = r
-    return _register(tape, s, r if r.dtype != _F64 else _frozen(view))
 
 
 def _record_scalar(tape: Tape, op: int, a: int, r: float) -> "Tensor":
@@ -237,20 +297,6 @@ def _record_scalar(tape: Tape, op: int, a: int, r: float) -> "Tensor":
     t._rg = True
     tape._live.append(_weakref(t))
     return t
-
-
-def _in_arena(shape: tuple, *dtypes: np.dtype) -> bool:
-    """Whether a result of ``shape`` computed from ``dtypes`` can be written straight into
-    the float64 arena (a 0-d float64 result is a Python float instead)."""
-    return shape != () and all(d == _F64 for d in dtypes)
-
-
-def _record_into(tape: Tape, op: int, a: int, b: int, shape: tuple, p: float = 0.0,
-                 m: int = -1) -> tuple:
-    """Append an array record of ``shape`` (room reserved); return its slot and the arena
-    view the caller computes the value into (``out=``), saving a copy per operation."""
-    s = tape.append(op, a, b, math.prod(shape), p, m)
-    return s, tape.value_view(s, shape)
 
 
 def _register(tape: Tape, s: int, v: Any) -> "Tensor":
@@ -328,19 +374,10 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
             return t
         if not x._rg or not _tls.grad_enabled:
             return _wrap(_norm(uf(other, xv) if reflected else uf(xv, other)))
-        tape = _tls.tape
-        nx = xv.size
-        if tape.top + 2 > tape.rcap or tape.vtop + 2 * nx > tape.vcap:
-            tape.reclaim(2, 2 * nx)
-        a = x._slot if x._tape is tape else _slot_on(x, tape)
         o, p = (op_rc, float(other)) if reflected else (op_c[0], op_c[1] * float(other))
-        shape = xv.shape
-        if _in_arena(shape, xv.dtype):
-            s, view = _record_into(tape, o, a, -1, shape, p)
-            uf(other, xv, out=view) if reflected else uf(xv, other, out=view)
-            return _register(tape, s, view)
-        return _record_out(tape, o, a, -1, _norm(uf(other, xv) if reflected else uf(xv, other)),
-                           p)
+        return _emit(o, (x,), xv.shape, np.result_type(xv, other),
+                     (lambda out: uf(other, xv, out=out)) if reflected else
+                     (lambda out: uf(xv, other, out=out)), p=p)
     if to is not Tensor:
         if isinstance(other, (str, bytes)) or other is None:
             return NotImplemented
@@ -367,40 +404,13 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
         tape._wib[t._slot] = b
         return t
     shape = _result_shape(_shape_of(l), _shape_of(r))
+    # a float64 tensor held as a Python float must not act as a weak scalar (NEP 50)
+    l, r = _strong(l), _strong(r)
     if not rec:
-        # a float64 tensor held as a Python float must not act as a weak scalar (NEP 50)
-        l, r = _strong(l), _strong(r)
         return _wrap(_norm(uf(l, r)))
-    return _record_binary(op, uf, x, other, reflected, None, shape)
-
-
-def _record_binary(op: int, uf: Any, x: "Tensor", other: "Tensor", reflected: bool, v: Any,
-                   out_shape: tuple) -> "Tensor":
-    """Record ``x (op) other`` (operands swapped when reflected); ``v`` is the value when
-    already computed (scalars), else it is computed here, into the arena when possible."""
-    tape = _tls.tape
-    xv, ov = x._v, other._v
-    xs, os_ = _shape_of(xv), _shape_of(ov)
-    nx, no, nv = _nsize(xv), _nsize(ov), math.prod(out_shape)
-    tape.reserve(5, nx + no + 3 * nv, 2 * (4 + 2 * len(out_shape)))
-    a = _slot_on(x, tape)
-    b = _slot_on(other, tape)
-    if reflected:
-        a, b, xs, os_, nx, no, xv, ov = b, a, os_, xs, no, nx, ov, xv
-    if v is None:
-        xv, ov = _strong(xv), _strong(ov)
-    # operands of the output's size or of size 1 go straight in; others are broadcast first
-    if nx != nv and nx != 1:
-        a = _broadcast_slot(tape, a, xs, out_shape)
-    if no != nv and no != 1:
-        b = _broadcast_slot(tape, b, os_, out_shape)
-    if v is not None:
-        return _record_out(tape, op, a, b, v)
-    if _in_arena(out_shape, _dtype_of(xv), _dtype_of(ov)):
-        s, view = _record_into(tape, op, a, b, out_shape)
-        uf(xv, ov, out=view)
-        return _register(tape, s, view)
-    return _record_out(tape, op, a, b, _norm(uf(xv, ov)))
+    return _emit(op, (other, x) if reflected else (x, other), shape,
+                 np.result_type(_dtype_of(l), _dtype_of(r)), lambda out: uf(l, r, out=out),
+                 bcast=True)
 
 
 def _sigmoid_f(x: float) -> float:
@@ -423,6 +433,18 @@ def _relu_np(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, np.zeros((), x.dtype), out=out)
 
 
+def _softplus_f(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _softplus_np(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.logaddexp(np.zeros((), x.dtype), x, out=out)
+
+
+def _exp2_f(x: float) -> float:
+    return 2.0 ** x
+
+
 # name: (opcode, NumPy function, Python float function)
 _UNARY = {
     "exp": (K.OP_EXP, np.exp, math.exp),
@@ -435,6 +457,17 @@ _UNARY = {
     "sigmoid": (K.OP_SIGMOID, _sigmoid_np, _sigmoid_f),
     "relu": (K.OP_RELU, _relu_np, _relu_f),
     "abs": (K.OP_ABS, np.abs, abs),
+    "log1p": (K.OP_LOG1P, np.log1p, math.log1p),
+    "expm1": (K.OP_EXPM1, np.expm1, math.expm1),
+    "sinh": (K.OP_SINH, np.sinh, math.sinh),
+    "cosh": (K.OP_COSH, np.cosh, math.cosh),
+    "arcsin": (K.OP_ARCSIN, np.arcsin, math.asin),
+    "arccos": (K.OP_ARCCOS, np.arccos, math.acos),
+    "arctan": (K.OP_ARCTAN, np.arctan, math.atan),
+    "log2": (K.OP_LOG2, np.log2, math.log2),
+    "log10": (K.OP_LOG10, np.log10, math.log10),
+    "exp2": (K.OP_EXP2, np.exp2, _exp2_f),
+    "softplus": (K.OP_SOFTPLUS, _softplus_np, _softplus_f),
 }
 
 
@@ -457,89 +490,7 @@ def _unary(spec: tuple, x: "Tensor") -> "Tensor":
         xv = xv.astype(_F64)  # NumPy's transcendental functions promote ints to float64
     if not rec:
         return _wrap(_norm(uf(xv)))
-    tape = _tls.tape
-    nx = xv.size
-    if tape.top + 2 > tape.rcap or tape.vtop + 2 * nx > tape.vcap:
-        tape.reclaim(2, 2 * nx)
-    a = x._slot if x._tape is tape else _slot_on(x, tape)
-    if _in_arena(xv.shape, xv.dtype):
-        s, view = _record_into(tape, op, a, -1, xv.shape)
-        uf(xv, out=view)
-        return _register(tape, s, view)
-    return _record_out(tape, op, a, -1, _norm(uf(xv)))
-
-
-# ---------------------------------------------------------------------------------------------
-# reductions and indexing
-# ---------------------------------------------------------------------------------------------
-def _norm_axes(axis: Any, ndim: int) -> tuple:
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    out = []
-    for ax in axes:
-        if not isinstance(ax, (int, np.integer)):
-            raise TypeError(f"axis must be an int or a tuple of ints, got {ax!r}")
-        if not -ndim <= ax < max(ndim, 1) or (ndim == 0 and ax not in (0, -1)):
-            raise np.exceptions.AxisError(
-                f"axis {ax} is out of bounds for a tensor of dimension {ndim}")
-        a = int(ax) % ndim if ndim else 0
-        if a in out:
-            raise ValueError(f"duplicate value in axis: {axes}")
-        out.append(a)
-    return tuple(sorted(out))
-
-
-def _sum(x: "Tensor", axis: Any, keepdims: bool) -> "Tensor":
-    xv = x._v
-    shape = _shape_of(xv)
-    axes = _norm_axes(axis, len(shape))
-    v = _norm(np.sum(xv, axis=axes if shape else None, keepdims=keepdims))
-    if not x._rg or not _tls.grad_enabled:
-        return _wrap(v)
-    tape = _tls.tape
-    tape.reserve(2, _nsize(xv) + _nsize(v), 4 + 2 * len(shape))
-    a = _slot_on(x, tape)
-    # iterate kept axes first, summed axes last: out[k // R] += x[pos(k)]
-    st = _c_strides(shape)
-    kept = [d for d in range(len(shape)) if d not in axes]
-    order = kept + list(axes)
-    r = math.prod(shape[d] for d in axes)  # an empty sum has r == 0 and no iterations
-    m = _restride_meta(tape, _nsize(xv), [shape[d] for d in order], [st[d] for d in order], 0,
-                       max(r, 1))
-    return _record_out(tape, K.OP_RESTRIDE, a, -1, v, 0.0, m)
-
-
-def _count(shape: tuple, axis: Any) -> int:
-    return math.prod(shape[d] for d in _norm_axes(axis, len(shape)))
-
-
-_BASIC_INDEX = (int, np.integer, slice, type(None), type(Ellipsis))
-
-
-def _getitem(x: "Tensor", key: Any) -> "Tensor":
-    xv = x._v
-    arr = np.asarray(xv) if type(xv) is float else xv
-    keys = key if isinstance(key, tuple) else (key,)
-    # Python bools are int subclasses but index as 0-d boolean masks in NumPy
-    if isinstance(key, Tensor) or not all(isinstance(k, _BASIC_INDEX) and not
-                                          isinstance(k, (bool, np.bool_)) for k in keys):
-        raise IndexError(
-            "only integers, slices (`:`), ellipsis (`...`) and None are supported as indices "
-            f"for now; got {key!r}")
-    v = _norm(np.array(arr[key]))
-    if not x._rg or not _tls.grad_enabled:
-        return _wrap(v)
-    # where the selection sits in the input's flat C layout: index a 1-byte array of its shape
-    probe = np.empty(arr.shape, np.int8)
-    # a trailing Ellipsis makes NumPy return a (possibly 0-d) view, never a scalar copy
-    view = probe[keys if any(k is Ellipsis for k in keys) else keys + (Ellipsis,)]
-    start = view.__array_interface__["data"][0] - probe.__array_interface__["data"][0]
-    tape = _tls.tape
-    tape.reserve(2, _nsize(xv) + _nsize(v), 4 + 2 * max(view.ndim, 1))
-    a = _slot_on(x, tape)
-    m = _restride_meta(tape, arr.size, view.shape, view.strides, start, 1)
-    return _record_out(tape, K.OP_RESTRIDE, a, -1, v, 0.0, m)
+    return _emit(op, (x,), xv.shape, xv.dtype, lambda out: uf(xv, out=out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,7 +509,8 @@ _ERR_NONLEAF_RG = (
 _ERR_LEAF_INPLACE = "a leaf Variable that requires grad is being used in an in-place operation."
 _ERR_TAPED_INPLACE = (
     "in-place modification of a tensor recorded on a tape is not supported: its recorded value "
-    "is needed by backward; compute the new value out of place instead (y = y + 1)")
+    "is needed by backward; compute the new value out of place instead: y = y + 1, "
+    "y = y.at[i].set(v), y = y.at[i].add(v) or td.where(mask, v, y)")
 
 
 class Tensor:
@@ -682,14 +634,13 @@ class Tensor:
         slots = tape.sweep(self._slot, seed, retain_graph)
         if slots is None:
             raise RuntimeError(_ERR_RELEASED)
-        adj, off, n, cached = tape.adj, tape.off, tape.n, tape._cached
+        cached = tape._cached
         with _GRAD_LOCK:
             for s in slots:
                 r = cached.get(int(s))
                 leaf = r() if r is not None else None
                 if leaf is not None:
-                    o = off[s]
-                    _accumulate_grad(leaf, adj[o:o + n[s]])
+                    _accumulate_grad(leaf, tape.adjoint_view(int(s)))
 
     # -- array attributes --------------------------------------------------------------------
     @property
@@ -909,7 +860,7 @@ class Tensor:
         return self._inplace(0, np.multiply)
 
     def __getitem__(self, key: Any) -> "Tensor":
-        return _getitem(self, key)
+        return _ops.getitem(self, key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if self._tape is not None:
@@ -968,26 +919,154 @@ class Tensor:
         """Elementwise absolute value; the gradient at 0 is 0."""
         return _unary(_UNARY["abs"], self)
 
-    def sum(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
-            keepdim: bool | None = None) -> "Tensor":
+    def log1p(self) -> "Tensor":
+        """Elementwise log(1 + x), accurate near 0."""
+        return _unary(_UNARY["log1p"], self)
+
+    def expm1(self) -> "Tensor":
+        """Elementwise e**x - 1, accurate near 0."""
+        return _unary(_UNARY["expm1"], self)
+
+    def square(self) -> "Tensor":
+        """Elementwise x * x."""
+        return self * self
+
+    def sign(self) -> "Tensor":
+        """Elementwise sign (never differentiated)."""
+        return _ops.sign(self)
+
+    # -- reductions --------------------------------------------------------------------------
+    def sum(self, axis: Any = None, keepdims: bool = False, **aliases: Any) -> "Tensor":
         """Sum over ``axis`` (None: all; int or tuple).  ``dim``/``keepdim`` are aliases."""
-        axis, keepdims = _axis_args(axis, keepdims, dim, keepdim)
-        return _sum(self, axis, keepdims)
+        return _ops.sum_(self, axis, keepdims, **aliases)
 
-    def mean(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
-             keepdim: bool | None = None) -> "Tensor":
+    def mean(self, axis: Any = None, keepdims: bool = False, **aliases: Any) -> "Tensor":
         """Mean over ``axis`` (None: all; int or tuple).  ``dim``/``keepdim`` are aliases."""
-        axis, keepdims = _axis_args(axis, keepdims, dim, keepdim)
-        x = self if self.dtype.kind == "f" else _wrap(_norm(np.asarray(self._v, _F64)))
-        return _sum(x, axis, keepdims) / _count(self.shape, axis)
+        return _ops.mean(self, axis, keepdims, **aliases)
 
+    def var(self, axis: Any = None, ddof: int = 0, keepdims: bool = False,
+            **aliases: Any) -> "Tensor":
+        """Variance over ``axis`` with ``ddof`` delta degrees of freedom."""
+        return _ops.var(self, axis, ddof, keepdims, **aliases)
 
-def _axis_args(axis: Any, keepdims: bool, dim: Any, keepdim: bool | None) -> tuple:
-    if dim is not None:
-        if axis is not None:
-            raise TypeError("pass either axis= or dim=, not both")
-        axis = dim
-    return axis, keepdims if keepdim is None else keepdim
+    def std(self, axis: Any = None, ddof: int = 0, keepdims: bool = False,
+            **aliases: Any) -> "Tensor":
+        """Standard deviation over ``axis``."""
+        return _ops.std(self, axis, ddof, keepdims, **aliases)
+
+    def max(self, axis: Any = None, keepdims: bool = False, **aliases: Any) -> "Tensor":
+        """Maximum over ``axis``; tied maxima share the gradient."""
+        return _ops.max_(self, axis, keepdims, **aliases)
+
+    def min(self, axis: Any = None, keepdims: bool = False, **aliases: Any) -> "Tensor":
+        """Minimum over ``axis``; tied minima share the gradient."""
+        return _ops.min_(self, axis, keepdims, **aliases)
+
+    def argmax(self, axis: Any = None, keepdims: bool = False, **aliases: Any) -> "Tensor":
+        """Indices of the maxima (not differentiable)."""
+        return _ops.argmax(self, axis, keepdims, **aliases)
+
+    def argmin(self, axis: Any = None, keepdims: bool = False, **aliases: Any) -> "Tensor":
+        """Indices of the minima (not differentiable)."""
+        return _ops.argmin(self, axis, keepdims, **aliases)
+
+    def prod(self, axis: Any = None, keepdims: bool = False, **aliases: Any) -> "Tensor":
+        """Product over ``axis``; exact gradients with zeros."""
+        return _ops.prod(self, axis, keepdims, **aliases)
+
+    def cumsum(self, axis: Any = None, **aliases: Any) -> "Tensor":
+        """Running sum along ``axis``."""
+        return _ops.cumsum(self, axis, **aliases)
+
+    def cumprod(self, axis: Any = None, **aliases: Any) -> "Tensor":
+        """Running product along ``axis``."""
+        return _ops.cumprod(self, axis, **aliases)
+
+    def clip(self, a_min: Any = None, a_max: Any = None) -> "Tensor":
+        """Values limited to [a_min, a_max] (gradient 0 where a bound is active)."""
+        return _ops.clip(self, a_min, a_max)
+
+    # -- shape -------------------------------------------------------------------------------
+    def reshape(self, *shape: Any) -> "Tensor":
+        """A tensor of the same values with a new shape (-1 infers one dimension)."""
+        return _ops.reshape(self, *shape)
+
+    def view(self, *shape: Any) -> "Tensor":
+        """PyTorch's name for ``reshape``."""
+        return _ops.reshape(self, *shape)
+
+    def ravel(self) -> "Tensor":
+        """The values as a 1-d tensor."""
+        return _ops.ravel(self)
+
+    def flatten(self) -> "Tensor":
+        """The values as a 1-d tensor."""
+        return _ops.ravel(self)
+
+    def squeeze(self, axis: Any = None) -> "Tensor":
+        """Without size-1 dimensions (or only ``axis``)."""
+        return _ops.squeeze(self, axis)
+
+    def transpose(self, *axes: Any) -> "Tensor":
+        """Axes permuted (reversed by default), as ``ndarray.transpose``."""
+        if len(axes) == 1 and (axes[0] is None or not isinstance(axes[0], (int, np.integer))):
+            axes = axes[0]
+        return _ops.transpose(self, axes or None)
+
+    def swapaxes(self, axis1: int, axis2: int) -> "Tensor":
+        """Two axes interchanged."""
+        return _ops.swapaxes(self, axis1, axis2)
+
+    @property
+    def T(self) -> "Tensor":
+        """All axes reversed."""
+        return _ops.transpose(self)
+
+    @property
+    def mT(self) -> "Tensor":
+        """The last two axes swapped (a batch of matrices transposed)."""
+        return _ops.swapaxes(self, -1, -2)
+
+    def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> "Tensor":
+        """The diagonal over ``axis1`` and ``axis2``."""
+        return _ops.diagonal(self, offset, axis1, axis2)
+
+    def trace(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> "Tensor":
+        """Sum along a diagonal."""
+        return _ops.trace(self, offset, axis1, axis2)
+
+    def repeat(self, repeats: Any, axis: Any = None) -> "Tensor":
+        """Elements repeated, as ``ndarray.repeat``."""
+        return _ops.repeat(self, repeats, axis)
+
+    def dot(self, other: Any) -> "Tensor":
+        """``np.dot(self, other)``."""
+        return _ops.dot(self, other)
+
+    def __matmul__(self, other: Any) -> "Tensor":
+        return _ops.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> "Tensor":
+        return _ops.matmul(other, self)
+
+    def astype(self, dtype: Any) -> "Tensor":
+        """The values converted to ``dtype``; between float32 and float64 the gradient flows
+        (converted back)."""
+        return _ops.astype(self, dtype)
+
+    def float(self) -> "Tensor":
+        """PyTorch's ``.float()``: as float32."""
+        return _ops.astype(self, np.float32)
+
+    def double(self) -> "Tensor":
+        """PyTorch's ``.double()``: as float64."""
+        return _ops.astype(self, np.float64)
+
+    @property
+    def at(self) -> "Any":
+        """Functional index updates: ``x.at[i].set(v)``, ``x.at[i].add(v)`` return new tensors
+        and record correctly (use them where ``x[i] = v`` would modify a recorded tensor)."""
+        return _ops._AtIndexer(self)
 
 
 def _own(v: Any) -> Any:
@@ -1010,3 +1089,6 @@ def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
         ov += g.reshape(shape).astype(ov.dtype, copy=False)
     else:
         leaf.grad = _wrap(_norm(ov + g.reshape(shape).astype(dt, copy=False)))
+
+
+from . import _ops  # noqa: E402  (operations call back into this module)

@@ -1,0 +1,966 @@
+"""Operations beyond elementwise arithmetic, built on few primitives.
+
+Each function computes its value with NumPy and, when recording, appends records through
+``_tensor._emit``.  Views of any kind (slicing, transposes, broadcasting, diagonals, flips)
+are one primitive: ``_view`` reads the strides NumPy chose and records an ``OP_RESTRIDE``.
+Reshapes alias the input's slot (values are flat, so no record is needed).  Everything
+else is either a primitive of its own (gather/scatter for advanced indexing, where,
+concatenation, product, scans, matmul) or composed: mean, var, std, logsumexp, softmax,
+norms, max/min, clip, pad, einsum, tensordot.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _kernels as K
+from ._tensor import (
+    _F64, _UNARY, Tensor, _c_strides, _const, _dtype_of, _emit, _kind, _norm, _nsize,
+    _register, _restride_payload, _shape_of, _slot_on, _strong, _tls, _unary, _wrap,
+)
+
+
+def _t(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else _const(x)
+
+
+def _arr(x: Tensor) -> np.ndarray:
+    v = x._v
+    return np.asarray(v) if type(v) is float else v
+
+
+def _recording(*xs: Tensor) -> bool:
+    return _tls.grad_enabled and any(x._rg for x in xs)
+
+
+def _float(x: Tensor) -> Tensor:
+    """``x`` itself if floating, else a float64 constant copy (for mean, var, ...)."""
+    return x if _dtype_of(x._v).kind == "f" else _wrap(_norm(_arr(x).astype(_F64)))
+
+
+def _norm_axes(axis: Any, ndim: int) -> tuple:
+    """``axis`` (None, int or tuple) as sorted non-negative axes; NumPy's errors otherwise."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for ax in axes:
+        if not isinstance(ax, (int, np.integer)) or isinstance(ax, (bool, np.bool_)):
+            raise TypeError(f"axis must be an int or a tuple of ints, got {ax!r}")
+        if not -max(ndim, 1) <= ax < max(ndim, 1):
+            raise np.exceptions.AxisError(
+                f"axis {ax} is out of bounds for a tensor of dimension {ndim}")
+        a = int(ax) % ndim if ndim else 0
+        if a in out:
+            raise ValueError(f"duplicate value in axis: {axes}")
+        out.append(a)
+    return tuple(sorted(out))
+
+
+def _axis_args(axis: Any, keepdims: bool, aliases: dict) -> tuple:
+    """NumPy's ``axis``/``keepdims`` with PyTorch's ``dim``/``keepdim`` accepted as aliases."""
+    if "dim" in aliases:
+        if axis is not None:
+            raise TypeError("pass either axis= or dim=, not both")
+        axis = aliases.pop("dim")
+    if "keepdim" in aliases:
+        keepdims = aliases.pop("keepdim")
+    if aliases:
+        raise TypeError(f"unexpected keyword argument {next(iter(aliases))!r}")
+    return axis, bool(keepdims)
+
+
+def _set_value(t: Tensor, v: Any) -> Tensor:
+    """Overwrite a just-recorded tensor's value with the exact NumPy result (used where a
+    composition is exact in gradient but not bit-for-bit in value, e.g. max); the reverse
+    rules of the records involved do not read it."""
+    if t._tape is None:
+        return _wrap(_norm(np.array(v, dtype=_dtype_of(t._v))))
+    view = t._tape.value_view(t._slot, t.shape)
+    view.flags.writeable = True
+    view[...] = v
+    view.flags.writeable = False
+    if type(t._v) is float:
+        t._v = float(view[()])
+    return t
+
+
+# ---------------------------------------------------------------------------------------------
+# views and reshapes
+# ---------------------------------------------------------------------------------------------
+def _view(x: Tensor, fn: Any) -> Tensor:
+    """Apply ``fn``, a NumPy function returning a view of its argument (a transpose, basic
+    slice, broadcast, diagonal, flip...), and record it as an OP_RESTRIDE from the strides
+    NumPy chose.  The value is a copy (tensor values are C-contiguous)."""
+    a = _arr(x)
+    w = fn(a)
+    if not _recording(x):
+        return _wrap(_norm(np.array(w)))
+    size = a.itemsize
+    start = (w.__array_interface__["data"][0] - a.__array_interface__["data"][0]) // size
+    strides = [s // size for s in w.strides]
+    payload = _restride_payload(a.size, w.shape, strides, start, 1)
+
+    def fill(out):
+        out[...] = w
+
+    return _emit(K.OP_RESTRIDE, (x,), w.shape, a.dtype, fill, meta=lambda sl: payload,
+                 nmeta=len(payload))
+
+
+def _alias(x: Tensor, shape: tuple) -> Tensor:
+    """``x`` with a new shape of the same size: recorded tensors (and leaves, through their
+    record) share the slot; no copy and no record."""
+    a = _arr(x)
+    if not _recording(x):
+        return _wrap(_norm(a.reshape(shape).copy()))  # never a view of a leaf or an arena
+    tape = _tls.tape
+    if x._tape is not tape:  # a leaf: alias its LEAF record
+        tape.reserve(1, a.size if a.dtype == _F64 else 0, 0, a.size if a.dtype != _F64 else 0)
+    s = _slot_on(x, tape, _kind(a.dtype))
+    value = tape.value_view(s, shape)
+    return _register(tape, s, float(value[()]) if a.dtype == _F64 and shape == () else value)
+
+
+def reshape(x: Any, *shape: Any) -> Tensor:
+    """``x`` with a new shape (one dimension may be -1), as ``np.reshape``; no copy."""
+    x = _t(x)
+    if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+        shape = tuple(shape[0])
+    out_shape = np.empty(_shape_of(x._v), np.int8).reshape(shape).shape
+    return _alias(x, out_shape)
+
+
+def ravel(x: Any) -> Tensor:
+    """``x`` flattened to one dimension."""
+    x = _t(x)
+    return _alias(x, (_nsize(x._v),))
+
+
+def squeeze(x: Any, axis: Any = None) -> Tensor:
+    """``x`` without its size-1 dimensions (or only ``axis``)."""
+    x = _t(x)
+    return _alias(x, np.squeeze(np.empty(_shape_of(x._v), np.int8), axis).shape)
+
+
+def expand_dims(x: Any, axis: Any) -> Tensor:
+    """``x`` with new size-1 dimensions at ``axis``."""
+    x = _t(x)
+    return _alias(x, np.expand_dims(np.empty(_shape_of(x._v), np.int8), axis).shape)
+
+
+def transpose(x: Any, axes: Any = None) -> Tensor:
+    """``x`` with its axes permuted (reversed by default), as ``np.transpose``."""
+    return _view(_t(x), lambda a: np.transpose(a, axes))
+
+
+def swapaxes(x: Any, axis1: int, axis2: int) -> Tensor:
+    """``x`` with two axes interchanged."""
+    return _view(_t(x), lambda a: np.swapaxes(a, axis1, axis2))
+
+
+def moveaxis(x: Any, source: Any, destination: Any) -> Tensor:
+    """``x`` with axes moved to new positions, as ``np.moveaxis``."""
+    return _view(_t(x), lambda a: np.moveaxis(a, source, destination))
+
+
+def broadcast_to(x: Any, shape: Any) -> Tensor:
+    """``x`` broadcast to ``shape``; its gradient sums back over the broadcast dimensions."""
+    return _view(_t(x), lambda a: np.broadcast_to(a, shape))
+
+
+def flip(x: Any, axis: Any = None) -> Tensor:
+    """``x`` with the order of elements reversed along ``axis`` (all axes by default)."""
+    return _view(_t(x), lambda a: np.flip(a, axis))
+
+
+def diagonal(x: Any, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
+    """The diagonal of ``x`` over ``axis1`` and ``axis2``, as ``np.diagonal``."""
+    return _view(_t(x), lambda a: np.diagonal(a, offset, axis1, axis2))
+
+
+def trace(x: Any, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
+    """Sum along a diagonal, as ``np.trace``."""
+    return sum_(diagonal(x, offset, axis1, axis2), axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# indexing
+# ---------------------------------------------------------------------------------------------
+def _index_key(key: Any) -> Any:
+    """Tensors inside an index are used by value (they are never differentiated)."""
+    if isinstance(key, Tensor):
+        return _arr(key)
+    if isinstance(key, tuple):
+        return tuple(_arr(k) if isinstance(k, Tensor) else k for k in key)
+    return key
+
+
+def _is_basic(key: Any) -> bool:
+    keys = key if isinstance(key, tuple) else (key,)
+    return all((isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)))
+               or k is None or k is Ellipsis or isinstance(k, slice) for k in keys)
+
+
+def _gather(x: Tensor, idx: np.ndarray, shape: tuple, value: np.ndarray) -> Tensor:
+    """Record out[k] = x.flat[idx[k]] (reverse: scatter-add, so repeats accumulate)."""
+    idx = np.ascontiguousarray(idx, dtype=np.int64).ravel()
+    a = _arr(x)
+
+    def fill(out):
+        out[...] = value
+
+    return _emit(K.OP_GATHER, (x,), shape, a.dtype, fill, meta=lambda sl: idx,
+                 nmeta=idx.size)
+
+
+def getitem(x: Tensor, key: Any) -> Tensor:
+    """``x[key]`` with NumPy's indexing: basic (views) and advanced (integer arrays, boolean
+    masks, and mixes); repeated indices accumulate in the gradient."""
+    key = _index_key(key)
+    if _is_basic(key):
+        keys = key if isinstance(key, tuple) else (key,)
+        if not any(k is Ellipsis for k in keys):
+            keys = keys + (Ellipsis,)  # so NumPy returns a (possibly 0-d) view, never a copy
+        return _view(x, lambda a: a[keys])
+    a = _arr(x)
+    value = a[key]
+    if not _recording(x):
+        return _wrap(_norm(np.array(value)))
+    idx = np.arange(a.size).reshape(a.shape)[key]
+    return _gather(x, idx, value.shape, value)
+
+
+def take(x: Any, indices: Any, axis: Any = None) -> Tensor:
+    """Elements of ``x`` at ``indices`` (along ``axis``, flattened when None), as ``np.take``."""
+    x = _t(x)
+    a = _arr(x)
+    ind = _arr(indices) if isinstance(indices, Tensor) else np.asarray(indices)
+    value = np.take(a, ind, axis)
+    if not _recording(x):
+        return _wrap(_norm(value))
+    return _gather(x, np.take(np.arange(a.size).reshape(a.shape), ind, axis), value.shape,
+                   value)
+
+
+def _index_gather(x: Tensor, build: Any) -> Tensor:
+    """Record a rearrangement of ``x`` that NumPy's ``build(array)`` does, as a gather."""
+    a = _arr(x)
+    value = build(a)
+    if not _recording(x):
+        return _wrap(_norm(np.array(value)))
+    return _gather(x, build(np.arange(a.size).reshape(a.shape)), value.shape, value)
+
+
+def roll(x: Any, shift: Any, axis: Any = None) -> Tensor:
+    """Elements rolled along ``axis``, as ``np.roll``."""
+    return _index_gather(_t(x), lambda a: np.roll(a, shift, axis))
+
+
+def repeat(x: Any, repeats: Any, axis: Any = None) -> Tensor:
+    """Elements repeated, as ``np.repeat``."""
+    return _index_gather(_t(x), lambda a: np.repeat(a, repeats, axis))
+
+
+def tile(x: Any, reps: Any) -> Tensor:
+    """``x`` repeated ``reps`` times along each axis, as ``np.tile``."""
+    return _index_gather(_t(x), lambda a: np.tile(a, reps))
+
+
+def _scatter(v: Tensor, idx: np.ndarray, shape: tuple, value: np.ndarray) -> Tensor:
+    """Record out = 0; out.flat[idx[k]] += v.flat[k] (reverse: gather)."""
+    idx = np.ascontiguousarray(idx, dtype=np.int64).ravel()
+
+    def fill(out):
+        out[...] = value
+
+    return _emit(K.OP_SCATTER, (v,), shape, value.dtype, fill, meta=lambda sl: idx,
+                 nmeta=idx.size)
+
+
+class _AtIndexer:
+    """``x.at[key]``: functional updates that return a new tensor and record correctly."""
+
+    def __init__(self, x: Tensor) -> None:
+        self._x = x
+
+    def __getitem__(self, key: Any) -> "_At":
+        return _At(self._x, _index_key(key))
+
+
+class _At:
+    def __init__(self, x: Tensor, key: Any) -> None:
+        self._x, self._key = x, key
+
+    def get(self) -> Tensor:
+        """``x[key]``."""
+        return getitem(self._x, self._key)
+
+    def _positions(self, v: Tensor) -> tuple:
+        a = _arr(self._x)
+        pos = np.arange(a.size).reshape(a.shape)[self._key]
+        vb = broadcast_to(v, pos.shape) if _shape_of(v._v) != pos.shape else v
+        return a, pos.ravel(), vb
+
+    def add(self, v: Any) -> Tensor:
+        """A copy of ``x`` with ``v`` added at ``key``; repeated indices add repeatedly (as
+        ``np.add.at``)."""
+        x, v = self._x, _t(v)
+        a, pos, vb = self._positions(v)
+        value = np.array(a, dtype=np.result_type(a, _arr(v)))
+        np.add.at(value.reshape(-1), pos, _arr(vb).reshape(-1))
+        if not _recording(x, v):
+            return _wrap(_norm(value))
+        moved = np.zeros(a.size, value.dtype)
+        np.add.at(moved, pos, _arr(vb).reshape(-1))
+        delta = _scatter(ravel(vb), pos, (a.size,), moved)
+        return _set_value(x + reshape(delta, a.shape), value)
+
+    def set(self, v: Any) -> Tensor:
+        """A copy of ``x`` with ``v`` written at ``key``; with repeated indices the last write
+        wins, as in NumPy assignment."""
+        x, v = self._x, _t(v)
+        a, pos, vb = self._positions(v)
+        value = np.array(a, dtype=np.result_type(a, _arr(v)))
+        value.reshape(-1)[pos] = _arr(vb).reshape(-1)
+        if not _recording(x, v):
+            return _wrap(_norm(value))
+        # the last occurrence of each position writes
+        rev = pos[::-1]
+        uniq, first_in_rev = np.unique(rev, return_index=True)
+        last = pos.size - 1 - first_in_rev
+        moved = np.zeros(a.size, value.dtype)
+        moved[uniq] = _arr(vb).reshape(-1)[last]
+        src = take(ravel(vb), last)
+        scattered = reshape(_scatter(src, uniq, (a.size,), moved), a.shape)
+        w = np.zeros(a.size)
+        w[uniq] = 1.0
+        return where(w.reshape(a.shape) > 0.5, scattered, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions
+# ---------------------------------------------------------------------------------------------
+def sum_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
+    """Sum over ``axis`` (None: all; an int or a tuple), as ``np.sum``.
+
+    >>> import tapediff as td
+    >>> td.sum(td.tensor([[1.0, 2.0], [3.0, 4.0]]), axis=0)
+    tensor([4., 6.])
+    """
+    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    x = _t(x)
+    a = _arr(x)
+    axes = _norm_axes(axis, a.ndim)
+    value = np.sum(a, axis=axes if a.ndim else None, keepdims=keepdims)
+    if not _recording(x):
+        return _wrap(_norm(value))
+    # iterate kept axes first, summed axes last: out[k // R] += x[pos(k)]
+    st = _c_strides(a.shape)
+    order = [d for d in range(a.ndim) if d not in axes] + list(axes)
+    r = math.prod(a.shape[d] for d in axes)
+    payload = _restride_payload(a.size, [a.shape[d] for d in order], [st[d] for d in order],
+                                0, max(r, 1))
+    return _emit(K.OP_RESTRIDE, (x,), np.shape(value), value.dtype,
+                 lambda out: np.sum(a, axis=axes if a.ndim else None, keepdims=keepdims,
+                                    out=out),
+                 meta=lambda sl: payload, nmeta=len(payload))
+
+
+def _count(shape: tuple, axis: Any) -> int:
+    return math.prod(shape[d] for d in _norm_axes(axis, len(shape)))
+
+
+def mean(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
+    """Mean over ``axis``, as ``np.mean`` (ints average as float64)."""
+    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    x = _float(_t(x))
+    with np.errstate(invalid="ignore", divide="ignore"):  # NumPy warns on empty means
+        return sum_(x, axis, keepdims) / _count(_shape_of(x._v), axis)
+
+
+def var(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False,
+        **aliases: Any) -> Tensor:
+    """Variance over ``axis`` with ``ddof`` delta degrees of freedom, as ``np.var``."""
+    if "correction" in aliases:
+        ddof = aliases.pop("correction")
+    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    x = _float(_t(x))
+    d = x - mean(x, axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sum_(d * d, axis, keepdims) / max(_count(_shape_of(x._v), axis) - ddof, 0)
+
+
+def std(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False,
+        **aliases: Any) -> Tensor:
+    """Standard deviation over ``axis``, as ``np.std``."""
+    return sqrt(var(x, axis, ddof, keepdims, **aliases))
+
+
+def _extreme(x: Any, axis: Any, keepdims: bool, aliases: dict, fn: Any) -> Tensor:
+    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    x = _t(x)
+    a = _arr(x)
+    value = fn(a, axis=axis, keepdims=keepdims)
+    if not _recording(x):
+        return _wrap(_norm(value))
+    # ties share the gradient equally (as PyTorch's amax): a weighted sum with weights
+    # 1/count on the extremes, then the exact extreme as the value
+    hit = a == fn(a, axis=axis, keepdims=True)
+    w = hit / np.maximum(np.sum(hit, axis=axis, keepdims=True), 1)
+    return _set_value(sum_(x * w.astype(a.dtype), axis, keepdims), value)
+
+
+def max_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
+    """Maximum over ``axis``; tied maxima share the gradient equally."""
+    return _extreme(x, axis, keepdims, aliases, np.max)
+
+
+def min_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
+    """Minimum over ``axis``; tied minima share the gradient equally."""
+    return _extreme(x, axis, keepdims, aliases, np.min)
+
+
+def argmax(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
+    """Indices of the maxima (an int64 tensor, never differentiated)."""
+    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    return _wrap(_norm(np.asarray(np.argmax(_arr(_t(x)), axis=axis, keepdims=keepdims))))
+
+
+def argmin(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
+    """Indices of the minima (an int64 tensor, never differentiated)."""
+    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    return _wrap(_norm(np.asarray(np.argmin(_arr(_t(x)), axis=axis, keepdims=keepdims))))
+
+
+def prod(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
+    """Product over ``axis``; the gradient is exact when elements are zero."""
+    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    x = _t(x)
+    a = _arr(x)
+    axes = _norm_axes(axis, a.ndim)
+    value = np.prod(a, axis=axes if a.ndim else None, keepdims=keepdims)
+    if not _recording(x):
+        return _wrap(_norm(value))
+    st = _c_strides(a.shape)
+    order = [d for d in range(a.ndim) if d not in axes] + list(axes)
+    r = math.prod(a.shape[d] for d in axes)
+    payload = _restride_payload(a.size, [a.shape[d] for d in order], [st[d] for d in order],
+                                0, max(r, 1))
+    if r == 0:  # an empty product is 1 and has no inputs to differentiate
+        return _set_value(sum_(x, axis, keepdims) * 0.0 + 1.0, value)
+    return _emit(K.OP_PROD, (x,), np.shape(value), value.dtype,
+                 lambda out: np.prod(a, axis=axes if a.ndim else None, keepdims=keepdims,
+                                     out=out),
+                 meta=lambda sl: payload, nmeta=len(payload))
+
+
+def _scan(x: Any, axis: Any, op: int, fn: Any) -> Tensor:
+    x = _t(x)
+    if axis is None:  # NumPy scans the flattened array
+        x, axis = ravel(x), 0
+    a = _arr(x)
+    value = fn(a, axis=axis)
+    if not _recording(x):
+        return _wrap(_norm(value))
+    (ax,) = _norm_axes(axis, a.ndim)
+    outer = math.prod(a.shape[:ax])
+    inner = math.prod(a.shape[ax + 1:])
+    payload = [outer, a.shape[ax], inner]
+    return _emit(op, (x,), value.shape, value.dtype, lambda out: fn(a, axis=ax, out=out),
+                 meta=lambda sl: payload, nmeta=3)
+
+
+def cumsum(x: Any, axis: Any = None, **aliases: Any) -> Tensor:
+    """Running sum along ``axis`` (of the flattened tensor when None), as ``np.cumsum``."""
+    axis, _ = _axis_args(axis, False, aliases)
+    return _scan(x, axis, K.OP_CUMSUM, np.cumsum)
+
+
+def cumprod(x: Any, axis: Any = None, **aliases: Any) -> Tensor:
+    """Running product along ``axis``; the gradient is exact when elements are zero."""
+    axis, _ = _axis_args(axis, False, aliases)
+    return _scan(x, axis, K.OP_CUMPROD, np.cumprod)
+
+
+def logsumexp(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
+    """log(sum(exp(x))) over ``axis``, computed without overflow (shifted by the maximum).
+
+    >>> import tapediff as td
+    >>> float(td.logsumexp(td.tensor([1000.0, 1000.0])))  # 1000 + log 2
+    1000.6931471805599
+    """
+    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    x = _float(_t(x))
+    a = _arr(x)
+    m = np.max(a, axis=axis, keepdims=True) if a.size else np.zeros((1,) * a.ndim, a.dtype)
+    m = np.where(np.isfinite(m), m, 0).astype(a.dtype)  # the shift is a constant
+    with np.errstate(divide="ignore"):
+        out = log(sum_(exp(x - m), axis, keepdims=True)) + m
+    return out if keepdims else squeeze(out, axis if axis is not None else None) \
+        if a.ndim else out
+
+
+def softmax(x: Any, axis: Any = -1, **aliases: Any) -> Tensor:
+    """exp(x) / sum(exp(x)) along ``axis`` (default last), without overflow."""
+    axis, _ = _axis_args(axis, False, aliases)
+    x = _float(_t(x))
+    a = _arr(x)
+    m = np.max(a, axis=axis, keepdims=True) if a.size else 0.0
+    m = np.where(np.isfinite(m), m, 0).astype(a.dtype)
+    e = exp(x - m)
+    return e / sum_(e, axis, keepdims=True)
+
+
+def log_softmax(x: Any, axis: Any = -1, **aliases: Any) -> Tensor:
+    """x - logsumexp(x) along ``axis`` (default last), without overflow."""
+    axis, _ = _axis_args(axis, False, aliases)
+    x = _float(_t(x))
+    return x - logsumexp(x, axis, keepdims=True)
+
+
+def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Vector or matrix norm, as ``np.linalg.norm``: vectors 2 (default), 1, inf, -inf, p;
+    matrices 'fro' (default), 1, inf."""
+    x = _float(_t(x))
+    nd = len(_shape_of(x._v))
+    if axis is None and (ord is None or ord == "fro"):
+        return sqrt(sum_(x * x, None, keepdims))
+    if axis is None:
+        axis = tuple(range(nd)) if nd <= 2 else None
+    axes = _norm_axes(axis, nd)
+    if len(axes) == 2:  # matrix norms
+        r, c = axes
+        if ord in (None, "fro"):
+            return sqrt(sum_(x * x, axes, keepdims))
+        if ord in (1, -1):
+            s = sum_(abs_(x), r, keepdims=True)
+            out = (max_ if ord == 1 else min_)(s, c, keepdims=True)
+        elif ord in (np.inf, -np.inf):
+            s = sum_(abs_(x), c, keepdims=True)
+            out = (max_ if ord == np.inf else min_)(s, r, keepdims=True)
+        else:
+            raise ValueError(f"matrix norm ord={ord!r} is not supported (use 'fro', 1 or inf)")
+        return out if keepdims else squeeze(out, axes)
+    if ord is None or ord == 2:
+        return sqrt(sum_(x * x, axes, keepdims))
+    if ord == np.inf:
+        return max_(abs_(x), axes, keepdims)
+    if ord == -np.inf:
+        return min_(abs_(x), axes, keepdims)
+    if ord == 1:
+        return sum_(abs_(x), axes, keepdims)
+    if ord == 0:
+        return _wrap(_norm(np.sum(_arr(x) != 0, axis=axes, keepdims=keepdims).astype(_F64)))
+    if isinstance(ord, str):
+        raise ValueError(f"invalid norm order {ord!r} for vectors")
+    return sum_(abs_(x) ** ord, axes, keepdims) ** (1.0 / ord)
+
+
+# ---------------------------------------------------------------------------------------------
+# joins and splits
+# ---------------------------------------------------------------------------------------------
+def concatenate(xs: Sequence[Any], axis: Any = 0) -> Tensor:
+    """Join tensors along an existing axis, as ``np.concatenate`` (axis None: flattened)."""
+    xs = [_t(x) for x in xs]
+    if not xs:
+        raise ValueError("need at least one array to concatenate")
+    if axis is None:
+        xs, axis = [ravel(x) for x in xs], 0
+    arrs = [_arr(x) for x in xs]
+    value = np.concatenate(arrs, axis=axis)
+    if not _recording(*xs):
+        return _wrap(_norm(value))
+    (ax,) = _norm_axes(axis, value.ndim)
+    outer = math.prod(value.shape[:ax])
+    return _emit(K.OP_CONCAT, xs, value.shape, value.dtype,
+                 lambda out: np.concatenate(arrs, axis=ax, out=out),
+                 meta=lambda sl: [len(sl), *sl, outer], nmeta=len(xs) + 2)
+
+
+def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    """Join tensors along a new axis, as ``np.stack``."""
+    xs = [_t(x) for x in xs]
+    if not xs:
+        raise ValueError("need at least one array to stack")
+    shapes = {_shape_of(x._v) for x in xs}
+    if len(shapes) != 1:
+        raise ValueError(f"all input arrays must have the same shape, got {sorted(shapes)}")
+    nd = len(shapes.pop()) + 1
+    ax = _norm_axes(axis, nd)[0]
+    return concatenate([expand_dims(x, ax) for x in xs], axis=ax)
+
+
+def hstack(xs: Sequence[Any]) -> Tensor:
+    """Stack horizontally (along axis 1, or 0 for 1-d inputs), as ``np.hstack``."""
+    xs = [atleast_1d(x) for x in xs]
+    return concatenate(xs, axis=0 if len(_shape_of(xs[0]._v)) == 1 else 1)
+
+
+def vstack(xs: Sequence[Any]) -> Tensor:
+    """Stack vertically (along axis 0 of at-least-2-d inputs), as ``np.vstack``."""
+    return concatenate([atleast_2d(x) for x in xs], axis=0)
+
+
+def atleast_1d(x: Any) -> Tensor:
+    """``x`` with at least one dimension."""
+    x = _t(x)
+    return x if len(_shape_of(x._v)) >= 1 else reshape(x, (1,))
+
+
+def atleast_2d(x: Any) -> Tensor:
+    """``x`` with at least two dimensions (a 1-d ``x`` becomes a row)."""
+    x = _t(x)
+    s = _shape_of(x._v)
+    return x if len(s) >= 2 else reshape(x, (1, -1) if s else (1, 1))
+
+
+def array_split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
+    """Split into sub-tensors (sections may differ in size), as ``np.array_split``."""
+    x = _t(x)
+    shape = _shape_of(x._v)
+    (ax,) = _norm_axes(axis, len(shape))
+    n = shape[ax]
+    if isinstance(indices_or_sections, (int, np.integer)):
+        k = int(indices_or_sections)
+        if k <= 0:
+            raise ValueError("number sections must be larger than 0.")
+        q, r = divmod(n, k)
+        bounds = np.cumsum([0] + [q + 1] * r + [q] * (k - r))
+    else:
+        bounds = [0, *indices_or_sections, n]
+    pre = (slice(None),) * ax
+    return [getitem(x, pre + (slice(int(b0), int(b1)),))
+            for b0, b1 in zip(bounds[:-1], bounds[1:])]
+
+
+def split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
+    """Split into equal sub-tensors (or at indices), as ``np.split``."""
+    x = _t(x)
+    if isinstance(indices_or_sections, (int, np.integer)):
+        n = _shape_of(x._v)[_norm_axes(axis, len(_shape_of(x._v)))[0]]
+        if n % indices_or_sections:
+            raise ValueError("array split does not result in an equal division")
+    return array_split(x, indices_or_sections, axis)
+
+
+def pad(x: Any, pad_width: Any, mode: str = "constant", constant_values: Any = 0) -> Tensor:
+    """``x`` padded with a constant, as ``np.pad(..., mode='constant')``."""
+    if mode != "constant":
+        raise ValueError(f"only mode='constant' is supported, got {mode!r}")
+    x = _t(x)
+    a = _arr(x)
+    value = np.pad(a, pad_width, mode="constant", constant_values=constant_values)
+    if not _recording(x):
+        return _wrap(_norm(value))
+    pos = np.pad(np.arange(a.size).reshape(a.shape) + 1, pad_width, mode="constant")
+    inside = pos.ravel() > 0
+    moved = np.zeros(value.size, value.dtype)
+    moved[inside] = a.ravel()
+    placed = reshape(_scatter(ravel(x), np.flatnonzero(inside)[np.argsort(
+        pos.ravel()[inside])], (value.size,), moved), value.shape)
+    rest = np.where(inside.reshape(value.shape), 0, value).astype(value.dtype)
+    return _set_value(placed + rest, value) if np.any(rest) else placed
+
+
+# ---------------------------------------------------------------------------------------------
+# piecewise
+# ---------------------------------------------------------------------------------------------
+def _where_weighted(w: np.ndarray, a: Tensor, b: Tensor, value: np.ndarray) -> Tensor:
+    """Record value (= a where w, else b) with gradient g w to a and g (1 - w) to b."""
+    shape = value.shape
+    wt = _wrap(_norm(np.ascontiguousarray(np.broadcast_to(w, shape), dtype=value.dtype)))
+
+    def fill(out):
+        out[...] = value
+
+    return _emit(K.OP_WHERE, (a, b, wt), shape, value.dtype, fill,
+                 meta=lambda sl: [1, sl[2]], nmeta=2, bcast=True)
+
+
+def where(condition: Any, x: Any = None, y: Any = None) -> Tensor:
+    """Elements of ``x`` where ``condition`` holds, else of ``y`` (``np.where``); the
+    condition is never differentiated.  With one argument: the indices where it holds."""
+    c = _arr(condition) if isinstance(condition, Tensor) else np.asarray(condition)
+    if x is None and y is None:
+        return tuple(_wrap(_norm(i)) for i in np.nonzero(c))  # type: ignore[return-value]
+    x, y = _t(x), _t(y)
+    value = np.where(c, _strong(x._v), _strong(y._v))
+    if not _recording(x, y):
+        return _wrap(_norm(value))
+    return _where_weighted(c.astype(value.dtype), x, y, value)
+
+
+def _pick(a: Any, b: Any, fn: Any, sign: float) -> Tensor:
+    a, b = _t(a), _t(b)
+    av, bv = _strong(a._v), _strong(b._v)
+    value = fn(av, bv)
+    if not _recording(a, b):
+        return _wrap(_norm(value))
+    gt = (av > bv) if sign > 0 else (av < bv)
+    w = np.where(av == bv, 0.5, gt.astype(np.float64))  # ties share the gradient
+    return _where_weighted(w, a, b, np.asarray(value))
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    """Elementwise maximum; at ties each input gets half the gradient (as PyTorch)."""
+    return _pick(a, b, np.maximum, 1.0)
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    """Elementwise minimum; at ties each input gets half the gradient (as PyTorch)."""
+    return _pick(a, b, np.minimum, -1.0)
+
+
+def clip(x: Any, a_min: Any = None, a_max: Any = None) -> Tensor:
+    """``x`` limited to [a_min, a_max]; the gradient is 0 where a bound is active (inclusive
+    bounds pass it, as PyTorch's clamp).  Tensor bounds that require grad get their share."""
+    x = _t(x)
+    if a_min is None and a_max is None:
+        raise ValueError("One of max or min must be given")
+    bounds_rg = any(isinstance(v, Tensor) and v._rg for v in (a_min, a_max))
+    if bounds_rg:
+        out = x if a_min is None else maximum(x, a_min)
+        return out if a_max is None else minimum(out, a_max)
+    lo = None if a_min is None else (_arr(a_min) if isinstance(a_min, Tensor) else a_min)
+    hi = None if a_max is None else (_arr(a_max) if isinstance(a_max, Tensor) else a_max)
+    xv = _strong(x._v)
+    value = np.clip(xv, lo, hi)
+    if not _recording(x):
+        return _wrap(_norm(value))
+    inside = np.ones(np.shape(value), bool)
+    if lo is not None:
+        inside &= xv >= lo
+    if hi is not None:
+        inside &= xv <= hi
+    return _where_weighted(inside, x, _wrap(_norm(np.asarray(value))), np.asarray(value))
+
+
+def sign(x: Any) -> Tensor:
+    """Elementwise sign (-1, 0, 1); its gradient is zero, so it is never recorded."""
+    return _wrap(_norm(np.sign(_strong(_t(x)._v))))
+
+
+# ---------------------------------------------------------------------------------------------
+# math beyond the core
+# ---------------------------------------------------------------------------------------------
+def _u(name: str) -> Any:
+    spec = _UNARY[name]
+
+    def fn(x: Any) -> Tensor:
+        return _unary(spec, _t(x))
+
+    fn.__name__ = name
+    return fn
+
+
+exp, log, sqrt, abs_ = _u("exp"), _u("log"), _u("sqrt"), _u("abs")
+
+
+def square(x: Any) -> Tensor:
+    """Elementwise x * x."""
+    x = _t(x)
+    return x * x
+
+
+def reciprocal(x: Any) -> Tensor:
+    """Elementwise 1 / x."""
+    return 1.0 / _t(x)
+
+
+def _binary_primitive(op: int, uf: Any, a: Any, b: Any) -> Tensor:
+    a, b = _t(a), _t(b)
+    av, bv = _strong(a._v), _strong(b._v)
+    value = uf(av, bv)
+    if not _recording(a, b):
+        return _wrap(_norm(value))
+    value = np.asarray(value)
+    return _emit(op, (a, b), value.shape, value.dtype, lambda out: uf(av, bv, out=out),
+                 bcast=True)
+
+
+def arctan2(y: Any, x: Any) -> Tensor:
+    """Elementwise angle of the point (x, y), as ``np.arctan2``."""
+    return _binary_primitive(K.OP_ARCTAN2, np.arctan2, y, x)
+
+
+def hypot(a: Any, b: Any) -> Tensor:
+    """Elementwise sqrt(a**2 + b**2) without overflow, as ``np.hypot``."""
+    return _binary_primitive(K.OP_HYPOT, np.hypot, a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# linear algebra
+# ---------------------------------------------------------------------------------------------
+def matmul(a: Any, b: Any) -> Tensor:
+    """Matrix product with NumPy's rules: 1-d operands, batched and broadcast batch dims.
+
+    >>> import tapediff as td
+    >>> td.matmul(td.ones(2, 3), td.ones(3))
+    tensor([3., 3.])
+    """
+    a, b = _t(a), _t(b)
+    av, bv = _arr(a), _arr(b)
+    if av.ndim == 0 or bv.ndim == 0:
+        raise ValueError("matmul: Input operand does not have enough dimensions (use * to "
+                         "multiply by a scalar)")
+    value = np.matmul(av, bv)
+    if not _recording(a, b):
+        return _wrap(_norm(value))
+    a2 = reshape(a, (1, -1)) if av.ndim == 1 else a
+    b2 = reshape(b, (-1, 1)) if bv.ndim == 1 else b
+    sa, sb = _shape_of(a2._v), _shape_of(b2._v)
+    batch = np.broadcast_shapes(sa[:-2], sb[:-2])
+    m, k, n = sa[-2], sa[-1], sb[-1]
+    bs = math.prod(batch)
+    if sa[:-2] != batch:
+        a2 = broadcast_to(a2, batch + (m, k))
+    if sb[:-2] != batch:
+        b2 = broadcast_to(b2, batch + (k, n))
+    a3, b3 = reshape(a2, (bs, m, k)), reshape(b2, (bs, k, n))
+    x3, y3 = _arr(a3), _arr(b3)
+    out = _emit(K.OP_MATMUL, (a3, b3), (bs, m, n), value.dtype,
+                lambda o: np.matmul(x3, y3, out=o), meta=lambda sl: [bs, m, k, n], nmeta=4)
+    return reshape(out, value.shape)
+
+
+def dot(a: Any, b: Any) -> Tensor:
+    """``np.dot``: inner product of vectors, matrix product, sum over the last axis of a and
+    the second-to-last of b for n-d inputs, and scaling by 0-d inputs."""
+    a, b = _t(a), _t(b)
+    na, nb = len(_shape_of(a._v)), len(_shape_of(b._v))
+    if na == 0 or nb == 0:
+        return a * b
+    if nb == 1 or (na <= 2 and nb <= 2):
+        return matmul(a, b)
+    return tensordot(a, b, axes=([-1], [-2]))
+
+
+def vdot(a: Any, b: Any) -> Tensor:
+    """Dot product of the flattened inputs (real tensors)."""
+    return matmul(ravel(a), ravel(b))
+
+
+def inner(a: Any, b: Any) -> Tensor:
+    """Sum product over the last axes, as ``np.inner``."""
+    a, b = _t(a), _t(b)
+    if not _shape_of(a._v) or not _shape_of(b._v):
+        return a * b
+    return tensordot(a, b, axes=([-1], [-1]))
+
+
+def outer(a: Any, b: Any) -> Tensor:
+    """Outer product of the flattened inputs, as ``np.outer``."""
+    return reshape(ravel(a), (-1, 1)) * reshape(ravel(b), (1, -1))
+
+
+def tensordot(a: Any, b: Any, axes: Any = 2) -> Tensor:
+    """Sum products over the given axes, as ``np.tensordot``, through one matrix product."""
+    a, b = _t(a), _t(b)
+    sa, sb = _shape_of(a._v), _shape_of(b._v)
+    if isinstance(axes, (int, np.integer)):
+        ax_a = list(range(len(sa) - axes, len(sa)))
+        ax_b = list(range(axes))
+    else:
+        ax_a, ax_b = ([axes[0]] if isinstance(axes[0], (int, np.integer)) else list(axes[0]),
+                      [axes[1]] if isinstance(axes[1], (int, np.integer)) else list(axes[1]))
+        ax_a = [x % len(sa) for x in ax_a]
+        ax_b = [x % len(sb) for x in ax_b]
+    if len(ax_a) != len(ax_b) or any(sa[i] != sb[j] for i, j in zip(ax_a, ax_b)):
+        raise ValueError(f"shape-mismatch for sum: {sa} and {sb} over axes {ax_a}, {ax_b}")
+    free_a = [i for i in range(len(sa)) if i not in ax_a]
+    free_b = [j for j in range(len(sb)) if j not in ax_b]
+    k = math.prod(sa[i] for i in ax_a)
+    at = reshape(transpose(a, free_a + ax_a), (math.prod(sa[i] for i in free_a), k))
+    bt = reshape(transpose(b, ax_b + free_b), (k, math.prod(sb[j] for j in free_b)))
+    return reshape(matmul(at, bt), tuple(sa[i] for i in free_a) + tuple(sb[j] for j in free_b))
+
+
+def einsum(subscripts: str, *operands: Any) -> Tensor:
+    """Einstein summation, as ``np.einsum`` without ellipses: e.g. ``'ij,jk->ik'``,
+    ``'bij,bjk->bik'``, ``'ii->i'``, ``'ij->'``, any number of operands.  Operands are
+    contracted left to right, each pair through one matrix product."""
+    ops = [_t(x) for x in operands]
+    spec = subscripts.replace(" ", "")
+    if "..." in spec:
+        raise ValueError("einsum with '...' is not supported yet")
+    if "->" in spec:
+        lhs, out = spec.split("->")
+    else:  # implicit form: output labels are those used once, sorted
+        lhs = spec
+        counts = {c: lhs.count(c) for c in set(lhs) if c.isalpha()}
+        out = "".join(sorted(c for c, k in counts.items() if k == 1))
+    terms = lhs.split(",")
+    if len(terms) != len(ops):
+        raise ValueError(f"einsum: {len(terms)} operand subscripts for {len(ops)} operands")
+    dims: dict = {}
+    cur = []
+    for term, x in zip(terms, ops):
+        shape = _shape_of(x._v)
+        if len(term) != len(shape):
+            raise ValueError(f"einsum: subscripts {term!r} do not match a {len(shape)}-d "
+                             "operand")
+        for c, d in zip(term, shape):
+            if dims.setdefault(c, d) != d:
+                raise ValueError(f"einsum: label {c!r} has sizes {dims[c]} and {d}")
+        cur.append((x, term))
+    # repeated labels within one operand: take the diagonal (a strided view)
+    for i, (x, term) in enumerate(cur):
+        if len(set(term)) != len(term):
+            uniq = "".join(dict.fromkeys(term))
+            st = _c_strides(_shape_of(x._v))
+
+            def diag(a, term=term, uniq=uniq, st=st):
+                size = a.itemsize
+                return np.lib.stride_tricks.as_strided(
+                    a, shape=[dims[c] for c in uniq],
+                    strides=[size * sum(s for t, s in zip(term, st) if t == c) for c in uniq])
+
+            cur[i] = (_view(x, diag), uniq)
+    result_x, result_t = cur[0]
+    for j in range(len(cur)):
+        x, term = cur[j] if j else (result_x, result_t)
+        later = set(out).union(*(t for _, t in cur[j + 1:]))
+        if j:
+            result_x, result_t = _contract(result_x, result_t, x, term, later, dims)
+        # sum labels used nowhere else
+        lone = [k for k, c in enumerate(result_t) if c not in later]
+        if lone:
+            result_x = sum_(result_x, tuple(lone))
+            result_t = "".join(c for c in result_t if c in later)
+    perm = [result_t.index(c) for c in out]
+    return transpose(result_x, perm) if perm != list(range(len(perm))) else result_x
+
+
+def _contract(a: Tensor, ta: str, b: Tensor, tb: str, later: set, dims: dict) -> tuple:
+    """One pairwise contraction of einsum through a batched matrix product."""
+    batch = [c for c in ta if c in tb and c in later]
+    summed = [c for c in ta if c in tb and c not in later]
+    fa = [c for c in ta if c not in tb]
+    fb = [c for c in tb if c not in ta]
+    at = transpose(a, [ta.index(c) for c in batch + fa + summed])
+    bt = transpose(b, [tb.index(c) for c in batch + summed + fb])
+    nb = math.prod(dims[c] for c in batch)
+    m = math.prod(dims[c] for c in fa)
+    k = math.prod(dims[c] for c in summed)
+    n = math.prod(dims[c] for c in fb)
+    r = matmul(reshape(at, (nb, m, k)), reshape(bt, (nb, k, n)))
+    return reshape(r, tuple(dims[c] for c in batch + fa + fb)), "".join(batch + fa + fb)
+
+
+
+def astype(x: Any, dtype: Any) -> Tensor:
+    """``x`` converted to ``dtype``.  Between float32 and float64 the conversion is recorded
+    (an OP_CAST), so the gradient flows back in the input's dtype; other conversions give a
+    constant."""
+    x = _t(x)
+    dt = np.dtype(dtype)
+    a = _arr(x)
+    if dt == a.dtype:
+        return x
+    value = a.astype(dt)
+    if not _recording(x) or dt.kind != "f":
+        return _wrap(_norm(value))
+    return _emit(K.OP_CAST, (x,), value.shape, dt, lambda out: out.__setitem__(Ellipsis, a))
