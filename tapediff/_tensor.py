@@ -530,9 +530,15 @@ class Tensor:
     # A recorded tensor sets only _v, _tape, _slot and _rg (the hot path); _grad, _ver and
     # _lc (the cached record of a tape-less tensor) are set on leaves and constants.
     __slots__ = ("_v", "_tape", "_slot", "_rg", "_grad", "_ver", "_lc", "__weakref__")
-    # NumPy defers binary operators with tensors to the reflected Tensor methods.
-    __array_ufunc__ = None
     __array_priority__ = 1000
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        # NEP 13: np.exp(t), ndarray + t, ... record as tapediff operations
+        return _numpy.array_ufunc(ufunc, method, *inputs, **kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        # NEP 18: np.sum(t), np.concatenate([t, u]), ... record as tapediff operations
+        return _numpy.array_function(func, types, args, kwargs)
 
     def __init__(self, data: Any, dtype: Any = None, requires_grad: bool = False) -> None:
         t = tensor(data, dtype=dtype, requires_grad=requires_grad)
@@ -1092,3 +1098,4 @@ def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
 
 
 from . import _ops  # noqa: E402  (operations call back into this module)
+from . import _numpy  # noqa: E402
