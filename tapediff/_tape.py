@@ -28,7 +28,7 @@ import numpy as np
 from . import _kernels as K
 
 _MIN_RECORDS = 4096
-_MIN_VALUES = 16384
+_MIN_VALUES = 65536  # a minimum arena is 512 KB of float64 (virtual until written)
 _MIN_META = 1024
 
 
