@@ -1,7 +1,8 @@
 """Gradient-checking helpers shared by the tests.
 
 ``numerical_grad`` differentiates a plain NumPy function by central differences;
-``check_grad`` compares what ``backward()`` leaves in each leaf's ``.grad`` against it.
+``check_grad`` compares what ``backward()`` leaves in each leaf's ``.grad`` against it;
+``crash_guard`` runs a test in a forked child so that a segfault fails only that test.
 """
 from __future__ import annotations
 
