@@ -72,6 +72,14 @@ def _axis_args(axis: Any, keepdims: bool, aliases: dict) -> tuple:
     return axis, bool(keepdims)
 
 
+def _copy_of(value: Any) -> Any:
+    """A fill that copies an already computed value into the arena (cheaper than computing
+    it twice)."""
+    def fill(out):
+        out[...] = value
+    return fill
+
+
 def _set_value(t: Tensor, v: Any) -> Tensor:
     """Overwrite a just-recorded tensor's value with the exact NumPy result (used where a
     composition is exact in gradient but not bit-for-bit in value, e.g. max); the reverse
@@ -102,11 +110,7 @@ def _view(x: Tensor, fn: Any) -> Tensor:
     start = (w.__array_interface__["data"][0] - a.__array_interface__["data"][0]) // size
     strides = [s // size for s in w.strides]
     payload = _restride_payload(a.size, w.shape, strides, start, 1)
-
-    def fill(out):
-        out[...] = w
-
-    return _emit(K.OP_RESTRIDE, (x,), w.shape, a.dtype, fill, meta=lambda sl: payload,
+    return _emit(K.OP_RESTRIDE, (x,), w.shape, a.dtype, _copy_of(w), meta=lambda sl: payload,
                  nmeta=len(payload))
 
 
@@ -207,12 +211,7 @@ def _is_basic(key: Any) -> bool:
 def _gather(x: Tensor, idx: np.ndarray, shape: tuple, value: np.ndarray) -> Tensor:
     """Record out[k] = x.flat[idx[k]] (reverse: scatter-add, so repeats accumulate)."""
     idx = np.ascontiguousarray(idx, dtype=np.int64).ravel()
-    a = _arr(x)
-
-    def fill(out):
-        out[...] = value
-
-    return _emit(K.OP_GATHER, (x,), shape, a.dtype, fill, meta=lambda sl: idx,
+    return _emit(K.OP_GATHER, (x,), shape, _arr(x).dtype, _copy_of(value), meta=lambda sl: idx,
                  nmeta=idx.size)
 
 
@@ -272,11 +271,7 @@ def tile(x: Any, reps: Any) -> Tensor:
 def _scatter(v: Tensor, idx: np.ndarray, shape: tuple, value: np.ndarray) -> Tensor:
     """Record out = 0; out.flat[idx[k]] += v.flat[k] (reverse: gather)."""
     idx = np.ascontiguousarray(idx, dtype=np.int64).ravel()
-
-    def fill(out):
-        out[...] = value
-
-    return _emit(K.OP_SCATTER, (v,), shape, value.dtype, fill, meta=lambda sl: idx,
+    return _emit(K.OP_SCATTER, (v,), shape, value.dtype, _copy_of(value), meta=lambda sl: idx,
                  nmeta=idx.size)
 
 
@@ -364,8 +359,7 @@ def sum_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Te
     payload = _restride_payload(a.size, [a.shape[d] for d in order], [st[d] for d in order],
                                 0, max(r, 1))
     return _emit(K.OP_RESTRIDE, (x,), np.shape(value), value.dtype,
-                 lambda out: np.sum(a, axis=axes if a.ndim else None, keepdims=keepdims,
-                                    out=out),
+                 _copy_of(value),
                  meta=lambda sl: payload, nmeta=len(payload))
 
 
@@ -452,8 +446,7 @@ def prod(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Te
     if r == 0:  # an empty product is 1 and has no inputs to differentiate
         return _set_value(sum_(x, axis, keepdims) * 0.0 + 1.0, value)
     return _emit(K.OP_PROD, (x,), np.shape(value), value.dtype,
-                 lambda out: np.prod(a, axis=axes if a.ndim else None, keepdims=keepdims,
-                                     out=out),
+                 _copy_of(value),
                  meta=lambda sl: payload, nmeta=len(payload))
 
 
@@ -469,7 +462,7 @@ def _scan(x: Any, axis: Any, op: int, fn: Any) -> Tensor:
     outer = math.prod(a.shape[:ax])
     inner = math.prod(a.shape[ax + 1:])
     payload = [outer, a.shape[ax], inner]
-    return _emit(op, (x,), value.shape, value.dtype, lambda out: fn(a, axis=ax, out=out),
+    return _emit(op, (x,), value.shape, value.dtype, _copy_of(value),
                  meta=lambda sl: payload, nmeta=3)
 
 
@@ -576,7 +569,7 @@ def concatenate(xs: Sequence[Any], axis: Any = 0) -> Tensor:
     (ax,) = _norm_axes(axis, value.ndim)
     outer = math.prod(value.shape[:ax])
     return _emit(K.OP_CONCAT, xs, value.shape, value.dtype,
-                 lambda out: np.concatenate(arrs, axis=ax, out=out),
+                 _copy_of(value),
                  meta=lambda sl: [len(sl), *sl, outer], nmeta=len(xs) + 2)
 
 
@@ -672,11 +665,7 @@ def _where_weighted(w: np.ndarray, a: Tensor, b: Tensor, value: np.ndarray) -> T
     """Record value (= a where w, else b) with gradient g w to a and g (1 - w) to b."""
     shape = value.shape
     wt = _wrap(_norm(np.ascontiguousarray(np.broadcast_to(w, shape), dtype=value.dtype)))
-
-    def fill(out):
-        out[...] = value
-
-    return _emit(K.OP_WHERE, (a, b, wt), shape, value.dtype, fill,
+    return _emit(K.OP_WHERE, (a, b, wt), shape, value.dtype, _copy_of(value),
                  meta=lambda sl: [1, sl[2]], nmeta=2, bcast=True)
 
 
@@ -777,7 +766,7 @@ def _binary_primitive(op: int, uf: Any, a: Any, b: Any) -> Tensor:
     if not _recording(a, b):
         return _wrap(_norm(value))
     value = np.asarray(value)
-    return _emit(op, (a, b), value.shape, value.dtype, lambda out: uf(av, bv, out=out),
+    return _emit(op, (a, b), value.shape, value.dtype, _copy_of(value),
                  bcast=True)
 
 
@@ -806,13 +795,20 @@ def matmul(a: Any, b: Any) -> Tensor:
     if av.ndim == 0 or bv.ndim == 0:
         raise ValueError("matmul: Input operand does not have enough dimensions (use * to "
                          "multiply by a scalar)")
-    value = np.matmul(av, bv)
     if not _recording(a, b):
-        return _wrap(_norm(value))
+        return _wrap(_norm(np.matmul(_strong(a._v), _strong(b._v))))
     a2 = reshape(a, (1, -1)) if av.ndim == 1 else a
     b2 = reshape(b, (-1, 1)) if bv.ndim == 1 else b
     sa, sb = _shape_of(a2._v), _shape_of(b2._v)
-    batch = np.broadcast_shapes(sa[:-2], sb[:-2])
+    if sa[-1] != sb[-2]:
+        raise ValueError(f"matmul: shapes {av.shape} and {bv.shape} are not aligned: "
+                         f"{sa[-1]} (last dimension of the first) != {sb[-2]} (second-to-last "
+                         "of the second)")
+    try:
+        batch = np.broadcast_shapes(sa[:-2], sb[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: batch dimensions of {av.shape} and {bv.shape} do not "
+                         "broadcast") from None
     m, k, n = sa[-2], sa[-1], sb[-1]
     bs = math.prod(batch)
     if sa[:-2] != batch:
@@ -821,9 +817,10 @@ def matmul(a: Any, b: Any) -> Tensor:
         b2 = broadcast_to(b2, batch + (k, n))
     a3, b3 = reshape(a2, (bs, m, k)), reshape(b2, (bs, k, n))
     x3, y3 = _arr(a3), _arr(b3)
-    out = _emit(K.OP_MATMUL, (a3, b3), (bs, m, n), value.dtype,
+    out = _emit(K.OP_MATMUL, (a3, b3), (bs, m, n), np.result_type(x3, y3),
                 lambda o: np.matmul(x3, y3, out=o), meta=lambda sl: [bs, m, k, n], nmeta=4)
-    return reshape(out, value.shape)
+    shape = batch + ((m,) if av.ndim > 1 else ()) + ((n,) if bv.ndim > 1 else ())
+    return reshape(out, shape)
 
 
 def dot(a: Any, b: Any) -> Tensor:

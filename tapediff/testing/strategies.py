@@ -112,16 +112,15 @@ def tensors(dtype: Any = np.float64,
         shape_st = st.just((shape,) if isinstance(shape, int) else tuple(shape))
     if elements is None:
         elements = _default_elements(dtype)
-    if isinstance(requires_grad, st.SearchStrategy):
-        rg_st = requires_grad
-    else:
-        if requires_grad and dtype.kind != "f":
-            raise InvalidArgument(f"tensors(dtype={dtype}, requires_grad=True): only "
-                                  f"floating-point tensors can require grad")
-        rg_st = st.just(bool(requires_grad))
-    arrays = hnp.arrays(dtype, shape_st, elements=elements)
-    return st.builds(lambda a, rg: td.tensor(a, requires_grad=rg and dtype.kind == "f"),
-                     arrays, rg_st)
+    if dtype.kind != "f" and requires_grad is not False:
+        raise InvalidArgument(f"tensors(dtype={dtype}): only floating-point tensors can "
+                              f"require grad; pass requires_grad=False")
+    rg_st = requires_grad if isinstance(requires_grad, st.SearchStrategy) else st.just(
+        bool(requires_grad))
+    # td.tensor itself as the builder: Hypothesis then reports a drawn tensor as the call
+    # that rebuilds it, tensor(array([...]), requires_grad=True)
+    return st.builds(td.tensor, hnp.arrays(dtype, shape_st, elements=elements),
+                     requires_grad=rg_st)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +285,8 @@ _NUMPY_TD = types.SimpleNamespace(
 _NUMPY_NS = {"td": _NUMPY_TD, "weights": program_weights}
 _TD_NS = {"td": td, "weights": program_weights}
 # NaN, inf or division by zero in a program is a bug of the op table (underflow is harmless)
-_NO_NAN = np.errstate(over="raise", divide="raise", invalid="raise", under="ignore")
+def _no_nan() -> np.errstate:
+    return np.errstate(over="raise", divide="raise", invalid="raise", under="ignore")
 
 
 @dataclass(frozen=True)
@@ -372,7 +372,7 @@ class Program:
     def reference(self, *arrays: Any) -> float:
         """The program's result computed by NumPy (float64) instead of tapediff."""
         self._check(arrays)
-        with _NO_NAN:  # the domain adapters promise no nan/inf
+        with _no_nan():  # the domain adapters promise no nan/inf
             return float(self._compiled(_NUMPY_NS)(*(np.asarray(a, np.float64)
                                                      for a in arrays)))
 
@@ -381,7 +381,7 @@ class Program:
         self._check(arrays)
         env = {f"v{i}": np.asarray(a, np.float64) for i, a in enumerate(arrays)}
         values = list(env.values())
-        with _NO_NAN:
+        with _no_nan():
             for s in self.steps:
                 env[s.target] = np.asarray(eval(s.expr, _NUMPY_NS, env))  # noqa: S307
                 values.append(env[s.target])
