@@ -345,6 +345,9 @@ _BINARY = {
 }
 
 
+_ADD, _SUB, _MUL, _DIV, _POW = (_BINARY[k] for k in ("add", "sub", "mul", "div", "pow"))
+
+
 def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
     """``x (op) other``, or ``other (op) x`` when reflected."""
     op, uf, sf, op_c, op_rc = spec
@@ -363,14 +366,26 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
             if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
                 tape.reclaim(2, 2)
             a = x._slot if x._tape is tape else _slot_on(x, tape)
+            # the hottest path of scalar code: _record_scalar written out, plus the parameter
+            i = tape.top
+            tape.top = i + 1
+            o = tape.vtop
+            tape.vtop = o + 1
             if reflected:
-                t = _record_scalar(tape, op_rc, a, v)
-                p = float(other)
+                tape._wop[i] = op_rc
+                tape._wp[i] = other
             else:
-                t = _record_scalar(tape, op_c[0], a, v)
-                p = op_c[1] * other
-            if p != 0.0:
-                tape._wp[t._slot] = p
+                tape._wop[i] = op_c[0]
+                tape._wp[i] = op_c[1] * other
+            tape._wia[i] = a
+            tape._woff[i] = o
+            tape._wval[o] = v
+            t = _new(Tensor)
+            t._v = v
+            t._tape = tape
+            t._slot = i
+            t._rg = True
+            tape._live.append(_weakref(t))
             return t
         if not x._rg or not _tls.grad_enabled:
             return _wrap(_norm(uf(other, xv) if reflected else uf(xv, other)))
@@ -759,39 +774,39 @@ class Tensor:
 
     # -- arithmetic --------------------------------------------------------------------------
     def __add__(self, other: Any) -> "Tensor":
-        return _binary(_BINARY["add"], self, other, False)
+        return _binary(_ADD, self, other, False)
 
     def __radd__(self, other: Any) -> "Tensor":
-        return _binary(_BINARY["add"], self, other, True)
+        return _binary(_ADD, self, other, True)
 
     def __sub__(self, other: Any) -> "Tensor":
-        return _binary(_BINARY["sub"], self, other, False)
+        return _binary(_SUB, self, other, False)
 
     def __rsub__(self, other: Any) -> "Tensor":
-        return _binary(_BINARY["sub"], self, other, True)
+        return _binary(_SUB, self, other, True)
 
     def __mul__(self, other: Any) -> "Tensor":
-        return _binary(_BINARY["mul"], self, other, False)
+        return _binary(_MUL, self, other, False)
 
     def __rmul__(self, other: Any) -> "Tensor":
-        return _binary(_BINARY["mul"], self, other, True)
+        return _binary(_MUL, self, other, True)
 
     def __truediv__(self, other: Any) -> "Tensor":
-        return _binary(_BINARY["div"], self, other, False)
+        return _binary(_DIV, self, other, False)
 
     def __rtruediv__(self, other: Any) -> "Tensor":
-        return _binary(_BINARY["div"], self, other, True)
+        return _binary(_DIV, self, other, True)
 
     def __pow__(self, other: Any) -> "Tensor":
-        return _binary(_BINARY["pow"], self, other, False)
+        return _binary(_POW, self, other, False)
 
     def __rpow__(self, other: Any) -> "Tensor":
-        return _binary(_BINARY["pow"], self, other, True)
+        return _binary(_POW, self, other, True)
 
     def __neg__(self) -> "Tensor":
         if _dtype_of(self._v).kind != "f":  # ints stay ints (never recorded)
             return _wrap(_norm(np.negative(self._v)))
-        return _binary(_BINARY["mul"], self, -1, False)
+        return _binary(_MUL, self, -1, False)
 
     def __pos__(self) -> "Tensor":
         return self
