@@ -1,87 +1,55 @@
 """Array kernels against NumPy and PyTorch: elementwise, matmul and indexing at 10^3 and 10^6.
 
-Run from the repository root: ``python -m bench.ops`` (``--quick`` for a smoke run).
-For each workload: the NumPy primal (forward only), tapediff forward+backward, and PyTorch
-forward+backward when importable; ratios come from paired rounds, one thread each.
+These are the figures ``python -m bench.ops`` printed before the runner existed (issue 3),
+now a workload of it: ``python -m bench --only ops`` (``python -m bench.ops`` still works).
+For each kernel: the NumPy primal (forward only), tapediff forward+backward, and every peer.
+
+* elementwise: ``sum(log(x*y) * exp(-x) + tanh(y) * x * x)``, x, y in [0.5, 1.5];
+* matmul: ``sum(a @ b)`` of two square matrices with n elements each;
+* indexing: ``sum(x[idx] * sum(x[::2]) + sum(x[1:]))``, a gather with repeats, a strided
+  slice and a shifted slice.
 """
 from __future__ import annotations
 
-import argparse
+import numpy as np
 
-from bench.core import machine, paired, torch  # sets one thread for every peer first
+from .case import Case
 
-import numpy as np  # noqa: E402
-
-import tapediff as td  # noqa: E402
+WORKLOAD = "ops"
 
 
-def _workloads(n: int, rng: np.random.Generator) -> dict:
-    side = int(round(n ** 0.5))
-    idx = rng.integers(0, n, n)
-    return {
-        # name: (inputs, f written once for NumPy, tapediff and PyTorch)
-        "elementwise": ([rng.uniform(0.5, 1.5, n), rng.uniform(0.5, 1.5, n)],
-                        lambda x, y, m: (m.log(x * y) * m.exp(-x) + m.tanh(y) * x * x).sum()),
-        "matmul": ([rng.normal(size=(side, side)), rng.normal(size=(side, side))],
-                   lambda a, b, m: (a @ b).sum()),
-        "indexing": ([rng.normal(size=n)],
-                     lambda x, m: (x[idx] * x[::2].sum() + x[1:].sum()).sum()),
-    }
+def elementwise(xp, x, y):
+    return xp.sum(xp.log(x * y) * xp.exp(-x) + xp.tanh(y) * x * x)
 
 
-class _NP:
-    log, exp, tanh = np.log, np.exp, np.tanh
+def matmul(xp, a, b):
+    return xp.sum(a @ b)
 
 
-class _TD:
-    log, exp, tanh = td.log, td.exp, td.tanh
+def indexing(xp, x, idx):
+    return xp.sum(x[idx] * xp.sum(x[::2]) + xp.sum(x[1:]))
 
 
-def run(sizes: list[int], rounds: int) -> list[str]:
-    rng = np.random.default_rng(0)
-    rows = []
-    for n in sizes:
-        for name, (inputs, f) in _workloads(n, rng).items():
-            def np_primal():
-                f(*inputs, _NP)
-
-            leaves = [td.tensor(a, requires_grad=True) for a in inputs]
-
-            def td_grad():
-                for t in leaves:
-                    t.grad = None
-                f(*leaves, _TD).backward()
-
-            a, b, r = paired(np_primal, td_grad, rounds)
-            row = (f"{name:12s} n={n:>9,}: NumPy primal {a * 1e3:8.3f} ms, tapediff fwd+bwd "
-                   f"{b * 1e3:8.3f} ms ({r:5.2f}x primal)")
-            if torch is not None:
-                tl = [torch.tensor(a, requires_grad=True) for a in inputs]
-                idx_t = torch  # namespace for torch.log & co.
-
-                def torch_grad():
-                    for t in tl:
-                        t.grad = None
-                    f(*tl, idx_t).backward()
-
-                td_grad()
-                torch_grad()
-                for t, u in zip(leaves, tl):
-                    assert np.allclose(t.grad.numpy(), u.grad.numpy()), name
-                _, c, r2 = paired(td_grad, torch_grad, rounds)
-                row += f", PyTorch {c * 1e3:8.3f} ms (tapediff {r2:5.2f}x faster)"
-            rows.append(row)
-    return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10^3 only, few rounds")
-    args = ap.parse_args(argv)
-    print(machine())
-    for row in run([1_000] if args.quick else [1_000, 1_000_000], 3 if args.quick else 11):
-        print(row, flush=True)
+def cases(quick: bool) -> list[Case]:
+    out = []
+    for n in [1_000] if quick else [1_000, 1_000_000]:
+        rng = np.random.default_rng(0)
+        side = int(round(n ** 0.5))
+        out += [
+            Case(WORKLOAD, f"ops elementwise n={n:,}", elementwise,
+                 [rng.uniform(0.5, 1.5, n), rng.uniform(0.5, 1.5, n)], size={"n": n}),
+            Case(WORKLOAD, f"ops matmul {side}x{side}", matmul,
+                 [rng.normal(size=(side, side)), rng.normal(size=(side, side))],
+                 size={"n": side * side}),
+            Case(WORKLOAD, f"ops indexing n={n:,}", indexing, [rng.normal(size=n)],
+                 [rng.integers(0, n, n)], size={"n": n}),
+        ]
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .runner import main
+
+    sys.exit(main(["--only", WORKLOAD, *sys.argv[1:]]))

@@ -222,11 +222,12 @@ def partials(o, g, x, z, y, c):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
-    """A rule over a record of nn > 1 elements (``o`` is a constant at each call site, so the
-    rule's branches fold away and the loop vectorises).  A size-1 operand is read with mask
-    0; its adjoint accumulates all nn contributions.  ``fa``/``fb``: first touch of a
-    full-size input, whose adjoint is then assigned rather than added."""
+def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, generic=False):
+    """A rule over a record of nn > 1 elements.  At the specialised call sites ``o`` is a
+    constant and ``generic`` False, so ``partials_hot``'s branches fold away and the loop
+    vectorises; ``generic`` runs any rule through ``partials``, one call per element.  A
+    size-1 operand is read with mask 0; its adjoint accumulates all nn contributions.
+    ``fa``/``fb``: first touch of a full-size input, whose adjoint is assigned, not added."""
     g = adj[oo:oo + nn]
     y = val[oo:oo + nn]
     x = val[oa:]
@@ -234,7 +235,10 @@ def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
     da = adj[oa:]
     db = adj[ob:]
     for k in range(nn):
-        pa, pb = partials_hot(o, g[k], x[k & ma], z[k & mb], y[k], c)
+        if generic:
+            pa, pb = partials(o, g[k], x[k & ma], z[k & mb], y[k], c)
+        else:
+            pa, pb = partials_hot(o, g[k], x[k & ma], z[k & mb], y[k], c)
         if fa:
             da[k] = pa
         elif ga:
@@ -247,23 +251,8 @@ def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
-    """``_vector_rule`` for the rarer rules: one call of ``partials`` per element."""
-    g = adj[oo:oo + nn]
-    y = val[oo:oo + nn]
-    x = val[oa:]
-    z = val[ob:]
-    da = adj[oa:]
-    db = adj[ob:]
-    for k in range(nn):
-        pa, pb = partials(o, g[k], x[k & ma], z[k & mb], y[k], c)
-        if fa:
-            da[k] = pa
-        elif ga:
-            da[k & ma] += pa
-        if fb:
-            db[k] = pb
-        elif gb:
-            db[k & mb] += pb
+    """``_vector_rule`` for the rarer rules, compiled once for any opcode."""
+    _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -338,6 +338,16 @@ class _At:
 # ---------------------------------------------------------------------------------------------
 # reductions
 # ---------------------------------------------------------------------------------------------
+def _reduce_layout(a: np.ndarray, axes: tuple) -> list:
+    """Restride payload of a reduction over ``axes``: kept axes iterate first, reduced axes
+    last, so out[k // R] collects x[pos(k)] with R the number of reduced elements."""
+    st = _c_strides(a.shape)
+    order = [d for d in range(a.ndim) if d not in axes] + list(axes)
+    r = math.prod(a.shape[d] for d in axes)
+    return _restride_payload(a.size, [a.shape[d] for d in order], [st[d] for d in order], 0,
+                             max(r, 1))
+
+
 def sum_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Sum over ``axis`` (None: all; an int or a tuple), as ``np.sum``.
 
@@ -352,12 +362,7 @@ def sum_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Te
     value = np.sum(a, axis=axes if a.ndim else None, keepdims=keepdims)
     if not _recording(x):
         return _wrap(_norm(value))
-    # iterate kept axes first, summed axes last: out[k // R] += x[pos(k)]
-    st = _c_strides(a.shape)
-    order = [d for d in range(a.ndim) if d not in axes] + list(axes)
-    r = math.prod(a.shape[d] for d in axes)
-    payload = _restride_payload(a.size, [a.shape[d] for d in order], [st[d] for d in order],
-                                0, max(r, 1))
+    payload = _reduce_layout(a, axes)
     return _emit(K.OP_RESTRIDE, (x,), np.shape(value), value.dtype,
                  _copy_of(value),
                  meta=lambda sl: payload, nmeta=len(payload))
@@ -438,12 +443,8 @@ def prod(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Te
     value = np.prod(a, axis=axes if a.ndim else None, keepdims=keepdims)
     if not _recording(x):
         return _wrap(_norm(value))
-    st = _c_strides(a.shape)
-    order = [d for d in range(a.ndim) if d not in axes] + list(axes)
-    r = math.prod(a.shape[d] for d in axes)
-    payload = _restride_payload(a.size, [a.shape[d] for d in order], [st[d] for d in order],
-                                0, max(r, 1))
-    if r == 0:  # an empty product is 1 and has no inputs to differentiate
+    payload = _reduce_layout(a, axes)
+    if math.prod(a.shape[d] for d in axes) == 0:  # an empty product is 1: nothing to reverse
         return _set_value(sum_(x, axis, keepdims) * 0.0 + 1.0, value)
     return _emit(K.OP_PROD, (x,), np.shape(value), value.dtype,
                  _copy_of(value),

@@ -1,7 +1,7 @@
 """``gradcheck``: compare tapediff's reverse-mode gradients with central finite differences."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
