@@ -38,6 +38,8 @@ int32 = _np.dtype(_np.int32)
 int64 = _np.dtype(_np.int64)
 bool_ = _np.dtype(_np.bool_)
 
+from . import testing  # noqa: E402  (gradcheck; testing.strategies imports hypothesis on use)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -52,5 +54,5 @@ __all__ = [
     "repeat", "tile", "pad", "take", "diagonal", "trace", "concatenate", "stack", "hstack",
     "vstack", "split", "array_split", "atleast_1d", "atleast_2d", "where", "maximum",
     "minimum", "clip", "matmul", "dot", "vdot", "inner", "outer", "tensordot", "einsum",
-    "astype", "float16", "float32", "float64", "int32", "int64", "bool_",
+    "astype", "testing", "float16", "float32", "float64", "int32", "int64", "bool_",
 ]

@@ -622,9 +622,12 @@ class Tensor:
         return f"<{name}Backward0>"
 
     def detach(self) -> "Tensor":
-        """A new leaf with this tensor's value, outside any graph (a copy when the value lives
-        in a tape's arena, whose storage is reused)."""
-        return _wrap(_own(self._v))
+        """A new leaf with a copy of this tensor's value, outside any graph.
+
+        Unlike PyTorch, the copy shares no storage: an in-place update of either tensor
+        never changes the other (nor a value recorded on a tape)."""
+        v = self._v
+        return _wrap(v if type(v) is float else v.copy())
 
     def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into ``.grad`` of every leaf this tensor depends on.

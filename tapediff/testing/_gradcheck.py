@@ -158,6 +158,9 @@ def gradcheck(fn: Callable[..., Any], inputs: Any, *, eps: float | None = None,
     ``inputs``) do take part in the backward passes: pass them in ``inputs`` instead, or
     detach them.  Exceptions raised by ``fn`` propagate.
 
+    Cost: two evaluations of ``fn`` per element of the differentiable inputs, plus one
+    forward and backward pass per projection; meant for small inputs.
+
     Returns True when every gradient matches.  On a mismatch, raises ``GradcheckError``
     naming the output, the projection, the input, the worst element, both values and the
     error; or returns False when ``raise_exception`` is False.

@@ -293,7 +293,12 @@ def _no_nan() -> np.errstate:
 class Step:
     """One assignment of a program: ``target = expr``, from op table row ``op``.
 
-    ``bound`` bounds |target| over all inputs with |input| <= the program's input bound.
+    ``shape`` is the value's shape; ``bound`` bounds |target| over all inputs with
+    |input| <= the program's input bound.
+
+    >>> from tapediff.testing.strategies import Step
+    >>> Step("v1", "exp", "td.exp(v0)", (3,), 7.39).expr
+    'td.exp(v0)'
     """
 
     target: str
