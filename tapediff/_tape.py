@@ -139,7 +139,7 @@ class Tape:
     def __enter__(self) -> "Tape":
         st = _state()
         st.stack.append(self)
-        st.tape = self
+        st.set_tape(self)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -147,7 +147,7 @@ class Tape:
         if not st.stack or st.stack[-1] is not self:
             raise RuntimeError("tapes must be closed in the reverse order they were opened")
         st.stack.pop()
-        st.tape = st.stack[-1] if st.stack else st.default
+        st.set_tape(st.stack[-1] if st.stack else st.default)
 
     # -- recording ---------------------------------------------------------------------------
     def reserve(self, nrec: int, nval: int, nmeta: int = 0, nval32: int = 0) -> None:
@@ -398,10 +398,24 @@ class _State(threading.local):
     """Per-thread autograd state: grad mode, the default tape and the stack of open tapes."""
 
     def __init__(self) -> None:
-        self.grad_enabled = True
+        self._grad = True
         self.default = Tape()
         self.stack: list[Tape] = []
         self.tape = self.default  # innermost open tape, else the default one
+        self.rec: Tape | None = self.default  # the tape recording now; None under no_grad
+
+    @property
+    def grad_enabled(self) -> bool:
+        return self._grad
+
+    @grad_enabled.setter
+    def grad_enabled(self, mode: bool) -> None:
+        self._grad = mode
+        self.rec = self.tape if mode else None
+
+    def set_tape(self, tape: "Tape") -> None:
+        self.tape = tape
+        self.rec = tape if self._grad else None
 
 
 _tls = _State()

@@ -360,9 +360,9 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
                 v = sf(other, xv) if reflected else sf(xv, other)
             except _ARITH_ERRORS:
                 v = float(uf(other, np.float64(xv)) if reflected else uf(np.float64(xv), other))
-            if not x._rg or not _tls.grad_enabled:
+            tape = _tls.rec  # one thread-local read: the recording tape, or None
+            if tape is None or not x._rg:
                 return _wrap(v)
-            tape = _tls.tape
             if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
                 tape.reclaim(2, 2)
             a = x._slot if x._tape is tape else _slot_on(x, tape)
@@ -400,7 +400,8 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
         other = _const(other)
     ov = other._v
     l, r = (ov, xv) if reflected else (xv, ov)
-    rec = (x._rg or other._rg) and _tls.grad_enabled
+    tape = _tls.rec
+    rec = tape is not None and (x._rg or other._rg)
     if type(l) is float and type(r) is float:
         try:
             v = sf(l, r)
@@ -408,7 +409,6 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
             v = float(uf(np.float64(l), r))
         if not rec:
             return _wrap(v)
-        tape = _tls.tape
         if tape.top + 3 > tape.rcap or tape.vtop + 3 > tape.vcap:
             tape.reclaim(3, 3)
         a = x._slot if x._tape is tape else _slot_on(x, tape)
@@ -489,7 +489,8 @@ _UNARY = {
 def _unary(spec: tuple, x: "Tensor") -> "Tensor":
     op, uf, sf = spec
     xv = x._v
-    rec = x._rg and _tls.grad_enabled
+    tape = _tls.rec
+    rec = tape is not None and x._rg
     if type(xv) is float:
         try:
             v = sf(xv)
@@ -497,7 +498,6 @@ def _unary(spec: tuple, x: "Tensor") -> "Tensor":
             v = float(uf(np.float64(xv)))
         if not rec:
             return _wrap(v)
-        tape = _tls.tape
         if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
             tape.reclaim(2, 2)
         return _record_scalar(tape, op, x._slot if x._tape is tape else _slot_on(x, tape), v)
