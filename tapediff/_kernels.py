@@ -383,26 +383,14 @@ def scan_adjoint(o, meta, m, val, adj, oo, oa):
                     acc += g[b + i * inner]
                     a[b + i * inner] += acc
                 continue
-            # cumprod: before the first zero, d/dx_i = (sum_{k >= i} g_k y_k) / x_i; at the
-            # first zero, the running product that skips it; after it, 0.
-            z = ln
-            for i in range(ln):
-                if x[b + i * inner] == 0.0:
-                    z = i
-                    break
-            acc = 0.0  # y_k = 0 from the first zero on, so the sum stops there
-            for i in range(z - 1, -1, -1):
-                acc += g[b + i * inner] * y[b + i * inner]
-                a[b + i * inner] += acc / x[b + i * inner]
-            if z < ln:
-                before = 1.0 if z == 0 else y[b + (z - 1) * inner]
-                run = before
-                s = 0.0
-                for k in range(z, ln):
-                    if k > z:
-                        run *= x[b + k * inner]
-                    s += g[b + k * inner] * run
-                a[b + z * inner] += s
+            # cumprod: d/dx_i = y_{i-1} * S_i with S_i = sum_{k>=i} g_k prod_{i<j<=k} x_j,
+            # so S_i = g_i + x_{i+1} S_{i+1}: no division, exact with zeros and subnormals
+            acc = 0.0
+            for i in range(ln - 1, -1, -1):
+                if i < ln - 1:
+                    acc *= x[b + (i + 1) * inner]
+                acc += g[b + i * inner]
+                a[b + i * inner] += acc * (1.0 if i == 0 else y[b + (i - 1) * inner])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -37,8 +37,11 @@ def _on_values(fn: Any) -> Any:
 
 
 def _logaddexp(a: Any, b: Any) -> Tensor:
+    # max + log1p(exp(-|a - b|)), with NumPy's exactly rounded value (the final addition's
+    # reverse rule does not read its value)
     m = O.maximum(a, b)
-    return m + O._u("log1p")(O.exp(-O.abs_(O._t(a) - b)))
+    out = m + O._u("log1p")(O.exp(-O.abs_(O._t(a) - b)))
+    return O._set_value(out, np.logaddexp(O._raw(a), O._raw(b)))
 
 
 def _matmul(a: Any, b: Any) -> Tensor:

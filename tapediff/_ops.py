@@ -17,13 +17,42 @@ import numpy as np
 
 from . import _kernels as K
 from ._tensor import (
-    _F64, _UNARY, Tensor, _c_strides, _const, _dtype_of, _emit, _kind, _norm, _nsize,
+    _F64, _UNARY, BroadcastError, Tensor, _c_strides, _check_dtype, _const, _dtype_of, _emit, _kind, _norm, _nsize,
     _register, _restride_payload, _shape_of, _slot_on, _strong, _tls, _unary, _wrap,
 )
 
 
 def _t(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else _const(x)
+
+
+def _raw(x: Any) -> Any:
+    """An operand as NumPy should see it: a Python number stays a weak scalar (NEP 50: it
+    does not promote a float32 tensor), a tensor's value becomes strongly typed."""
+    if isinstance(x, Tensor):
+        return _strong(x._v)
+    if type(x) in (float, int, bool):
+        return x
+    a = np.asarray(x)
+    _check_dtype(a.dtype)  # complex, strings, objects: TypeError
+    return a
+
+
+def _broadcastable(*xs: Any) -> None:
+    """Raise BroadcastError (naming the shapes) unless the operands broadcast together."""
+    shapes = [np.shape(x) for x in xs]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise BroadcastError("operands could not be broadcast together: shapes "
+                             + " and ".join(str(s) for s in shapes)) from None
+
+
+def _as_tensor(x: Any, dtype: np.dtype) -> Tensor:
+    """An operand as a tensor for recording; a Python number takes the result's dtype."""
+    if isinstance(x, Tensor):
+        return x
+    return _const(np.asarray(x, dtype) if type(x) in (float, int, bool) else x)
 
 
 def _arr(x: Tensor) -> np.ndarray:
@@ -106,6 +135,10 @@ def _view(x: Tensor, fn: Any) -> Tensor:
     w = fn(a)
     if not _recording(x):
         return _wrap(_norm(np.array(w)))
+    if not isinstance(w, np.ndarray):  # NumPy returns a scalar for some 0-d views
+        if a.size != 1:
+            raise AssertionError(f"{fn} did not return a view")
+        w = a.reshape(np.shape(w))
     size = a.itemsize
     start = (w.__array_interface__["data"][0] - a.__array_interface__["data"][0]) // size
     strides = [s // size for s in w.strides]
@@ -187,6 +220,9 @@ def diagonal(x: Any, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
 
 def trace(x: Any, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
     """Sum along a diagonal, as ``np.trace``."""
+    x = _t(x)
+    if not _recording(x):
+        return _wrap(_norm(np.asarray(np.trace(_raw(x), offset, axis1, axis2))))
     return sum_(diagonal(x, offset, axis1, axis2), axis=-1)
 
 
@@ -293,8 +329,17 @@ class _At:
         """``x[key]``."""
         return getitem(self._x, self._key)
 
-    def _positions(self, v: Tensor) -> tuple:
-        a = _arr(self._x)
+    def _operands(self, v: Any) -> tuple:
+        """``x`` and ``v`` in the result's dtype, promoted as NumPy does (a Python number is
+        a weak scalar, so it keeps a float32 ``x`` float32)."""
+        x = self._x
+        dt = np.result_type(_arr(x), _raw(v))
+        v = _as_tensor(v, dt)
+        x, v = (t if _dtype_of(t._v) == dt else astype(t, dt) for t in (x, v))
+        return x, v
+
+    def _positions(self, x: Tensor, v: Tensor) -> tuple:
+        a = _arr(x)
         pos = np.arange(a.size).reshape(a.shape)[self._key]
         vb = broadcast_to(v, pos.shape) if _shape_of(v._v) != pos.shape else v
         return a, pos.ravel(), vb
@@ -302,9 +347,9 @@ class _At:
     def add(self, v: Any) -> Tensor:
         """A copy of ``x`` with ``v`` added at ``key``; repeated indices add repeatedly (as
         ``np.add.at``)."""
-        x, v = self._x, _t(v)
-        a, pos, vb = self._positions(v)
-        value = np.array(a, dtype=np.result_type(a, _arr(v)))
+        x, v = self._operands(v)
+        a, pos, vb = self._positions(x, v)
+        value = a.copy()
         np.add.at(value.reshape(-1), pos, _arr(vb).reshape(-1))
         if not _recording(x, v):
             return _wrap(_norm(value))
@@ -316,9 +361,9 @@ class _At:
     def set(self, v: Any) -> Tensor:
         """A copy of ``x`` with ``v`` written at ``key``; with repeated indices the last write
         wins, as in NumPy assignment."""
-        x, v = self._x, _t(v)
-        a, pos, vb = self._positions(v)
-        value = np.array(a, dtype=np.result_type(a, _arr(v)))
+        x, v = self._operands(v)
+        a, pos, vb = self._positions(x, v)
+        value = a.copy()
         value.reshape(-1)[pos] = _arr(vb).reshape(-1)
         if not _recording(x, v):
             return _wrap(_norm(value))
@@ -540,7 +585,9 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
         return out if keepdims else squeeze(out, axes)
     if ord is None or ord == 2:
         return sqrt(sum_(x * x, axes, keepdims))
-    if ord == np.inf:
+    if ord == np.inf:  # NumPy's is 0 over an empty axis (a max with initial 0)
+        if _count(_shape_of(x._v), axes) == 0:
+            return sum_(abs_(x), axes, keepdims)
         return max_(abs_(x), axes, keepdims)
     if ord == -np.inf:
         return min_(abs_(x), axes, keepdims)
@@ -676,22 +723,24 @@ def where(condition: Any, x: Any = None, y: Any = None) -> Tensor:
     c = _arr(condition) if isinstance(condition, Tensor) else np.asarray(condition)
     if x is None and y is None:
         return tuple(_wrap(_norm(i)) for i in np.nonzero(c))  # type: ignore[return-value]
-    x, y = _t(x), _t(y)
-    value = np.where(c, _strong(x._v), _strong(y._v))
-    if not _recording(x, y):
+    _broadcastable(c, _raw(x), _raw(y))
+    value = np.asarray(np.where(c, _raw(x), _raw(y)))
+    xs = [v for v in (x, y) if isinstance(v, Tensor)]
+    if not _recording(*xs):
         return _wrap(_norm(value))
-    return _where_weighted(c.astype(value.dtype), x, y, value)
+    return _where_weighted(c.astype(value.dtype), _as_tensor(x, value.dtype),
+                           _as_tensor(y, value.dtype), value)
 
 
 def _pick(a: Any, b: Any, fn: Any, sign: float) -> Tensor:
-    a, b = _t(a), _t(b)
-    av, bv = _strong(a._v), _strong(b._v)
-    value = fn(av, bv)
-    if not _recording(a, b):
+    av, bv = _raw(a), _raw(b)
+    _broadcastable(av, bv)
+    value = np.asarray(fn(av, bv))
+    if not _recording(*[v for v in (a, b) if isinstance(v, Tensor)]):
         return _wrap(_norm(value))
     gt = (av > bv) if sign > 0 else (av < bv)
-    w = np.where(av == bv, 0.5, gt.astype(np.float64))  # ties share the gradient
-    return _where_weighted(w, a, b, np.asarray(value))
+    w = np.where(np.equal(av, bv), 0.5, gt)  # ties share the gradient
+    return _where_weighted(w, _as_tensor(a, value.dtype), _as_tensor(b, value.dtype), value)
 
 
 def maximum(a: Any, b: Any) -> Tensor:
@@ -705,27 +754,27 @@ def minimum(a: Any, b: Any) -> Tensor:
 
 
 def clip(x: Any, a_min: Any = None, a_max: Any = None) -> Tensor:
-    """``x`` limited to [a_min, a_max]; the gradient is 0 where a bound is active (inclusive
-    bounds pass it, as PyTorch's clamp).  Tensor bounds that require grad get their share."""
+    """``x`` limited to [a_min, a_max], as ``np.clip``.  As PyTorch's clamp: ``x`` gets the
+    gradient where a_min <= x <= a_max (bounds included), a bound where it is active; tensor
+    bounds that require grad receive it."""
     x = _t(x)
     if a_min is None and a_max is None:
         raise ValueError("One of max or min must be given")
-    bounds_rg = any(isinstance(v, Tensor) and v._rg for v in (a_min, a_max))
-    if bounds_rg:
-        out = x if a_min is None else maximum(x, a_min)
-        return out if a_max is None else minimum(out, a_max)
-    lo = None if a_min is None else (_arr(a_min) if isinstance(a_min, Tensor) else a_min)
-    hi = None if a_max is None else (_arr(a_max) if isinstance(a_max, Tensor) else a_max)
     xv = _strong(x._v)
-    value = np.clip(xv, lo, hi)
-    if not _recording(x):
+    lo = None if a_min is None else _raw(a_min)
+    hi = None if a_max is None else _raw(a_max)
+    value = np.asarray(np.clip(xv, lo, hi))
+    if not _recording(x, *[b for b in (a_min, a_max) if isinstance(b, Tensor)]):
         return _wrap(_norm(value))
-    inside = np.ones(np.shape(value), bool)
+    out, cur = x, np.asarray(xv)  # clip = minimum(maximum(x, lo), hi), one where per bound
     if lo is not None:
-        inside &= xv >= lo
+        below = cur < lo
+        cur = np.asarray(np.where(below, lo, cur), value.dtype)
+        out = _where_weighted(~below, out, _as_tensor(a_min, value.dtype), cur)
     if hi is not None:
-        inside &= xv <= hi
-    return _where_weighted(inside, x, _wrap(_norm(np.asarray(value))), np.asarray(value))
+        above = cur > hi
+        out = _where_weighted(~above, out, _as_tensor(a_max, value.dtype), value)
+    return out
 
 
 def sign(x: Any) -> Tensor:
@@ -761,14 +810,13 @@ def reciprocal(x: Any) -> Tensor:
 
 
 def _binary_primitive(op: int, uf: Any, a: Any, b: Any) -> Tensor:
-    a, b = _t(a), _t(b)
-    av, bv = _strong(a._v), _strong(b._v)
-    value = uf(av, bv)
-    if not _recording(a, b):
+    av, bv = _raw(a), _raw(b)
+    _broadcastable(av, bv)
+    value = np.asarray(uf(av, bv))
+    if not _recording(*[v for v in (a, b) if isinstance(v, Tensor)]):
         return _wrap(_norm(value))
-    value = np.asarray(value)
-    return _emit(op, (a, b), value.shape, value.dtype, _copy_of(value),
-                 bcast=True)
+    return _emit(op, (_as_tensor(a, value.dtype), _as_tensor(b, value.dtype)), value.shape,
+                 value.dtype, _copy_of(value), bcast=True)
 
 
 def arctan2(y: Any, x: Any) -> Tensor:
@@ -828,6 +876,8 @@ def dot(a: Any, b: Any) -> Tensor:
     """``np.dot``: inner product of vectors, matrix product, sum over the last axis of a and
     the second-to-last of b for n-d inputs, and scaling by 0-d inputs."""
     a, b = _t(a), _t(b)
+    if not _recording(a, b):
+        return _wrap(_norm(np.asarray(np.dot(_raw(a), _raw(b)))))
     na, nb = len(_shape_of(a._v)), len(_shape_of(b._v))
     if na == 0 or nb == 0:
         return a * b
@@ -844,6 +894,8 @@ def vdot(a: Any, b: Any) -> Tensor:
 def inner(a: Any, b: Any) -> Tensor:
     """Sum product over the last axes, as ``np.inner``."""
     a, b = _t(a), _t(b)
+    if not _recording(a, b):
+        return _wrap(_norm(np.asarray(np.inner(_raw(a), _raw(b)))))
     if not _shape_of(a._v) or not _shape_of(b._v):
         return a * b
     return tensordot(a, b, axes=([-1], [-1]))
@@ -851,12 +903,17 @@ def inner(a: Any, b: Any) -> Tensor:
 
 def outer(a: Any, b: Any) -> Tensor:
     """Outer product of the flattened inputs, as ``np.outer``."""
+    a, b = _t(a), _t(b)
+    if not _recording(a, b):
+        return _wrap(_norm(np.outer(_raw(a), _raw(b))))
     return reshape(ravel(a), (-1, 1)) * reshape(ravel(b), (1, -1))
 
 
 def tensordot(a: Any, b: Any, axes: Any = 2) -> Tensor:
     """Sum products over the given axes, as ``np.tensordot``, through one matrix product."""
     a, b = _t(a), _t(b)
+    if not _recording(a, b):
+        return _wrap(_norm(np.asarray(np.tensordot(_raw(a), _raw(b), axes))))
     sa, sb = _shape_of(a._v), _shape_of(b._v)
     if isinstance(axes, (int, np.integer)):
         ax_a = list(range(len(sa) - axes, len(sa)))
@@ -883,7 +940,9 @@ def einsum(subscripts: str, *operands: Any) -> Tensor:
     ops = [_t(x) for x in operands]
     spec = subscripts.replace(" ", "")
     if "..." in spec:
-        raise ValueError("einsum with '...' is not supported yet")
+        raise ValueError("einsum with '...' is not supported yet: name the dimensions")
+    if not _recording(*ops):  # values only: NumPy's own einsum (and its dtypes)
+        return _wrap(_norm(np.asarray(np.einsum(subscripts, *(_raw(x) for x in ops)))))
     if "->" in spec:
         lhs, out = spec.split("->")
     else:  # implicit form: output labels are those used once, sorted
@@ -891,6 +950,10 @@ def einsum(subscripts: str, *operands: Any) -> Tensor:
         counts = {c: lhs.count(c) for c in set(lhs) if c.isalpha()}
         out = "".join(sorted(c for c, k in counts.items() if k == 1))
     terms = lhs.split(",")
+    unknown = set(out) - set("".join(terms))
+    if unknown:
+        raise ValueError(f"einsum: output subscript(s) {''.join(sorted(unknown))!r} appear in no "
+                         "operand")
     if len(terms) != len(ops):
         raise ValueError(f"einsum: {len(terms)} operand subscripts for {len(ops)} operands")
     dims: dict = {}
@@ -954,7 +1017,7 @@ def astype(x: Any, dtype: Any) -> Tensor:
     (an OP_CAST), so the gradient flows back in the input's dtype; other conversions give a
     constant."""
     x = _t(x)
-    dt = np.dtype(dtype)
+    dt = _check_dtype(np.dtype(dtype))
     a = _arr(x)
     if dt == a.dtype:
         return x
