@@ -161,8 +161,16 @@ def _alias(x: Tensor, shape: tuple) -> Tensor:
     return _register(tape, s, float(value[()]) if a.dtype == _F64 and shape == () else value)
 
 
-def reshape(x: Any, *shape: Any) -> Tensor:
-    """``x`` with a new shape (one dimension may be -1), as ``np.reshape``; no copy."""
+def reshape(x: Any, *shape: Any, order: str = "C", **kwargs: Any) -> Tensor:
+    """``x`` with a new shape (one dimension may be -1), as ``np.reshape``; no copy.
+    ``shape=``/``newshape=`` keywords as NumPy's; C order only."""
+    if order != "C":
+        raise ValueError(f"reshape supports order='C' only, got {order!r}")
+    for key in ("shape", "newshape"):
+        if key in kwargs:
+            shape = (kwargs.pop(key),)
+    if kwargs:
+        raise TypeError(f"reshape got an unexpected keyword argument {next(iter(kwargs))!r}")
     x = _t(x)
     if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
         shape = tuple(shape[0])
