@@ -736,7 +736,7 @@ def where(condition: Any, x: Any = None, y: Any = None) -> Tensor:
     xs = [v for v in (x, y) if isinstance(v, Tensor)]
     if not _recording(*xs):
         return _wrap(_norm(value))
-    return _where_weighted(c.astype(value.dtype), _as_tensor(x, value.dtype),
+    return _where_weighted(c.astype(bool).astype(value.dtype), _as_tensor(x, value.dtype),
                            _as_tensor(y, value.dtype), value)
 
 

@@ -53,7 +53,7 @@ class Tape:
         "_wop", "_wia", "_wib", "_woff", "_wn", "_wp", "_wmi", "_wdt", "_wval",
         "val", "adj", "_spare", "top", "vtop", "vcap",  # float64 arena (the hot path's)
         "val32", "adj32", "_spare32", "vtop32", "vcap32",  # float32 arena
-        "mtop", "rcap", "_live", "_cached", "__weakref__",
+        "mtop", "rcap", "_recent", "_live", "_cached", "__weakref__",
     )
 
     def __init__(self) -> None:
@@ -61,6 +61,7 @@ class Tape:
         self.mtop = 0  # side-table entries in use
         self._live: list = []  # weakrefs to tensors recorded here (roots for reclamation)
         self._cached: dict = {}  # slot -> weakref to the tape-less tensor it holds
+        self._recent = (0, 0, 0)  # decaying maxima of records/values needed at reclaims
         self._alloc_records(_MIN_RECORDS)
         self.meta = np.zeros(_MIN_META, np.int64)
         self.adj = np.empty(0, np.float64)
@@ -159,7 +160,7 @@ class Tape:
         """
         if (self.top + nrec > self.rcap or self.vtop + nval > self.vcap
                 or self.vtop32 + nval32 > self.vcap32 or self.mtop + nmeta > len(self.meta)):
-            self.reclaim(nrec, nval, nmeta, nval32)
+            self._reclaim(nrec, nval, nmeta, nval32)
 
     def append(self, op: int, a: int, b: int, size: int, p: float = 0.0, m: int = -1,
                kind: int = K.KIND_F64) -> int:
@@ -272,19 +273,36 @@ class Tape:
         bs, mm, kk, nn = (int(v) for v in self.meta[m + 1:m + 5])
         g = g.reshape(bs, mm, nn)
         if self.op[a] != K.OP_CONST:
-            bv = self.value_view(b, (bs, kk, nn))
-            _accumulate(self, a, np.matmul(g, bv.transpose(0, 2, 1)), touched)
+            bv = self.value_view(b, (bs, kk, nn)).transpose(0, 2, 1)
+            self._matmul_into(a, (bs, mm, kk), g, bv, touched)
         if self.op[b] != K.OP_CONST:
-            av = self.value_view(a, (bs, mm, kk))
-            _accumulate(self, b, np.matmul(av.transpose(0, 2, 1), g), touched)
+            av = self.value_view(a, (bs, mm, kk)).transpose(0, 2, 1)
+            self._matmul_into(b, (bs, kk, nn), av, g, touched)
+
+    def _matmul_into(self, s: int, shape: tuple, x: np.ndarray, y: np.ndarray,
+                     touched: np.ndarray) -> None:
+        """adj[s] (+)= x @ y, written by BLAS straight into the adjoint on a first touch."""
+        if touched[s]:
+            self.adjoint_view(s).reshape(shape)[...] += np.matmul(x, y)
+        else:
+            np.matmul(x, y, out=self.adjoint_view(s).reshape(shape))
+            touched[s] = 1
 
     # -- reclamation -------------------------------------------------------------------------
-    def reclaim(self, nrec: int = 0, nval: int = 0, nmeta: int = 0, nval32: int = 0) -> None:
-        """Drop every record no live tensor can reach; grow (x2) or shrink (/2) the arrays.
+    def reclaim(self) -> None:
+        """Drop every record no live tensor can reach and shrink the arrays to what is left.
 
-        Called when a reservation does not fit; may be called at any time.  Live tensors are
-        re-pointed to their slot's new index and value range.
+        The tape also reclaims by itself whenever an operation does not fit, and then keeps
+        its size while recent steps needed it; call this to return memory now, e.g. after a
+        large computation.
         """
+        self._recent = (0, 0, 0)
+        self._reclaim()
+
+    def _reclaim(self, nrec: int = 0, nval: int = 0, nmeta: int = 0, nval32: int = 0) -> None:
+        """Drop every record no live tensor can reach; grow (x2) or shrink (/2) the arrays to
+        fit what is live plus the requested room.  Live tensors are re-pointed to their
+        slot's new index and value range."""
         top = self.top
         keep = np.zeros(top, np.uint8)
         alive = []
@@ -311,9 +329,11 @@ class Tape:
         sizes, kinds = self.n[:top][kept], self.dt[:top][kept]
         v64 = int(sizes[kinds == K.KIND_F64].sum())
         v32 = int(sizes.sum()) - v64
-        cap_r = _fit(self.rcap, int(kept.sum()) + nrec, _MIN_RECORDS)
-        cap_v = _fit(self.vcap, v64 + nval, _MIN_VALUES)
-        cap_v32 = _fit(self.vcap32, v32 + nval32, _MIN_VALUES)
+        needs = (int(kept.sum()) + nrec, v64 + nval, v32 + nval32)
+        self._recent = tuple(max(n, r // 2) for n, r in zip(needs, self._recent))
+        cap_r = _fit(self.rcap, needs[0], _MIN_RECORDS, self._recent[0])
+        cap_v = _fit(self.vcap, needs[1], _MIN_VALUES, self._recent[1])
+        cap_v32 = _fit(self.vcap32, needs[2], _MIN_VALUES, self._recent[2])
         # Compact into the spare arenas when they have the right size: their pages are
         # already mapped, where fresh memory would page-fault on every first write (~5 ms per
         # 100 MB).  No view into them survives: every tensor was re-pointed by the last
@@ -328,7 +348,7 @@ class Tape:
         self.top, self.mtop = int(j), int(mt)
         if cap_r != self.rcap:
             self._alloc_records(cap_r)
-        cap_m = _fit(len(self.meta), self.mtop + nmeta, _MIN_META)
+        cap_m = _fit(len(self.meta), self.mtop + nmeta, _MIN_META, 0)
         if cap_m != len(self.meta):
             meta = np.zeros(cap_m, np.int64)
             meta[:self.mtop] = self.meta[:self.mtop]
@@ -380,11 +400,14 @@ def _reuse(spare, cap: int, dtype) -> np.ndarray:
     return spare if spare is not None and len(spare) == cap else np.empty(cap, dtype)
 
 
-def _fit(cap: int, need: int, minimum: int) -> int:
-    """Capacity for ``need`` items: double while over half full, halve while under 1/8."""
+def _fit(cap: int, need: int, minimum: int, recent: int) -> int:
+    """Capacity for ``need`` items: double while over half full; halve only while ``recent``
+    (a decaying maximum of past needs) would use under 1/8 of it.  Without that memory, a
+    loop whose graph is rebuilt each step would shrink the arena at the start of a step
+    (nothing live) and regrow it in the middle, on fresh, page-faulting memory."""
     while need * 2 > cap:
         cap *= 2
-    while cap > minimum and need * 8 < cap:
+    while cap > minimum and max(need, recent) * 8 < cap:
         cap //= 2
     return cap
 

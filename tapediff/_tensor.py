@@ -364,7 +364,7 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
             if tape is None or not x._rg:
                 return _wrap(v)
             if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
-                tape.reclaim(2, 2)
+                tape._reclaim(2, 2)
             a = x._slot if x._tape is tape else _slot_on(x, tape)
             # the hottest path of scalar code: _record_scalar written out, plus the parameter
             i = tape.top
@@ -410,7 +410,7 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
         if not rec:
             return _wrap(v)
         if tape.top + 3 > tape.rcap or tape.vtop + 3 > tape.vcap:
-            tape.reclaim(3, 3)
+            tape._reclaim(3, 3)
         a = x._slot if x._tape is tape else _slot_on(x, tape)
         b = other._slot if other._tape is tape else _slot_on(other, tape)
         if reflected:
@@ -499,7 +499,7 @@ def _unary(spec: tuple, x: "Tensor") -> "Tensor":
         if not rec:
             return _wrap(v)
         if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
-            tape.reclaim(2, 2)
+            tape._reclaim(2, 2)
         return _record_scalar(tape, op, x._slot if x._tape is tape else _slot_on(x, tape), v)
     if xv.dtype.kind in "biu" and op != K.OP_ABS and op != K.OP_RELU:
         xv = xv.astype(_F64)  # NumPy's transcendental functions promote ints to float64
@@ -1100,6 +1100,15 @@ def _own(v: Any) -> Any:
 
 def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
     """Add the flat adjoint ``g`` into ``leaf.grad`` (created on first use)."""
+    if type(leaf._v) is float:  # a 0-d float64 leaf: its grad is a Python float too
+        old = leaf.grad
+        if old is None:
+            leaf._grad = _wrap(float(g[0]))
+        elif type(old._v) is float:
+            old._v += float(g[0])
+        else:
+            leaf._grad = _wrap(_norm(old._v + g[0]))
+        return
     dt = leaf.dtype
     shape = leaf.shape
     old = leaf.grad
