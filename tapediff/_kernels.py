@@ -153,14 +153,6 @@ def partials_hot(o, g, x, z, y, c):
         return (0.0 if c == 0.0 else g * c * x ** (c - 1.0)), 0.0
     if o == OP_EXP:
         return g * y, 0.0
-    if o == OP_LOG:
-        return g / x, 0.0
-    if o == OP_SQRT:
-        return g * 0.5 / y, 0.0
-    if o == OP_SIN:
-        return g * math.cos(x), 0.0
-    if o == OP_COS:
-        return -g * math.sin(x), 0.0
     if o == OP_TANH:  # 1 - tanh^2
         return g * (1.0 - y * y), 0.0
     if o == OP_SIGMOID:  # s (1 - s)
@@ -192,6 +184,14 @@ def partials(o, g, x, z, y, c):
         return -g * y / x, 0.0
     if o == OP_RPOW_C:
         return g * y * math.log(c), 0.0
+    if o == OP_LOG:
+        return g / x, 0.0
+    if o == OP_SQRT:
+        return g * 0.5 / y, 0.0
+    if o == OP_SIN:
+        return g * math.cos(x), 0.0
+    if o == OP_COS:
+        return -g * math.sin(x), 0.0
     if o == OP_TAN:  # 1 + tan^2
         return g * (1.0 + y * y), 0.0
     if o == OP_ABS:  # sign(x), 0 at 0
@@ -523,14 +523,6 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
             _vector_rule(OP_POW_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_EXP:
             _vector_rule(OP_EXP, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o == OP_LOG:
-            _vector_rule(OP_LOG, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o == OP_SQRT:
-            _vector_rule(OP_SQRT, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o == OP_SIN:
-            _vector_rule(OP_SIN, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o == OP_COS:
-            _vector_rule(OP_COS, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_TANH:
             _vector_rule(OP_TANH, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_SIGMOID:

@@ -507,6 +507,8 @@ OPS: list[Op] = [
        lambda c, x, y: np.where(c > 0, x, y), "att"),
     Op("np.where(c,x,y)", lambda c, x, y: np.where(_a(c) > 0, x, y),
        lambda c, x, y: np.where(c > 0, x, y), "att", alias=True),
+    Op("td.where(float c,x,y)", lambda c, x, y: td.where(_a(c), x, y),  # truthiness of c
+       lambda c, x, y: np.where(c, x, y), "att", (SIGNS, ANY, ANY)),
     Op("td.where(c,x,ndarray)", lambda c, x, a: td.where(_a(c) > 0, x, _a(a)),
        lambda c, x, a: np.where(c > 0, x, a), "ata"),
     Op("td.where(x>0,x,0.)", lambda x: td.where(x > 0, x, 0.0),
@@ -866,6 +868,10 @@ OPS: list[Op] = [
     einsum("iij->j"),
     einsum("ij->"),
     einsum("ijk->kji"),
+    einsum("ij,ij->ij"),  # a label shared and kept: a batch dimension
+    einsum("bi,bj->bij"),
+    einsum("ij,jk,ki->"),  # a cycle: every label summed
+    einsum("iji->j"),
     Op("np.einsum(ij,jk->ik)", lambda x, y: np.einsum("ij,jk->ik", x, y),
        lambda x, y: np.einsum("ij,jk->ik", x, y), "tt", shapes=labels("ij,jk"), inexact=True,
        alias=True),
@@ -1258,6 +1264,28 @@ def test_clip_bounds_requiring_grad():
     np.testing.assert_array_equal(x.grad.numpy(), [0.0, 2.0, 3.0, 4.0, 0.0, 0.0])
     assert lo.grad.item() == 1.0 + 6.0
     assert hi.grad.item() == 5.0
+
+
+@pytest.mark.parametrize("cond", [
+    lambda: td.tensor([[1.5], [0.0]], requires_grad=True),
+    lambda: np.array([[2], [0]]),
+    lambda: np.array([[-0.5], [0.0]]),
+    lambda: np.array([[True], [False]]),
+], ids=["float tensor requiring grad", "int ndarray", "float ndarray", "bool ndarray"])
+@pytest.mark.parametrize("where", [td.where, np.where], ids=["td.where", "np.where"])
+def test_where_never_differentiates_its_condition(where, cond):
+    # the condition is used by truthiness (as np.where does), never as a weight, and gets
+    # no gradient; here it broadcasts over the columns
+    c = cond()
+    x = td.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = td.tensor(-1.0, requires_grad=True)
+    out = where(c, x, y)
+    np.testing.assert_array_equal(out.numpy(), [[1.0, 2.0, 3.0], [-1.0, -1.0, -1.0]])
+    (out * np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 2.0, 3.0])
+    assert y.grad.item() == 4.0 + 5.0 + 6.0
+    if isinstance(c, td.Tensor):
+        assert c.grad is None
 
 
 def _prod_others(x: np.ndarray) -> np.ndarray:
