@@ -551,6 +551,8 @@ OPS: list[Op] = [
     Op("np.argmax(x,axis=1)", lambda x: np.argmax(x, axis=1), lambda x: np.argmax(x, axis=1),
        min_dims=2, grad=False, alias=True),
     Op("x.argmin()", lambda x: x.argmin(), np.argmin, grad=False, empty=False),
+    Op("td.argmax(x,axis=-1)", lambda x: td.argmax(x, axis=-1), lambda x: np.argmax(x, axis=-1),
+       min_dims=1, grad=False),
     Op("x.prod()", lambda x: x.prod(), np.prod),
     Op("x.prod(axis=1)", lambda x: x.prod(axis=1), lambda x: np.prod(x, axis=1), min_dims=2),
     Op("td.prod(x,axis=(0,-1),keepdims)", lambda x: td.prod(x, axis=(0, -1), keepdims=True),
@@ -1216,6 +1218,7 @@ def test_maximum_minimum_ties_split_the_gradient_in_half(dtype):
     x, y = [1.0, 2.0, 3.0], [1.0, 0.0, 3.0]  # tied at 0 and 2
     for fn in (td.maximum, np.maximum):
         out, (gx, gy) = _backward(fn, x, y, dtype=dtype)
+        assert out.dtype == gx.dtype == gy.dtype == dtype
         np.testing.assert_array_equal(out.numpy(), [1.0, 2.0, 3.0])
         np.testing.assert_array_equal(gx, [0.5, 1.0, 0.5])
         np.testing.assert_array_equal(gy, [0.5, 0.0, 0.5])
