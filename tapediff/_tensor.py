@@ -168,6 +168,14 @@ def _slot_on(t: "Tensor", tape: Tape, kind: int = K.KIND_F64) -> int:
     return s
 
 
+def _leaf_slot(t: "Tensor", tape: Tape) -> int:
+    """``_slot_on`` for a tensor not recorded on ``tape``, with the cache hit in line."""
+    c = t._lc
+    if c is not None and c[0]() is tape and c[2] == t._ver and c[3] == t._rg:
+        return c[1]
+    return _slot_on(t, tape)
+
+
 def _input_slot(t: "Tensor", tape: Tape, kind: int) -> int:
     """``t``'s slot, converted to arena ``kind`` if needed (room reserved): a constant is
     copied in that kind, anything else goes through an OP_CAST record (which carries the
@@ -365,7 +373,7 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
                 return _wrap(v)
             if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
                 tape._reclaim(2, 2)
-            a = x._slot if x._tape is tape else _slot_on(x, tape)
+            a = x._slot if x._tape is tape else _leaf_slot(x, tape)
             # the hottest path of scalar code: _record_scalar written out, plus the parameter
             i = tape.top
             tape.top = i + 1
@@ -411,12 +419,26 @@ def _binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
             return _wrap(v)
         if tape.top + 3 > tape.rcap or tape.vtop + 3 > tape.vcap:
             tape._reclaim(3, 3)
-        a = x._slot if x._tape is tape else _slot_on(x, tape)
-        b = other._slot if other._tape is tape else _slot_on(other, tape)
+        a = x._slot if x._tape is tape else _leaf_slot(x, tape)
+        b = other._slot if other._tape is tape else _leaf_slot(other, tape)
         if reflected:
             a, b = b, a
-        t = _record_scalar(tape, op, a, v)
-        tape._wib[t._slot] = b
+        # _record_scalar written out (the hot path of scalar code)
+        i = tape.top
+        tape.top = i + 1
+        o = tape.vtop
+        tape.vtop = o + 1
+        tape._wop[i] = op
+        tape._wia[i] = a
+        tape._wib[i] = b
+        tape._woff[i] = o
+        tape._wval[o] = v
+        t = _new(Tensor)
+        t._v = v
+        t._tape = tape
+        t._slot = i
+        t._rg = True
+        tape._live.append(_weakref(t))
         return t
     shape = _result_shape(_shape_of(l), _shape_of(r))
     # a float64 tensor held as a Python float must not act as a weak scalar (NEP 50)
