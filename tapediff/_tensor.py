@@ -170,9 +170,10 @@ def _slot_on(t: "Tensor", tape: Tape, kind: int = K.KIND_F64) -> int:
 
 def _leaf_slot(t: "Tensor", tape: Tape) -> int:
     """``_slot_on`` for a tensor not recorded on ``tape``, with the cache hit in line."""
-    c = t._lc
-    if c is not None and c[0]() is tape and c[2] == t._ver and c[3] == t._rg:
-        return c[1]
+    if t._tape is None:  # a leaf or constant (a tensor of another tape has no cache)
+        c = t._lc
+        if c is not None and c[0]() is tape and c[2] == t._ver and c[3] == t._rg:
+            return c[1]
     return _slot_on(t, tape)
 
 
