@@ -1,0 +1,271 @@
+"""The contenders: array namespaces for each library and the timed functions built from a Case.
+
+An objective is written once as ``f(xp, *params, *data)``.  ``xp`` is a namespace:
+
+* ``NUMPY``: NumPy itself, plus ``logsumexp`` written from its definition.  The same
+  namespace runs the NumPy primal on ndarrays *and* tapediff on tapediff tensors, since
+  ``np.exp(t)``, ``np.sum(t, axis=1)``, ``t @ a``, ``t[idx]`` ... dispatch to tapediff
+  (NEP 13/18): that is the point of tapediff, NumPy code differentiated unchanged.
+* ``TD``: the ``tapediff`` module (``td.sin`` ...), the fast path of scalar code.
+* ``MATH``: Python's ``math`` on floats, the primal of scalar code.
+* ``TORCH``, ``JAX``, ``AUTOGRAD``: small shims over ``torch``, ``jax.numpy`` and
+  ``autograd.numpy`` for the few names whose spelling differs (``torch.cat``, ``dim=``).
+
+Peers are optional: each is imported here once, and ``PEERS`` says which are available (or
+why not).  Every contender gets its inputs converted once, outside the timed function.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+import tapediff as td
+
+from .case import (  # noqa: F401  (the names are re-exported)
+    AUTOGRAD_NAME, HAND, JAX_NAME, PEER_NAMES, PRIMAL, TAPEDIFF, TORCH_NAME, Case,
+)
+
+
+class Namespace:
+    """A module seen through a few overrides: ``xp.exp`` is ``module.exp`` unless overridden."""
+
+    def __init__(self, label: str, module: Any, **overrides: Any) -> None:
+        self.label = label
+        self._module = module
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._module, name)
+        setattr(self, name, value)  # later look-ups skip __getattr__
+        return value
+
+
+def _np_logsumexp(a: Any, axis: int) -> Any:
+    """log(sum(exp(a))) along ``axis``, shifted by the maximum.  The shift is taken as a
+    constant (``np.asarray`` gives a tensor's values, detached): its gradient cancels
+    exactly, so differentiating through the max would only cost time."""
+    m = np.max(np.asarray(a), axis=axis, keepdims=True)
+    return np.log(np.sum(np.exp(a - m), axis=axis)) + np.squeeze(m, axis=axis)
+
+
+NUMPY = Namespace("numpy", np, logsumexp=_np_logsumexp)
+TD = Namespace("tapediff", td)
+MATH = Namespace("math", math)
+
+
+# -- peers ------------------------------------------------------------------------------------
+@dataclass
+class Peer:
+    name: str
+    version: str | None  # None: not available
+    why_not: str = ""  # the import error when not available
+
+
+PEERS: dict[str, Peer] = {}
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only settable before any parallel work; harmless if too late
+        pass
+    TORCH = Namespace(
+        "torch", torch,
+        sum=lambda a, axis=None, keepdims=False: (
+            a.sum() if axis is None else torch.sum(a, dim=axis, keepdim=keepdims)),
+        max=lambda a, axis=None, keepdims=False: (
+            a.max() if axis is None else torch.amax(a, dim=axis, keepdim=keepdims)),
+        concatenate=lambda xs, axis=0: torch.cat(xs, dim=axis),
+        stack=lambda xs, axis=0: torch.stack(xs, dim=axis),
+        zeros=lambda shape: torch.zeros(shape, dtype=torch.float64),
+        logsumexp=lambda a, axis: torch.logsumexp(a, dim=axis),
+    )
+    PEERS[TORCH_NAME] = Peer(TORCH_NAME, torch.__version__)
+except ImportError as e:  # an optional peer
+    torch = None
+    PEERS[TORCH_NAME] = Peer(TORCH_NAME, None, str(e))
+
+try:
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)  # float64, as every other contender
+    JAX = Namespace("jax", jnp, logsumexp=lambda a, axis: jax.nn.logsumexp(a, axis=axis))
+    PEERS[JAX_NAME] = Peer(JAX_NAME, jax.__version__)
+except ImportError as e:
+    jax = None
+    PEERS[JAX_NAME] = Peer(JAX_NAME, None, str(e))
+
+try:
+    import importlib.metadata
+
+    import autograd
+    import autograd.numpy as anp
+    import autograd.scipy.special as asp
+
+    AUTOGRAD = Namespace("autograd", anp, logsumexp=lambda a, axis: asp.logsumexp(a, axis=axis))
+    PEERS[AUTOGRAD_NAME] = Peer(AUTOGRAD_NAME, importlib.metadata.version("autograd"))
+except ImportError as e:
+    autograd = None
+    PEERS[AUTOGRAD_NAME] = Peer(AUTOGRAD_NAME, None, str(e))
+
+
+# -- contenders ---------------------------------------------------------------------------------
+@dataclass
+class Contender:
+    """One library's way of evaluating a case, ready to time.
+
+    ``run()`` does one evaluation (forward only for the primal, value and gradient for the
+    rest); ``value_and_grads()`` returns (value, [gradient per param as ndarray]) for the
+    agreement check (None for the primal).  ``traced``: its allocations go through NumPy,
+    so ``tracemalloc`` sees them; ``held_bytes()`` adds memory it keeps between calls (the
+    tape's arenas).  ``compile_s``: JAX's trace + compile time, outside the timings.
+    """
+
+    name: str
+    run: Callable[[], Any]
+    value_and_grads: Callable[[], tuple] | None
+    traced: bool = False
+    held_bytes: Callable[[], int] | None = None
+    compile_s: float | None = None
+
+
+def _as_grad(g: Any) -> np.ndarray:
+    return np.asarray(g, dtype=np.float64)
+
+
+def primal(case: Case) -> Contender:
+    xp = MATH if case.primal_ns == "math" else NUMPY
+    f, params, data = case.objective, case.params, case.data
+    label = "Python primal" if case.primal_ns == "math" else PRIMAL
+    return Contender(label, lambda: f(xp, *params, *data), None, traced=True)
+
+
+def hand(case: Case) -> Contender:
+    hg, params, data = case.hand_grad, case.params, case.data
+
+    def vg():
+        v, gs = hg(*params, *data)
+        return float(v), [_as_grad(g) for g in gs]
+
+    return Contender(HAND, lambda: hg(*params, *data), vg, traced=True)
+
+
+def tapediff(case: Case, ns: str | None = None, label: str = TAPEDIFF) -> Contender:
+    """Leaves are ``td.tensor(p, requires_grad=True)`` (a list param: one leaf per entry).
+    Each evaluation records on the contender's own tape, which therefore stays warm (its
+    arenas mapped) across calls, as the default tape of a training loop does."""
+    xp = TD if (ns or case.td_ns) == "td" else NUMPY
+    f, data = case.objective, case.data
+    args = [[td.tensor(v, requires_grad=True) for v in p] if isinstance(p, list)
+            else td.tensor(p, requires_grad=True) for p in case.params]
+    leaves = [t for a in args for t in (a if isinstance(a, list) else [a])]
+    tape = td.tape()
+
+    def forward_backward():
+        for t in leaves:
+            t.grad = None
+        with tape:
+            loss = f(xp, *args, *data)
+        loss.backward()
+        return loss
+
+    def run():
+        forward_backward()
+
+    def vg():
+        loss = forward_backward()
+        grads = [np.array([t.grad.item() for t in a]) if isinstance(a, list)
+                 else a.grad.numpy() for a in args]
+        return float(loss), grads
+
+    return Contender(label, run, vg, traced=True, held_bytes=lambda: tape.nbytes)
+
+
+def _torch_from(v: Any, requires_grad: bool) -> Any:
+    a = np.asarray(v)
+    t = torch.tensor(a, dtype=torch.float64 if a.dtype.kind == "f" else None)
+    return t.requires_grad_() if requires_grad else t
+
+
+def pytorch(case: Case) -> Contender:
+    """PyTorch eager, float64, leaves with ``requires_grad=True``, ``loss.backward()``."""
+    f = case.objective
+    args = [[_torch_from(v, True) for v in p] if isinstance(p, list) else _torch_from(p, True)
+            for p in case.params]
+    leaves = [t for a in args for t in (a if isinstance(a, list) else [a])]
+    data = [_torch_from(d, False) if isinstance(d, np.ndarray) else d for d in case.data]
+
+    def forward_backward():
+        for t in leaves:
+            t.grad = None
+        loss = f(TORCH, *args, *data)
+        loss.backward()
+        return loss
+
+    def vg():
+        loss = forward_backward()
+        grads = [np.array([t.grad.item() for t in a]) if isinstance(a, list)
+                 else a.grad.numpy() for a in args]
+        return loss.item(), grads
+
+    return Contender(TORCH_NAME, lambda: forward_backward(), vg)
+
+
+def _jax_from(v: Any) -> Any:
+    if isinstance(v, list):
+        return [jnp.asarray(x, dtype=jnp.float64) for x in v]
+    a = np.asarray(v)
+    return jnp.asarray(a, dtype=jnp.float64 if a.dtype.kind == "f" else a.dtype)
+
+
+def jax_jit(case: Case) -> Contender:
+    """``jax.jit(jax.value_and_grad(f))`` over all params (one pytree), compiled ahead of
+    time so that ``compile_s`` (trace + XLA compile) stays out of the timings."""
+    f, ndata = case.objective, len(case.data)
+    params = tuple(_jax_from(p) for p in case.params)
+    data = [_jax_from(d) if isinstance(d, np.ndarray) else d for d in case.data]
+    static = {i for i, d in enumerate(data) if not hasattr(d, "dtype")}  # Python constants
+    arrays = [d for i, d in enumerate(data) if i not in static]
+
+    def loss(ps, *arr):
+        it = iter(arr)
+        full = [data[i] if i in static else next(it) for i in range(ndata)]
+        return f(JAX, *ps, *full)
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(params, *arrays).compile()
+    compile_s = time.perf_counter() - t0
+
+    def run():
+        return jax.block_until_ready(compiled(params, *arrays))
+
+    def vg():
+        v, gs = run()
+        return float(v), [np.array([float(x) for x in g]) if isinstance(g, list)
+                          else np.asarray(g) for g in gs]
+
+    return Contender(JAX_NAME, run, vg, compile_s=compile_s)
+
+
+def hips_autograd(case: Case) -> Contender:
+    """HIPS autograd's ``value_and_grad`` over all params (one tuple)."""
+    f, data = case.objective, case.data
+    params = tuple(list(p) if isinstance(p, list) else p for p in case.params)
+    vg_fn = autograd.value_and_grad(lambda ps: f(AUTOGRAD, *ps, *data))
+
+    def vg():
+        v, gs = vg_fn(params)
+        return float(v), [_as_grad(g) for g in gs]
+
+    return Contender(AUTOGRAD_NAME, lambda: vg_fn(params), vg, traced=True)
+
+
+PEER_BUILDERS: dict[str, Callable[[Case], Contender]] = {
+    TORCH_NAME: pytorch, JAX_NAME: jax_jit, AUTOGRAD_NAME: hips_autograd}

@@ -1,0 +1,75 @@
+"""What a workload hands the runner: ``Case`` (one objective at one size) and ``Metric``.
+
+A workload module (``bench/scalar.py``, ``bench/gmm.py`` ...) exposes ``cases(quick)``, a list
+of ``Case``.  Each case carries its objective written once, in NumPy style, against an array
+namespace ``xp`` (``bench/backends.py`` supplies one per library), the parameters to
+differentiate and the constant data.  The runner turns it into one timed function per
+contender (NumPy primal, hand-written gradient, tapediff, PyTorch, JAX, autograd), checks
+that every gradient agrees with tapediff's, then times them in paired rounds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+# contender names, as printed and as keys of the results
+TAPEDIFF = "tapediff"
+PRIMAL = "NumPy primal"
+HAND = "NumPy hand grad"
+TORCH_NAME = "PyTorch"
+JAX_NAME = "JAX jit"
+AUTOGRAD_NAME = "autograd"
+PEER_NAMES = (TORCH_NAME, JAX_NAME, AUTOGRAD_NAME)
+
+
+@dataclass
+class Metric:
+    """A figure that is not a contender's time: recording ns/op, compile seconds ..."""
+
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+@dataclass
+class Case:
+    """One objective at one size.
+
+    ``objective(xp, *params, *data)`` returns a scalar.  ``params`` are differentiated
+    (ndarrays or Python floats; a list of many floats is many leaves), ``data`` are constants
+    (ndarrays, passed through unchanged to NumPy and tapediff, converted once for peers).
+    """
+
+    workload: str  # family name, as given to --only
+    name: str  # row title, e.g. "gmm d=10 K=5 n=1,000"
+    objective: Callable[..., Any]
+    params: Sequence[Any]
+    data: Sequence[Any] = ()
+    size: dict = field(default_factory=dict)  # for --json: {"n": 1000, "d": 10, ...}
+    # (*params, *data) -> (value, [gradient per param]), plain NumPy; None if there is none
+    hand_grad: Callable[..., Any] | None = None
+    # namespace of the primal: "numpy" (ndarrays) or "math" (Python floats, scalar code)
+    primal_ns: str = "numpy"
+    # namespace tapediff runs in: "numpy" (np.* functions dispatch to tapediff through
+    # NEP 13/18: the NumPy code runs unchanged) or "td" (td.sin & co., the scalar fast path)
+    td_ns: str = "numpy"
+    rtol: float = 1e-6  # gradient agreement: |peer - tapediff| <= atol + rtol |tapediff|
+    atol: float = 1e-9  # ... with atol scaled by the largest |tapediff gradient| entry
+    skip: dict = field(default_factory=dict)  # contender name -> why it is not run here
+    # tapediff-only figures measured after timing (recording ns/op, sweep ns/record)
+    extra: Callable[[], list[Metric]] | None = None
+    # extra tapediff variants: label -> namespace ("numpy" or "td")
+    td_variants: dict = field(default_factory=dict)
+    note: str = ""  # printed under the case's rows
+
+
+@dataclass
+class MetricsCase:
+    """A case that only reports figures (compile time): ``run()`` returns ``[Metric]``."""
+
+    workload: str
+    name: str
+    run: Callable[[], list[Metric]]
+    size: dict = field(default_factory=dict)
+    note: str = ""

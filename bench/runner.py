@@ -1,0 +1,338 @@
+"""``python -m bench``: tapediff against the NumPy primal and every installed peer.
+
+For each case of each workload (``--only`` picks workloads):
+
+1. build the contenders: tapediff, the NumPy primal (forward only), the hand-written NumPy
+   gradient where the workload has one, and each importable peer (PyTorch eager,
+   ``jax.jit(jax.value_and_grad)``, HIPS autograd);
+2. check that every gradient agrees with tapediff's (and the primal's value with
+   tapediff's value).  A disagreement, or tapediff failing, fails the run: the exit code is
+   1 and the message names the case and the contender;
+3. warm up and time all contenders in paired rounds (``bench/timing.py``), then measure
+   peak memory and any case-specific figures.
+
+The table goes to stdout as each case finishes, progress lines to stderr.  ``--json FILE``
+writes every number, ``--plot FILE.png`` a chart (needs matplotlib).  ``--quick`` runs small
+sizes in well under a minute (CI's smoke test).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np  # bench/__init__.py has pinned the thread counts by now
+
+import tapediff as td
+
+from . import backends as B
+from . import ba, elementwise, gmm, mlp, ops, scalar, startup
+from .case import Case, MetricsCase
+from .report import case_lines, header_lines, plot, target_lines, to_json, to_markdown
+from .targets import evaluate
+from .timing import paired_rounds, peak_memory, steady_allocator
+
+WORKLOADS = {m.WORKLOAD: m for m in (scalar, elementwise, mlp, gmm, ba, ops, startup)}
+
+
+@dataclass
+class Settings:
+    rounds: int  # paired rounds wanted ...
+    min_rounds: int  # ... never fewer ...
+    budget_s: float  # ... and fewer than ``rounds`` if they would take longer than this
+    sample_s: float  # one sample lasts about this long (short calls are repeated)
+    warmup_calls: int
+    warmup_s: float
+
+
+# A sample averages enough calls to last ``sample_s``: on a shared machine the process loses
+# the CPU for a few ms at a time, and a sample much longer than that sees about the same
+# share of such pauses as every other sample, where single 2 ms calls come out bimodal.
+QUICK = Settings(rounds=5, min_rounds=3, budget_s=1.0, sample_s=0.01, warmup_calls=2,
+                 warmup_s=0.05)
+FULL = Settings(rounds=21, min_rounds=7, budget_s=25.0, sample_s=0.05, warmup_calls=5,
+                warmup_s=1.0)
+
+
+@dataclass
+class CaseResult:
+    workload: str
+    name: str
+    size: dict
+    note: str = ""
+    order: list = field(default_factory=list)  # contender names, tapediff first
+    timings: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+    compile_s: dict = field(default_factory=dict)
+    metrics: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)  # failures of the run (mismatches, crashes)
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- machine --------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _blas() -> str:
+    try:
+        import threadpoolctl
+
+        # NumPy's own BLAS (SciPy and PyTorch may load others)
+        libs = [f"{i['internal_api']} {i['version']} ({i.get('architecture', '?')} kernels, "
+                f"{i['num_threads']} thread)" for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas" and "numpy" in i.get("filepath", "")]
+        return ", ".join(libs) or "BLAS unknown"
+    except ImportError:
+        return "BLAS kernels unknown (pip install threadpoolctl to see them)"
+
+
+def _tapediff_revision() -> str:
+    """The commit tapediff was imported from, and whether its files differ from it."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(td.__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "tapediff"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    if not head:
+        return "not a git checkout"
+    return head + (" + uncommitted changes in tapediff/" if dirty else "")
+
+
+def machine_info(peers: list[str], quick: bool) -> dict:
+    import numba
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    peer_text = "; ".join(
+        f"{p.name} {p.version}" if p.version else f"{p.name}: not installed ({p.why_not})"
+        for p in B.PEERS.values())
+    if set(peers) != {p.name for p in B.PEERS.values() if p.version}:
+        peer_text += f"  [running: {', '.join(peers) or 'none'}]"
+    threads = [f"{v}={os.environ.get(v, 'unset')}" for v in
+               ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS")]
+    if B.torch is not None:
+        threads.append(f"torch.get_num_threads()={B.torch.get_num_threads()}")
+    if B.jax is not None:
+        threads.append(f"XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}'")
+    warning = ""
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        warning = (f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set: OpenBLAS "
+                   "uses those kernels, which may be slower than the ones it would pick "
+                   "(NumPy's matmuls, hence the primal, hand gradients and tapediff, "
+                   "are affected; PyTorch and JAX are not)")
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "mode": "quick" if quick else "full",
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "load_start": load,
+        "software": (f"Python {platform.python_version()}, NumPy {np.__version__} "
+                     f"[{_blas()}], Numba {numba.__version__}, tapediff {td.__version__} "
+                     f"({_tapediff_revision()})"),
+        "peers": peer_text, "threads": "one thread for every library: " + ", ".join(threads),
+        "warning": warning,
+    }
+
+
+# -- one case ---------------------------------------------------------------------------------
+def _close(a, b, rtol: float, atol: float) -> tuple[bool, str]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return False, f"shape {a.shape} vs tapediff's {b.shape}"
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    ok = bool(np.allclose(a, b, rtol=rtol, atol=atol * max(scale, 1e-300)))
+    err = float(np.max(np.abs(a - b))) if a.size else 0.0
+    return ok, f"max |diff| {err:.3g} (largest |tapediff| {scale:.3g})"
+
+
+def check(case: Case, cons: list, res: CaseResult) -> list:
+    """Compare every contender with tapediff; return the contenders that agree (tapediff
+    first).  Disagreements and failures go to ``res.errors``."""
+    ref = cons[0]
+    try:
+        v_ref, g_ref = ref.value_and_grads()
+    except Exception as e:  # a tapediff failure fails the run
+        res.errors.append(f"{case.name}: tapediff raised {type(e).__name__}: {e}")
+        traceback.print_exc()
+        return []
+    keep = [ref]
+    for c in cons[1:]:
+        try:
+            if c.value_and_grads is None:  # the primal: its value only
+                v, gs = float(c.run()), None
+            else:
+                v, gs = c.value_and_grads()
+        except Exception as e:
+            res.errors.append(f"{case.name}: {c.name} raised {type(e).__name__}: {e}")
+            continue
+        problems = []
+        ok, why = _close(v, v_ref, case.rtol, case.atol)
+        if not ok:
+            problems.append(f"value {v!r} vs tapediff's {v_ref!r}")
+        for i, (g, gr) in enumerate(zip(gs or [], g_ref)):
+            ok, why = _close(g, gr, case.rtol, case.atol)
+            if not ok:
+                problems.append(f"gradient of parameter {i}: {why}")
+        if problems:
+            res.errors.append(f"GRADIENT MISMATCH in {case.workload} / {case.name}: "
+                              f"{c.name} disagrees with tapediff: " + "; ".join(problems))
+        else:
+            keep.append(c)
+    return keep
+
+
+def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult:
+    res = CaseResult(case.workload, case.name, case.size, case.note)
+    if isinstance(case, MetricsCase):
+        progress(f"{tag} {case.name}: measuring")
+        res.metrics = case.run()
+        return res
+    progress(f"{tag} {case.name}: building contenders")
+    cons = [B.tapediff(case)]
+    cons += [B.tapediff(case, ns, label) for label, ns in case.td_variants.items()]
+    cons.append(B.primal(case))
+    if case.hand_grad is not None:
+        cons.append(B.hand(case))
+    for name in peers:
+        if name in case.skip:
+            res.skipped[name] = case.skip[name]
+            continue
+        try:
+            cons.append(B.PEER_BUILDERS[name](case))
+        except Exception as e:  # a peer that cannot run this objective is reported, not fatal
+            res.skipped[name] = f"failed to build: {type(e).__name__}: {e}"
+    for c in cons:
+        if c.compile_s is not None:
+            res.compile_s[c.name] = c.compile_s
+    progress(f"{tag} {case.name}: checking {len(cons) - 1} contenders against tapediff")
+    cons = check(case, cons, res)
+    if not cons:
+        return res
+    res.order = [c.name for c in cons]
+    progress(f"{tag} {case.name}: warming up and timing {len(cons)} contenders")
+    t0 = time.perf_counter()
+    res.timings = paired_rounds(
+        cons, B.TAPEDIFF, rounds=settings.rounds, min_rounds=settings.min_rounds,
+        budget_s=settings.budget_s, sample_s=settings.sample_s,
+        warmup_calls=settings.warmup_calls, warmup_s=settings.warmup_s)
+    progress(f"{tag} {case.name}: timed in {time.perf_counter() - t0:.1f} s; measuring memory")
+    res.memory = {c.name: peak_memory(c) for c in cons}
+    if case.extra is not None:
+        res.metrics = case.extra()
+    return res
+
+
+# -- command line -------------------------------------------------------------------------------
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.splitlines()[0],
+        epilog="workloads: " + ", ".join(WORKLOADS))
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes and few rounds (a smoke test, under a minute)")
+    ap.add_argument("--only", action="append", metavar="NAME",
+                    help="run only these workloads (repeatable, or a comma list)")
+    ap.add_argument("--peers", metavar="LIST",
+                    help="comma list of peers to run (default: every importable one; "
+                         "'none' for none): " + ", ".join(B.PEER_NAMES))
+    ap.add_argument("--json", metavar="FILE", help="write all results as JSON")
+    ap.add_argument("--plot", metavar="FILE.png", help="write a chart (needs matplotlib)")
+    ap.add_argument("--markdown", metavar="FILE.md",
+                    help="write the tables as Markdown (the body of bench/RESULTS.md)")
+    ap.add_argument("--rounds", type=int, help="paired rounds per case (default 5 quick, 21 full)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (by default mmap and trimming are "
+                         "turned off so that memory stays mapped between calls)")
+    args = ap.parse_args(argv)
+    names = [n.strip() for item in (args.only or []) for n in item.split(",") if n.strip()]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        ap.error(f"unknown workload(s) {', '.join(unknown)}; choose from "
+                 f"{', '.join(WORKLOADS)}")
+    args.workloads = list(dict.fromkeys(names)) or list(WORKLOADS)
+    available = [n for n, p in B.PEERS.items() if p.version]
+    if args.peers is None:
+        args.peer_list = available
+    elif args.peers.strip().lower() == "none":
+        args.peer_list = []
+    else:
+        lookup = {n.lower().split()[0]: n for n in B.PEER_NAMES}
+        lookup["torch"] = B.TORCH_NAME
+        wanted = [lookup.get(p.strip().lower()) for p in args.peers.split(",")]
+        if None in wanted:
+            ap.error(f"--peers: choose from {', '.join(lookup)}")
+        missing = [w for w in wanted if w not in available]
+        if missing:
+            ap.error(f"--peers: not installed: {', '.join(missing)}")
+        args.peer_list = wanted
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    settings = QUICK if args.quick else FULL
+    if args.rounds:
+        settings = Settings(**{**settings.__dict__, "rounds": args.rounds,
+                               "min_rounds": min(settings.min_rounds, args.rounds)})
+    allocator = ("allocator: glibc's default (--default-malloc)" if args.default_malloc
+                 else steady_allocator())
+    info = machine_info(args.peer_list, args.quick)
+    info["allocator"] = allocator
+    for line in header_lines(info):
+        print(line)
+    print(flush=True)
+    all_cases = [(wl, c) for wl in args.workloads for c in WORKLOADS[wl].cases(args.quick)]
+    results = []
+    start = time.perf_counter()
+    for i, (wl, case) in enumerate(all_cases, 1):
+        tag = f"[{i}/{len(all_cases)} {wl}]"
+        try:
+            res = run_case(case, args.peer_list, settings, tag)
+        except Exception as e:  # keep going: report it and fail the run at the end
+            traceback.print_exc()
+            res = CaseResult(wl, case.name, getattr(case, "size", {}))
+            res.errors.append(f"{case.name}: the runner failed: {type(e).__name__}: {e}")
+        results.append(res)
+        print("\n".join(case_lines(res)), flush=True)
+    info["load_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    info["elapsed_s"] = round(time.perf_counter() - start, 1)
+    verdicts = evaluate(results)
+    print()
+    print("\n".join(target_lines(verdicts, args.quick)))
+    print(f"\nfinished in {info['elapsed_s']:.0f} s; load average at end {info['load_end']}")
+    if args.json:
+        to_json(info, results, verdicts, args.json)
+        print(f"results written to {args.json}")
+    if args.markdown:
+        to_markdown(info, results, verdicts, args.markdown)
+        print(f"Markdown written to {args.markdown}")
+    if args.plot:
+        print(plot(results, args.plot))
+    errors = [e for r in results for e in r.errors]
+    if errors:
+        print("\n" + "!" * 78, file=sys.stderr)
+        print(f"BENCHMARK FAILED: {len(errors)} problem(s):", file=sys.stderr)
+        for e in errors:
+            print(f"  - {e}", file=sys.stderr)
+        print("!" * 78, file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,96 @@
+"""The performance targets tapediff is held to, checked against a run's results.
+
+Each target names the cases it reads and a bound; ``evaluate`` says met / missed per case
+and overall, or "not measured" when the run did not include those cases (``--only``,
+``--quick``: quick sizes are not the targets' sizes, so a quick run's verdicts are only
+indicative).
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .case import HAND, PRIMAL, TAPEDIFF, TORCH_NAME
+
+
+@dataclass
+class Verdict:
+    target: str
+    rows: list = field(default_factory=list)  # (case name, measured text, met)
+
+    @property
+    def met(self) -> bool | None:
+        if not self.rows:
+            return None
+        return all(ok for _, _, ok in self.rows)
+
+
+def paired_ratio(res, a: str, b: str) -> float | None:
+    """Median over rounds of time(a) / time(b), both measured in the same rounds."""
+    ta, tb = res.timings.get(a), res.timings.get(b)
+    if ta is None or tb is None:
+        return None
+    return statistics.median(x / y for x, y in zip(ta.samples, tb.samples))
+
+
+def _metric(res, name: str) -> float | None:
+    for m in res.metrics:
+        if m.name == name:
+            return m.value
+    return None
+
+
+@dataclass
+class Target:
+    text: str
+    select: Callable  # CaseResult -> bool
+    measure: Callable  # CaseResult -> float | None
+    bound: float
+    above: bool  # met when measured >= bound (else <= bound)
+    fmt: str  # format of the measured value, e.g. "{:.1f}x"
+
+
+TARGETS = [
+    Target("scalar chain forward+backward >= 25x faster than PyTorch eager",
+           lambda r: r.name.startswith("scalar chain"),
+           lambda r: paired_ratio(r, TORCH_NAME, TAPEDIFF), 25.0, True, "{:.1f}x faster"),
+    Target("recording <= 0.5 us/op (scalar chain)",
+           lambda r: r.name.startswith("scalar chain"),
+           lambda r: _metric(r, "tapediff recording"), 500.0, False, "{:.0f} ns/op"),
+    Target("sweep <= 10 ns/record (scalar chain)",
+           lambda r: r.name.startswith("scalar chain"),
+           lambda r: _metric(r, "tapediff sweep"), 10.0, False, "{:.1f} ns/record"),
+    Target("Rosenbrock n=10^6 <= 2.5x the NumPy primal",
+           lambda r: r.name == "Rosenbrock n=1,000,000",
+           lambda r: paired_ratio(r, TAPEDIFF, PRIMAL), 2.5, False, "{:.2f}x primal"),
+    Target("MLP step within 1.1x of the hand-written NumPy gradient",
+           lambda r: r.workload == "mlp",
+           lambda r: paired_ratio(r, TAPEDIFF, HAND), 1.1, False, "{:.2f}x hand"),
+    Target("GMM <= 3x the NumPy primal at n = 10,000",
+           lambda r: r.workload == "gmm" and r.size.get("n") == 10_000,
+           lambda r: paired_ratio(r, TAPEDIFF, PRIMAL), 3.0, False, "{:.2f}x primal"),
+    Target("GMM faster than PyTorch at every size",
+           lambda r: r.workload == "gmm",
+           lambda r: paired_ratio(r, TORCH_NAME, TAPEDIFF), 1.0, True,
+           "PyTorch/tapediff {:.2f}"),
+    Target("BA gradient <= 3x the NumPy primal",
+           lambda r: r.workload == "ba",
+           lambda r: paired_ratio(r, TAPEDIFF, PRIMAL), 3.0, False, "{:.2f}x primal"),
+]
+
+
+def evaluate(results) -> list[Verdict]:
+    out = []
+    for t in TARGETS:
+        v = Verdict(t.text)
+        for r in results:
+            if not t.select(r):
+                continue
+            x = t.measure(r)
+            if x is None:
+                continue
+            ok = x >= t.bound if t.above else x <= t.bound
+            v.rows.append((r.name, t.fmt.format(x), ok))
+        out.append(v)
+    return out

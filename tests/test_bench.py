@@ -1,0 +1,300 @@
+"""The benchmark's objectives are right, and the runner runs.
+
+* Each objective in ``bench/`` (written once, run on ndarrays by the NumPy primal and on
+  tensors by tapediff) gets tapediff gradients that match central finite differences of the
+  NumPy primal, at tiny sizes.
+* The hand-written NumPy gradients (Rosenbrock, MLP, GMM) match tapediff's.
+* The vectorised GMM and BA objectives equal direct loop transcriptions of ADBench's C++
+  reference (``gmm.h``, ``ba.h``), including the column-major packing of the lower triangle
+  and the small-angle branch of Rodrigues' rotation.
+* ``python -m bench --quick --only scalar`` exits 0; a gradient disagreement fails a case.
+
+No peer (PyTorch, JAX, autograd) is needed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tapediff as td
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # bench/ is not an installed package; run from the repository
+    sys.path.insert(0, ROOT)
+
+from bench import ba, elementwise, gmm, mlp, ops, scalar  # noqa: E402
+from bench.case import Case  # noqa: E402
+
+
+class _NS:
+    """The NumPy namespace the runner gives objectives (``bench.backends.NUMPY``) without
+    importing the peers: NumPy plus ``logsumexp``."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def logsumexp(a, axis):
+        m = np.max(np.asarray(a), axis=axis, keepdims=True)
+        return np.log(np.sum(np.exp(a - m), axis=axis)) + np.squeeze(m, axis=axis)
+
+
+NP = _NS()
+
+
+def _leaves(params):
+    return [[td.tensor(v, requires_grad=True) for v in p] if isinstance(p, list)
+            else td.tensor(p, requires_grad=True) for p in params]
+
+
+def tapediff_grads(f, params, data, xp=NP):
+    """Value and gradients of ``f(xp, *params, *data)`` by tapediff."""
+    args = _leaves(params)
+    loss = f(xp, *args, *data)
+    loss.backward()
+    grads = [np.array([t.grad.item() for t in a]) if isinstance(a, list) else a.grad.numpy()
+             for a in args]
+    return float(loss), grads
+
+
+def fd_grads(f, params, data, eps=1e-6):
+    """Central differences of the NumPy primal ``f(NP, *params, *data)``."""
+    params = [list(p) if isinstance(p, list) else np.array(p, dtype=np.float64)
+              for p in params]
+    out = []
+    for i, p in enumerate(params):
+        flat = np.array(p, dtype=np.float64).ravel()
+        g = np.zeros_like(flat)
+        for j in range(flat.size):
+            h = eps * max(1.0, abs(flat[j]))
+            vals = []
+            for step in (h, -h):
+                q = flat.copy()
+                q[j] += step
+                trial = list(params)
+                trial[i] = list(q) if isinstance(p, list) else q.reshape(np.shape(p))
+                vals.append(float(f(NP, *trial, *data)))
+            g[j] = (vals[0] - vals[1]) / (2 * h)
+        out.append(g.reshape(np.shape(p)))
+    return out
+
+
+def assert_grads_match_fd(case: Case, rtol=1e-5, atol=1e-6, xp=NP):
+    value, grads = tapediff_grads(case.objective, case.params, case.data, xp)
+    assert value == pytest.approx(float(case.objective(NP, *case.params, *case.data)),
+                                  rel=1e-10, abs=1e-12)
+    for g, ref in zip(grads, fd_grads(case.objective, case.params, case.data)):
+        scale = max(1.0, float(np.max(np.abs(ref))))
+        np.testing.assert_allclose(g, ref, rtol=rtol, atol=atol * scale)
+
+
+def assert_hand_matches_tapediff(case: Case, rtol=1e-9):
+    value, grads = tapediff_grads(case.objective, case.params, case.data)
+    hv, hgrads = case.hand_grad(*case.params, *case.data)
+    assert float(hv) == pytest.approx(value, rel=1e-12)
+    for g, h in zip(grads, hgrads):
+        scale = float(np.max(np.abs(g)))
+        np.testing.assert_allclose(h, g, rtol=rtol, atol=1e-12 * scale)
+
+
+# -- scalar ----------------------------------------------------------------------------------
+def test_scalar_chain_gradient():
+    case = Case("scalar", "chain", scalar.chain, [0.5], [40])
+    assert_grads_match_fd(case, xp=td)
+    assert_grads_match_fd(case, xp=NP)  # the np.sin path (NEP 13) too
+
+
+def test_horner_gradient_one_leaf_per_coefficient():
+    coeffs = list(np.random.default_rng(1).uniform(-1, 1, 9))
+    case = Case("scalar", "horner", scalar.horner, [coeffs, 0.9])
+    assert_grads_match_fd(case, xp=td)
+    # d p / d c_i = x^i
+    _, (g_coeffs, _) = tapediff_grads(scalar.horner, [coeffs, 0.9], [], xp=td)
+    np.testing.assert_allclose(g_coeffs, 0.9 ** np.arange(9), rtol=1e-12)
+
+
+# -- elementwise -----------------------------------------------------------------------------
+def test_elementwise_gradients():
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(-1, 1, 7), rng.uniform(-1, 1, 7)
+    assert_grads_match_fd(Case("elementwise", "mixed", elementwise.mixed, [x, y]))
+    case = Case("elementwise", "rosenbrock", elementwise.rosenbrock, [x],
+                hand_grad=elementwise.rosenbrock_hand)
+    assert_grads_match_fd(case)
+    assert_hand_matches_tapediff(case)
+
+
+# -- MLP ---------------------------------------------------------------------------------------
+def test_mlp_gradients_and_hand_backprop():
+    case = mlp._case((5, 4, 3, 3), 4)
+    assert_grads_match_fd(case)
+    assert_hand_matches_tapediff(case)
+
+
+def test_mlp_cases_have_the_brief_sizes():
+    names = [c.name for c in mlp.cases(quick=False)]
+    assert names == ["MLP 784-256-256-10 batch 64", "MLP 32-64-64-8 batch 16"]
+
+
+# -- GMM ---------------------------------------------------------------------------------------
+def gmm_adbench_loops(alphas, means, icf, x, gamma, m):
+    """A line-by-line transcription of ADBench's ``gmm_objective`` (C++, gmm.h)."""
+    n, d = x.shape
+    k = alphas.shape[0]
+
+    def logsumexp(v):
+        mx = max(v)
+        return math.log(sum(math.exp(t - mx) for t in v)) + mx
+
+    slse = 0.0
+    for ix in range(n):
+        main = []
+        for ik in range(k):
+            xc = x[ix] - means[ik]
+            qdiag = np.exp(icf[ik, :d])
+            out = qdiag * xc  # Qtimesx
+            idx = d
+            for i in range(d):
+                for j in range(i + 1, d):
+                    out[j] += icf[ik, idx] * xc[i]
+                    idx += 1
+            main.append(alphas[ik] + icf[ik, :d].sum() - 0.5 * float(out @ out))
+        slse += logsumexp(main)
+    nn = d + m + 1
+    C = nn * d * (math.log(gamma) - 0.5 * math.log(2)) - gmm.log_gamma_distrib(0.5 * nn, d)
+    prior = 0.0
+    for ik in range(k):
+        frob = float(np.sum(np.exp(icf[ik, :d]) ** 2) + np.sum(icf[ik, d:] ** 2))
+        prior += 0.5 * gamma * gamma * frob - m * icf[ik, :d].sum()
+    prior -= k * C
+    return -n * d * 0.5 * math.log(2 * math.pi) + slse - n * logsumexp(alphas) + prior
+
+
+@pytest.mark.parametrize("d,K,n,m", [(1, 2, 4, 0), (3, 2, 5, 0), (4, 3, 6, 2)])
+def test_gmm_objective_is_adbenchs(d, K, n, m):
+    case = gmm.make_case(d, K, n, seed=d)
+    alphas, means, icf = case.params
+    x = case.data[0]
+    data = [x, gmm.packed_index(d), 1.3, m]
+    got = gmm.gmm_objective(NP, alphas, means, icf, *data)
+    assert got == pytest.approx(gmm_adbench_loops(alphas, means, icf, x, 1.3, m), rel=1e-12)
+
+
+def test_log_gamma_distrib_is_the_multivariate_log_gamma():
+    special = pytest.importorskip("scipy.special")
+    for a, p in [(1.5, 1), (2.0, 3), (33.5, 64)]:
+        assert gmm.log_gamma_distrib(a, p) == pytest.approx(special.multigammaln(a, p),
+                                                            rel=1e-12)
+
+
+def test_gmm_packing_is_column_major():
+    # d = 4: the strictly lower triangle, column by column, is icf[4:10]
+    idx = gmm.packed_index(4)
+    row = np.array([0.0, *range(1, 5), *range(5, 11)])  # [0, diag 1..4, lower 5..10]
+    Q = row[idx]
+    np.testing.assert_array_equal(np.diag(Q), [1, 2, 3, 4])
+    np.testing.assert_array_equal(Q[np.triu_indices(4, 1)], 0)
+    assert [Q[1, 0], Q[2, 0], Q[3, 0], Q[2, 1], Q[3, 1], Q[3, 2]] == [5, 6, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize("d,K,n,m", [(2, 3, 5, 0), (3, 2, 4, 1)])
+def test_gmm_gradients_and_hand_gradient(d, K, n, m):
+    case = gmm.make_case(d, K, n, seed=7)
+    case.data = [case.data[0], case.data[1], 1.0, m]
+    assert_grads_match_fd(case)
+    assert_hand_matches_tapediff(case)
+
+
+# -- BA ------------------------------------------------------------------------------------------
+def ba_adbench_loops(cams, X, w, cam_idx, pt_idx, feats):
+    """A line-by-line transcription of ADBench's ``ba_objective`` (C++, ba.h), reduced to
+    half the squared norm of the residuals; the small-angle branch as ``theta^2 < eps``."""
+    total = 0.0
+    for i in range(len(w)):
+        cam, pt = cams[cam_idx[i]], X[pt_idx[i]]
+        Xo = pt - cam[3:6]
+        rot = cam[0:3]
+        sqtheta = float(rot @ rot)
+        if sqtheta >= ba.EPS:
+            theta = math.sqrt(sqtheta)
+            c, s = math.cos(theta), math.sin(theta)
+            wv = rot / theta
+            Xcam = Xo * c + np.cross(wv, Xo) * s + wv * (float(wv @ Xo) * (1 - c))
+        else:
+            Xcam = Xo + np.cross(rot, Xo)
+        proj = Xcam[0:2] / Xcam[2]
+        rsq = float(proj @ proj)
+        proj = proj * (1.0 + cam[9] * rsq + cam[10] * rsq * rsq)
+        proj = proj * cam[6] + cam[7:9]
+        err = w[i] * (proj - feats[i])
+        total += float(err @ err) + (1 - w[i] * w[i]) ** 2
+    return 0.5 * total
+
+
+def test_ba_objective_is_adbenchs():
+    case = ba.make_case("t", 9, 12, 30, seed=3)  # cameras 0 and 8: zero rotation
+    assert np.all(case.params[0][::8, 0:3] == 0)
+    got = ba.ba_objective(NP, *case.params, *case.data)
+    assert got == pytest.approx(ba_adbench_loops(*case.params, *case.data), rel=1e-12)
+
+
+def test_ba_gradients_including_the_small_angle_branch():
+    case = ba.make_case("t", 3, 4, 6, seed=5)  # camera 0 has rotation exactly 0
+    assert_grads_match_fd(case, rtol=1e-5, atol=1e-7)
+    _, (g_cams, _, _) = tapediff_grads(case.objective, case.params, case.data)
+    assert np.all(np.isfinite(g_cams))
+
+
+def test_ba_sizes_are_adbenchs():
+    assert ba.SIZES["ba1"] == (49, 7_776, 31_843)
+    assert [c.size["observations"] for c in ba.cases(quick=False)] == [
+        31_843, 36_455, 182_072, 204_472, 225_911]
+
+
+# -- ops (the issue-3 kernels) ---------------------------------------------------------------
+def test_ops_gradients():
+    rng = np.random.default_rng(4)
+    for case in [
+        Case("ops", "elementwise", ops.elementwise, [rng.uniform(0.5, 1.5, 6),
+                                                     rng.uniform(0.5, 1.5, 6)]),
+        Case("ops", "matmul", ops.matmul, [rng.normal(size=(3, 3)), rng.normal(size=(3, 3))]),
+        Case("ops", "indexing", ops.indexing, [rng.normal(size=8)], [rng.integers(0, 8, 8)]),
+    ]:
+        assert_grads_match_fd(case)
+
+
+# -- the runner ------------------------------------------------------------------------------
+def test_a_gradient_mismatch_fails_the_case():
+    from bench import runner
+
+    def wrong(x):
+        value, (g,) = elementwise.rosenbrock_hand(x)
+        return value, [g * 1.01]
+
+    x = np.random.default_rng(0).uniform(-1, 1, 10)
+    case = Case("elementwise", "Rosenbrock (wrong hand gradient)", elementwise.rosenbrock,
+                [x], hand_grad=wrong)
+    res = runner.run_case(case, [], runner.QUICK, "[test]")
+    assert any("GRADIENT MISMATCH" in e and "NumPy hand grad" in e for e in res.errors)
+    assert "NumPy hand grad" not in res.timings  # not timed
+    assert {"tapediff", "NumPy primal"} <= set(res.timings)
+
+
+def test_quick_scalar_run_exits_zero(tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "scalar", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "scalar chain 4,000 ops" in proc.stdout
+    assert "tapediff recording" in proc.stdout
+    doc = json.loads(out.read_text())
+    names = [c["name"] for c in doc["cases"]]
+    assert names == ["scalar chain 4,000 ops", "Horner 200 coefficient leaves"]
+    assert doc["cases"][0]["contenders"]["tapediff"]["median_s"] > 0
