@@ -245,15 +245,17 @@ def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult
 # -- command line -------------------------------------------------------------------------------
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__.splitlines()[0],
+        prog="python -m bench",
+        description="tapediff against the NumPy primal, hand-written gradients and every "
+                    "installed peer (PyTorch, JAX, HIPS autograd); see bench/RESULTS.md.",
         epilog="workloads: " + ", ".join(WORKLOADS))
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and few rounds (a smoke test, under a minute)")
     ap.add_argument("--only", action="append", metavar="NAME",
                     help="run only these workloads (repeatable, or a comma list)")
     ap.add_argument("--peers", metavar="LIST",
-                    help="comma list of peers to run (default: every importable one; "
-                         "'none' for none): " + ", ".join(B.PEER_NAMES))
+                    help="comma list of peers to run, from torch, jax, autograd (default: "
+                         "every importable one; 'none' for none)")
     ap.add_argument("--json", metavar="FILE", help="write all results as JSON")
     ap.add_argument("--plot", metavar="FILE.png", help="write a chart (needs matplotlib)")
     ap.add_argument("--markdown", metavar="FILE.md",

@@ -258,6 +258,22 @@ def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
 # ---------------------------------------------------------------------------------------------
 # Layout, selection, reductions, scans
 # ---------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _advance(idx, shp, st, base, last):
+    """Step the multi-index ``idx`` (dimensions 0..last, C order) and return the new input
+    position ``base`` (strides ``st``)."""
+    j = last
+    while j >= 0:
+        idx[j] += 1
+        base += st[j]
+        if idx[j] < shp[j]:
+            return base
+        base -= st[j] * shp[j]
+        idx[j] = 0
+        j -= 1
+    return base
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def restride_adjoint(meta, m, adj, oo, oa):
     """adj_in[pos(k)] += adj_out[k // R] over the record's strided iteration space.
@@ -303,16 +319,7 @@ def restride_adjoint(meta, m, adj, oo, oa):
                 for t in range(inner):
                     a[base + t * s] += gk
         k += inner
-        # advance the multi-index over the outer dimensions
-        j = d - 2
-        while j >= 0:
-            idx[j] += 1
-            base += st[j]
-            if idx[j] < shp[j]:
-                break
-            base -= st[j] * shp[j]
-            idx[j] = 0
-            j -= 1
+        base = _advance(idx, shp, st, base, d - 2)  # over the outer dimensions
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -330,15 +337,7 @@ def restride_positions(meta, m):
     base = start
     for k in range(total):
         pos[k] = base
-        j = d - 1
-        while j >= 0:
-            idx[j] += 1
-            base += st[j]
-            if idx[j] < shp[j]:
-                break
-            base -= st[j] * shp[j]
-            idx[j] = 0
-            j -= 1
+        base = _advance(idx, shp, st, base, d - 1)
     return pos
 
 
