@@ -682,12 +682,29 @@ class Tensor:
         if slots is None:
             raise RuntimeError(_ERR_RELEASED)
         cached = tape._cached
+        # Scalar float64 leaves (one per coefficient in scalar code) read their adjoints in
+        # one gather and accumulate as Python floats; the others go through NumPy.
+        scalar = (tape.n[slots] == 1) & (tape.dt[slots] == K.KIND_F64)
         with _GRAD_LOCK:
-            for s in slots:
-                r = cached.get(int(s))
+            for s, g in zip(slots[scalar].tolist(), tape.adj[tape.off[slots[scalar]]].tolist()):
+                r = cached.get(s)
+                leaf = r() if r is not None else None
+                if leaf is None:
+                    continue
+                old = leaf.grad
+                if (type(leaf._v) is float and old is not None and type(old._v) is float
+                        and old._tape is None):
+                    old._v += g
+                    old._ver += 1  # a tape holding the old .grad value records it again
+                elif type(leaf._v) is float and old is None:
+                    leaf._grad = _wrap(g)
+                else:
+                    _accumulate_grad(leaf, np.array([g]))
+            for s in slots[~scalar].tolist():
+                r = cached.get(s)
                 leaf = r() if r is not None else None
                 if leaf is not None:
-                    _accumulate_grad(leaf, tape.adjoint_view(int(s)))
+                    _accumulate_grad(leaf, tape.adjoint_view(s))
 
     # -- array attributes --------------------------------------------------------------------
     @property
@@ -1122,29 +1139,32 @@ def _own(v: Any) -> Any:
 
 
 def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
-    """Add the flat adjoint ``g`` into ``leaf.grad`` (created on first use)."""
+    """Add the flat adjoint ``g`` into ``leaf.grad`` (created on first use).
+
+    An existing ``.grad`` outside any graph is updated in place, its version bumped so that a
+    tape holding its old value records it again; any other is replaced."""
+    old = leaf.grad
     if type(leaf._v) is float:  # a 0-d float64 leaf: its grad is a Python float too
-        old = leaf.grad
         if old is None:
             leaf._grad = _wrap(float(g[0]))
-        elif type(old._v) is float:
+        elif type(old._v) is float and old._tape is None:
             old._v += float(g[0])
+            old._ver += 1
         else:
             leaf._grad = _wrap(_norm(old._v + g[0]))
         return
     dt = leaf.dtype
     shape = leaf.shape
-    old = leaf.grad
     if old is None:
-        leaf.grad = _wrap(_norm(g.reshape(shape).astype(dt, copy=True)))
+        leaf._grad = _wrap(_norm(g.reshape(shape).astype(dt, copy=True)))
         return
     ov = old._v
-    if type(ov) is float:
-        old._v = ov + float(g[0])
-    elif ov.flags.writeable and ov.shape == shape:
+    if (old._tape is None and type(ov) is np.ndarray and ov.flags.writeable
+            and ov.shape == shape):
         ov += g.reshape(shape).astype(ov.dtype, copy=False)
+        old._ver += 1
     else:
-        leaf.grad = _wrap(_norm(ov + g.reshape(shape).astype(dt, copy=False)))
+        leaf._grad = _wrap(_norm(np.asarray(ov) + g.reshape(shape).astype(dt, copy=False)))
 
 
 from . import _ops  # noqa: E402  (operations call back into this module)

@@ -918,3 +918,19 @@ def test_factories():
     p = td.ones(3, requires_grad=True)
     (p * td.arange(3)).sum().backward()
     np.testing.assert_array_equal(g(p.grad), [0.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize("shape", [(), (3,)])
+def test_grad_accumulated_in_place_after_being_recorded_is_recorded_again(shape):
+    # .grad is updated in place by the next backward; a tape that recorded its old value as
+    # a constant must record the new one, not reuse the stale record
+    x = td.tensor(np.full(shape, 2.0), requires_grad=True)
+    (x * x).sum().backward()  # x.grad = 4
+    with td.tape():
+        y = (x * x.grad).sum()  # records x.grad = 4 as a constant
+        (x * x).sum().backward()  # x.grad = 8, in place
+        z = (x * x.grad).sum()
+        np.testing.assert_allclose(np.asarray(z), 16.0 * max(1, np.prod(shape)))
+        z.backward()
+        np.testing.assert_allclose(np.asarray(x.grad), np.full(shape, 16.0))
+    assert y.item() == 8.0 * max(1, np.prod(shape))
