@@ -27,7 +27,6 @@ from ._tape import Tape, _frozen, _tls
 
 _F64 = np.dtype(np.float64)
 _F32 = np.dtype(np.float32)
-_PY_NUMBERS = (float, int, bool)
 _new = object.__new__
 # Threads may backward into the same leaf at once (NumPy's in-place add releases the GIL);
 # accumulation into .grad is serialised, as PyTorch's AccumulateGrad is.
@@ -1131,11 +1130,6 @@ class Tensor:
         """Functional index updates: ``x.at[i].set(v)``, ``x.at[i].add(v)`` return new tensors
         and record correctly (use them where ``x[i] = v`` would modify a recorded tensor)."""
         return _ops._AtIndexer(self)
-
-
-def _own(v: Any) -> Any:
-    """``v``, copied if it is a view of a tape's arena (read-only views are the arena's)."""
-    return v.copy() if type(v) is np.ndarray and not v.flags.writeable else v
 
 
 def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
