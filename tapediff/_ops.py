@@ -401,6 +401,22 @@ def _reduce_layout(a: np.ndarray, axes: tuple) -> list:
                              max(r, 1))
 
 
+def _reduce(op: int, fn: Any, x: Any, axis: Any, keepdims: bool) -> Tensor:
+    """``fn`` (np.sum or np.prod) over ``axis``, recorded as ``op`` with a reduction layout."""
+    x = _t(x)
+    a = _arr(x)
+    axes = _norm_axes(axis, a.ndim)
+    value = fn(a, axis=axes if a.ndim else None, keepdims=keepdims)
+    if not _recording(x):
+        return _wrap(_norm(value))
+    if op == K.OP_PROD and math.prod(a.shape[d] for d in axes) == 0:
+        # an empty product is 1 and has nothing to reverse (the kernel needs a non-empty group)
+        return _set_value(_reduce(K.OP_RESTRIDE, np.sum, x, axis, keepdims) * 0.0 + 1.0, value)
+    payload = _reduce_layout(a, axes)
+    return _emit(op, (x,), np.shape(value), value.dtype, _copy_of(value),
+                 meta=lambda sl: payload, nmeta=len(payload))
+
+
 def sum_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Sum over ``axis`` (None: all; an int or a tuple), as ``np.sum``.
 
@@ -409,16 +425,7 @@ def sum_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Te
     tensor([4., 6.])
     """
     axis, keepdims = _axis_args(axis, keepdims, aliases)
-    x = _t(x)
-    a = _arr(x)
-    axes = _norm_axes(axis, a.ndim)
-    value = np.sum(a, axis=axes if a.ndim else None, keepdims=keepdims)
-    if not _recording(x):
-        return _wrap(_norm(value))
-    payload = _reduce_layout(a, axes)
-    return _emit(K.OP_RESTRIDE, (x,), np.shape(value), value.dtype,
-                 _copy_of(value),
-                 meta=lambda sl: payload, nmeta=len(payload))
+    return _reduce(K.OP_RESTRIDE, np.sum, x, axis, keepdims)
 
 
 def _count(shape: tuple, axis: Any) -> int:
@@ -490,18 +497,7 @@ def argmin(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> 
 def prod(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Product over ``axis``; the gradient is exact when elements are zero."""
     axis, keepdims = _axis_args(axis, keepdims, aliases)
-    x = _t(x)
-    a = _arr(x)
-    axes = _norm_axes(axis, a.ndim)
-    value = np.prod(a, axis=axes if a.ndim else None, keepdims=keepdims)
-    if not _recording(x):
-        return _wrap(_norm(value))
-    payload = _reduce_layout(a, axes)
-    if math.prod(a.shape[d] for d in axes) == 0:  # an empty product is 1: nothing to reverse
-        return _set_value(sum_(x, axis, keepdims) * 0.0 + 1.0, value)
-    return _emit(K.OP_PROD, (x,), np.shape(value), value.dtype,
-                 _copy_of(value),
-                 meta=lambda sl: payload, nmeta=len(payload))
+    return _reduce(K.OP_PROD, np.prod, x, axis, keepdims)
 
 
 def _scan(x: Any, axis: Any, op: int, fn: Any) -> Tensor:
