@@ -29,6 +29,7 @@ from ._ops import min_ as min
 from ._ops import sum_ as sum
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._tape import Tape, current_tape, tape
+from ._replay import GuardError, Replayed, grad, value_and_grad
 from ._tensor import BroadcastError, Tensor, tensor
 
 float16 = _np.dtype(_np.float16)
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Tensor", "Tape", "BroadcastError", "tensor", "tape", "current_tape", "no_grad",
+    "value_and_grad", "grad", "Replayed", "GuardError",
     "enable_grad", "set_grad_enabled", "is_grad_enabled", "zeros", "ones", "full", "arange",
     "zeros_like", "ones_like", "exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid",
     "relu", "abs", "log1p", "expm1", "log2", "log10", "exp2", "sinh", "cosh", "arcsin",

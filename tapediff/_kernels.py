@@ -92,12 +92,28 @@ OP_CONCAT = 41  # inputs listed in meta, joined along an axis
 OP_PROD = 42  # strided product reduction (OP_RESTRIDE's layout)
 OP_CUMSUM = 43  # running sum along an axis
 OP_CUMPROD = 44  # running product along an axis
+OP_EXTREME = 45  # strided max (p = 1) or min (p = -1) reduction; ties share the adjoint
+# data-dependent records, never differentiated
+OP_CMP = 46  # a (cmp) b as 0/1 (p = CMP_*); the tie weights of maximum/minimum give 1/2
+OP_GUARD = 47  # replay stops unless slot a still equals constant b (a value Python looked at)
 # rules run by the Python driver (NumPy calls)
-OP_MATMUL = 45  # batched (b, m, k) @ (b, k, n) through BLAS
-OP_CAST = 46  # a value of the other arena kind (float32 <-> float64)
+OP_MATMUL = 48  # batched (b, m, k) @ (b, k, n) through BLAS
+OP_CAST = 49  # a value of the other arena kind (float32 <-> float64)
 LAST_OPCODE = OP_CAST
 META_INPUTS = (OP_WHERE, OP_CONCAT)
 PYTHON_RULES = (OP_MATMUL, OP_CAST)
+
+# OP_CMP's parameter: which comparison.
+CMP_GT = 0
+CMP_GE = 1
+CMP_LT = 2
+CMP_LE = 3
+CMP_EQ = 4
+CMP_NE = 5
+CMP_NOT_LT = 6  # not (a < b): 1 where a is NaN (clip keeps a NaN)
+CMP_NOT_GT = 7
+CMP_MAX_WEIGHT = 8  # maximum's share for a: 1 where a > b, 1/2 at a tie, 0 below; a NaN wins
+CMP_MIN_WEIGHT = 9
 
 # Name of each opcode as shown in reprs (grad_fn=<MulBackward0>).
 OPCODES = {
@@ -110,8 +126,8 @@ OPCODES = {
     OP_ARCSIN: "Asin", OP_ARCCOS: "Acos", OP_ARCTAN: "Atan", OP_LOG2: "Log2",
     OP_LOG10: "Log10", OP_EXP2: "Exp2", OP_SOFTPLUS: "Softplus", OP_RESTRIDE: "View",
     OP_GATHER: "Index", OP_SCATTER: "IndexPut", OP_WHERE: "Where", OP_CONCAT: "Cat",
-    OP_PROD: "Prod", OP_CUMSUM: "Cumsum", OP_CUMPROD: "Cumprod", OP_MATMUL: "Mm",
-    OP_CAST: "ToCopy",
+    OP_PROD: "Prod", OP_CUMSUM: "Cumsum", OP_CUMPROD: "Cumprod", OP_EXTREME: "Amax",
+    OP_CMP: "Compare", OP_GUARD: "Guard", OP_MATMUL: "Mm", OP_CAST: "ToCopy",
 }
 
 KIND_F64 = 0
@@ -120,10 +136,11 @@ KIND_F32 = 1
 # Record flag bits.
 FLAG_RELEASED = 1  # swept by a backward without retain_graph: may not be swept again
 
-# reverse_sweep's return codes; a value >= 0 is the record where it handed back control.
+# The sweeps' return codes; a value >= 0 is the record where they handed back control.
 SWEEP_DONE = -1
 UNKNOWN_OPCODE = -2
-# ``-3 - i`` means: record i was reached but has been released.
+# ``-3 - i`` means: record i was reached but has been released (reverse_sweep), or guard
+# record i failed (forward_sweep).
 
 _LN2 = math.log(2.0)
 _LN10 = math.log(10.0)
@@ -219,6 +236,139 @@ def partials(o, g, x, z, y, c):
     if o == OP_SOFTPLUS:  # sigmoid(x) = 1 - exp(-softplus(x)), accurate through expm1
         return -g * math.expm1(-y), 0.0
     return partials_hot(o, g, x, z, y, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise forward rules: the value from x, z (the inputs) and c (the parameter), as the
+# recording path computes it with NumPy (``_tensor._UNARY``, the binary operators).  Replay
+# runs them; ``value_hot`` holds the ones with specialised array loops.
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, error_model="numpy")
+def value_hot(o, x, z, c):
+    if o == OP_ADD:
+        return x + z
+    if o == OP_SUB:
+        return x - z
+    if o == OP_MUL:
+        return x * z
+    if o == OP_DIV:
+        return x / z
+    if o == OP_ADD_C:
+        return x + c
+    if o == OP_MUL_C:
+        return x * c
+    if o == OP_EXP:
+        return math.exp(x)
+    if o == OP_TANH:
+        return math.tanh(x)
+    return math.nan
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def value(o, x, z, c):
+    """Every elementwise forward rule (the hot ones via ``value_hot``)."""
+    if o == OP_POW:
+        return x ** z
+    if o == OP_ARCTAN2:
+        return math.atan2(x, z)
+    if o == OP_HYPOT:
+        return math.hypot(x, z)
+    if o == OP_RSUB_C:
+        return c - x
+    if o == OP_DIV_C:
+        return x / c
+    if o == OP_RDIV_C:
+        return c / x
+    if o == OP_POW_C:
+        return x * x if c == 2.0 else x ** c
+    if o == OP_RPOW_C:
+        return c ** x
+    if o == OP_LOG:
+        return math.log(x) if x > 0.0 else (-math.inf if x == 0.0 else math.nan)
+    if o == OP_SQRT:
+        return math.sqrt(x) if x >= 0.0 else math.nan
+    if o == OP_SIN:
+        return math.sin(x)
+    if o == OP_COS:
+        return math.cos(x)
+    if o == OP_TAN:
+        return math.tan(x)
+    if o == OP_SIGMOID:  # never overflows: 1/(1+e) for x >= 0, e/(1+e) below
+        e = math.exp(-abs(x))
+        return (1.0 if x >= 0.0 else e) / (1.0 + e)
+    if o == OP_RELU:
+        return x if x > 0.0 or x != x else 0.0
+    if o == OP_ABS:
+        return abs(x)
+    if o == OP_LOG1P:
+        return math.log1p(x) if x >= -1.0 else math.nan
+    if o == OP_EXPM1:
+        return math.expm1(x)
+    if o == OP_SINH:
+        return math.sinh(x)
+    if o == OP_COSH:
+        return math.cosh(x)
+    if o == OP_ARCSIN:
+        return math.asin(x) if -1.0 <= x <= 1.0 else math.nan
+    if o == OP_ARCCOS:
+        return math.acos(x) if -1.0 <= x <= 1.0 else math.nan
+    if o == OP_ARCTAN:
+        return math.atan(x)
+    if o == OP_LOG2:
+        return math.log2(x) if x > 0.0 else (-math.inf if x == 0.0 else math.nan)
+    if o == OP_LOG10:
+        return math.log10(x) if x > 0.0 else (-math.inf if x == 0.0 else math.nan)
+    if o == OP_EXP2:
+        return 2.0 ** x
+    if o == OP_SOFTPLUS:  # log(1 + e^x) without overflow
+        return (x if x > 0.0 else 0.0) + math.log1p(math.exp(-abs(x)))
+    return value_hot(o, x, z, c)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def compare(o, x, z):
+    """OP_CMP's rule: 1.0 where the comparison ``o`` holds, else 0.0 (tie weights 1/2)."""
+    if o == CMP_GT:
+        return 1.0 if x > z else 0.0
+    if o == CMP_GE:
+        return 1.0 if x >= z else 0.0
+    if o == CMP_LT:
+        return 1.0 if x < z else 0.0
+    if o == CMP_LE:
+        return 1.0 if x <= z else 0.0
+    if o == CMP_EQ:
+        return 1.0 if x == z else 0.0
+    if o == CMP_NE:
+        return 1.0 if x != z else 0.0
+    if o == CMP_NOT_LT:
+        return 0.0 if x < z else 1.0
+    if o == CMP_NOT_GT:
+        return 0.0 if x > z else 1.0
+    if x != x or x == z:  # the weights: a NaN operand is the result
+        return 1.0 if x != x else 0.5
+    if z != z:
+        return 0.0
+    if o == CMP_MAX_WEIGHT:
+        return 1.0 if x > z else 0.0
+    return 1.0 if x < z else 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _vector_value(o, val, oo, oa, ob, nn, ma, mb, c, generic=False):
+    """Forward counterpart of ``_vector_rule``: y[k] = rule(x[k & ma], z[k & mb])."""
+    y = val[oo:oo + nn]
+    x = val[oa:]
+    z = val[ob:]
+    for k in range(nn):
+        if generic:
+            y[k] = value(o, x[k & ma], z[k & mb], c)
+        else:
+            y[k] = value_hot(o, x[k & ma], z[k & mb], c)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _vector_value_any(o, val, oo, oa, ob, nn, ma, mb, c):
+    _vector_value(o, val, oo, oa, ob, nn, ma, mb, c, True)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -323,6 +473,24 @@ def restride_adjoint(meta, m, adj, oo, oa):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def restride_value(meta, m, val, oo, oa, nn):
+    """Forward of ``restride_adjoint``: out[k // R] (+)= in[pos(k)]."""
+    r = meta[m + 3]
+    pos = restride_positions(meta, m)
+    y = val[oo:oo + nn]
+    x = val[oa:]
+    if r == 1:
+        for k in range(nn):
+            y[k] = x[pos[k]]
+        return
+    for j in range(nn):
+        acc = 0.0
+        for t in range(r):
+            acc += x[pos[j * r + t]]
+        y[j] = acc
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def restride_positions(meta, m):
     """The input position of every element of a restride layout, in iteration order."""
     d = meta[m + 1]
@@ -361,6 +529,79 @@ def prod_adjoint(meta, m, val, adj, oo, oa, nn):
             q = pos[j * r + t]
             a[q] += g * pre[t] * acc
             acc *= x[q]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def prod_value(meta, m, val, oo, oa, nn):
+    """Forward of ``prod_adjoint``: the product of each group of R elements."""
+    r = meta[m + 3]
+    pos = restride_positions(meta, m)
+    x = val[oa:]
+    for j in range(nn):
+        acc = 1.0
+        for t in range(r):
+            acc *= x[pos[j * r + t]]
+        val[oo + j] = acc
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def extreme_value(meta, m, val, oo, oa, nn, sign):
+    """Max (sign 1) or min (sign -1) of each group of R elements; NaN wins, as in NumPy."""
+    r = meta[m + 3]
+    pos = restride_positions(meta, m)
+    x = val[oa:]
+    for j in range(nn):
+        best = x[pos[j * r]]
+        for t in range(1, r):
+            v = x[pos[j * r + t]]
+            if v != v:
+                best = v
+                break
+            if (v - best) * sign > 0.0:
+                best = v
+        val[oo + j] = best
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def extreme_adjoint(meta, m, val, adj, oo, oa, nn):
+    """The adjoint of a group's extreme goes to the elements equal to it, in equal shares."""
+    r = meta[m + 3]
+    pos = restride_positions(meta, m)
+    x = val[oa:]
+    a = adj[oa:]
+    for j in range(nn):
+        y = val[oo + j]
+        cnt = 0
+        for t in range(r):
+            v = x[pos[j * r + t]]
+            if v == y or (v != v and y != y):
+                cnt += 1
+        g = adj[oo + j] / max(cnt, 1)
+        for t in range(r):
+            q = pos[j * r + t]
+            v = x[q]
+            if v == y or (v != v and y != y):
+                a[q] += g
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def scan_value(o, meta, m, val, oo, oa):
+    """Forward of ``scan_adjoint``: running sum or product along the middle axis."""
+    outer = meta[m + 1]
+    ln = meta[m + 2]
+    inner = meta[m + 3]
+    y = val[oo:]
+    x = val[oa:]
+    for u in range(outer):
+        for q in range(inner):
+            b = u * ln * inner + q
+            acc = 0.0 if o == OP_CUMSUM else 1.0
+            for i in range(ln):
+                if o == OP_CUMSUM:
+                    acc += x[b + i * inner]
+                else:
+                    acc *= x[b + i * inner]
+                y[b + i * inner] = acc
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -426,6 +667,39 @@ def concat_adjoint(meta, m, op, off, n, adj, oo, touched):
         col += w
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def concat_value(meta, m, off, n, val, oo):
+    """Forward of ``concat_adjoint``: each input's rows placed side by side."""
+    k = meta[m + 1]
+    outer = meta[m + 2 + k]
+    if outer == 0:
+        return
+    row = 0
+    for j in range(k):
+        row += n[meta[m + 2 + j]] // outer
+    y = val[oo:]
+    col = 0
+    for j in range(k):
+        s = meta[m + 2 + j]
+        w = n[s] // outer
+        x = val[off[s]:]
+        for u in range(outer):
+            for t in range(w):
+                y[u * row + col + t] = x[u * w + t]
+        col += w
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def guard_holds(val, oa, ob, nn):
+    """Whether a guarded value still equals the one seen when recording (NaN equals NaN)."""
+    for k in range(nn):
+        x = val[oa + k]
+        z = val[ob + k]
+        if x != z and not (x != x and z != z):
+            return False
+    return True
+
+
 # ---------------------------------------------------------------------------------------------
 # The sweep
 # ---------------------------------------------------------------------------------------------
@@ -457,6 +731,8 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
             return UNKNOWN_OPCODE
         if dt[i] != kind or o == OP_MATMUL or o == OP_CAST:
             return i
+        if o == OP_CMP or o == OP_GUARD:  # no gradient flows through a comparison
+            continue
         a = ia[i]
         b = ib[i]
         oo = off[i]
@@ -539,23 +815,116 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
             for k in range(n[a]):
                 adj[oa + k] += adj[oo + meta[m + k]]
         elif o == OP_WHERE:  # weights w: a gets g w, b gets g (1 - w)
-            w = val[off[meta[mi[i] + 2]]:]
+            ws = meta[mi[i] + 2]
+            w = val[off[ws]:]
+            mw = -1 if n[ws] == nn else 0
             g = adj[oo:oo + nn]
             da = adj[oa:]
             db = adj[ob:]
             for k in range(nn):
+                wk = w[k & mw]
                 if fa:
-                    da[k] = g[k] * w[k]
+                    da[k] = g[k] * wk
                 elif ga:
-                    da[k & ma] += g[k] * w[k]
+                    da[k & ma] += g[k] * wk
                 if fb:
-                    db[k] = g[k] * (1.0 - w[k])
+                    db[k] = g[k] * (1.0 - wk)
                 elif gb:
-                    db[k & mb] += g[k] * (1.0 - w[k])
+                    db[k & mb] += g[k] * (1.0 - wk)
+        elif o == OP_EXTREME:
+            extreme_adjoint(meta, mi[i], val, adj, oo, oa, nn)
         elif o == OP_PROD:
             prod_adjoint(meta, mi[i], val, adj, oo, oa, nn)
         elif o == OP_CUMSUM or o == OP_CUMPROD:
             scan_adjoint(o, meta, mi[i], val, adj, oo, oa)
+        else:
+            return UNKNOWN_OPCODE
+    return SWEEP_DONE
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val):
+    """Recompute the values of ``kind`` records ``start`` .. ``stop - 1`` from their inputs.
+
+    Leaves and constants keep the values in the arena (the caller writes new inputs first).
+    Returns ``SWEEP_DONE``; or the index of a record the Python driver must run (another
+    kind, or a rule in ``PYTHON_RULES``) before resuming after it; ``UNKNOWN_OPCODE``; or
+    ``-3 - i`` when guard record i fails: a value Python looked at while recording changed.
+    """
+    for i in range(start, stop):
+        o = op[i]
+        if o == OP_LEAF or o == OP_CONST:
+            continue
+        if o < 0 or o > LAST_OPCODE:
+            return UNKNOWN_OPCODE
+        if dt[i] != kind or o == OP_MATMUL or o == OP_CAST:
+            return i
+        a = ia[i]
+        b = ib[i]
+        oo = off[i]
+        nn = n[i]
+        c = p[i]
+        oa = off[a] if a >= 0 else oo
+        ob = off[b] if b >= 0 else oa
+        if o == OP_GUARD:
+            if not guard_holds(val, oa, ob, n[a]):
+                return -3 - i
+            continue
+        if nn == 1 and o <= LAST_ELEMENTWISE:
+            val[oo] = value(o, val[oa], val[ob], c)
+            continue
+        ma = -1 if a >= 0 and n[a] == nn else 0
+        mb = -1 if b >= 0 and n[b] == nn else 0
+        if o == OP_RESTRIDE:
+            restride_value(meta, mi[i], val, oo, oa, nn)
+        elif o == OP_ADD:
+            _vector_value(OP_ADD, val, oo, oa, ob, nn, ma, mb, c)
+        elif o == OP_SUB:
+            _vector_value(OP_SUB, val, oo, oa, ob, nn, ma, mb, c)
+        elif o == OP_MUL:
+            _vector_value(OP_MUL, val, oo, oa, ob, nn, ma, mb, c)
+        elif o == OP_DIV:
+            _vector_value(OP_DIV, val, oo, oa, ob, nn, ma, mb, c)
+        elif o == OP_ADD_C:
+            _vector_value(OP_ADD_C, val, oo, oa, ob, nn, ma, mb, c)
+        elif o == OP_MUL_C:
+            _vector_value(OP_MUL_C, val, oo, oa, ob, nn, ma, mb, c)
+        elif o == OP_EXP:
+            _vector_value(OP_EXP, val, oo, oa, ob, nn, ma, mb, c)
+        elif o == OP_TANH:
+            _vector_value(OP_TANH, val, oo, oa, ob, nn, ma, mb, c)
+        elif o <= LAST_ELEMENTWISE:
+            _vector_value_any(o, val, oo, oa, ob, nn, ma, mb, c)
+        elif o == OP_CMP:
+            y = val[oo:oo + nn]
+            x = val[oa:]
+            z = val[ob:]
+            cm = int(c)
+            for k in range(nn):
+                y[k] = compare(cm, x[k & ma], z[k & mb])
+        elif o == OP_GATHER:
+            m = mi[i] + 1
+            for k in range(nn):
+                val[oo + k] = val[oa + meta[m + k]]
+        elif o == OP_SCATTER:
+            m = mi[i] + 1
+            val[oo:oo + nn] = 0.0
+            for k in range(n[a]):
+                val[oo + meta[m + k]] += val[oa + k]
+        elif o == OP_WHERE:  # a where the weight is set (1, or 1/2 at a tie), else b
+            ws = meta[mi[i] + 2]
+            w = val[off[ws]:]
+            mw = -1 if n[ws] == nn else 0
+            for k in range(nn):
+                val[oo + k] = val[oa + (k & ma)] if w[k & mw] >= 0.5 else val[ob + (k & mb)]
+        elif o == OP_CONCAT:
+            concat_value(meta, mi[i], off, n, val, oo)
+        elif o == OP_PROD:
+            prod_value(meta, mi[i], val, oo, oa, nn)
+        elif o == OP_EXTREME:
+            extreme_value(meta, mi[i], val, oo, oa, nn, c)
+        elif o == OP_CUMSUM or o == OP_CUMPROD:
+            scan_value(o, meta, mi[i], val, oo, oa)
         else:
             return UNKNOWN_OPCODE
     return SWEEP_DONE
@@ -577,6 +946,8 @@ def mark_live(top, op, ia, ib, mi, flag, meta, keep):
     hold their inputs alive: they can never be swept again.
     """
     for i in range(top - 1, -1, -1):
+        if op[i] == OP_GUARD:  # guards are what replay checks: never dropped
+            keep[i] = 1
         if keep[i] and not flag[i] & FLAG_RELEASED:
             if ia[i] >= 0:
                 keep[ia[i]] = 1

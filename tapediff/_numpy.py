@@ -14,22 +14,33 @@ from typing import Any
 
 import numpy as np
 
+from . import _kernels as K
 from . import _ops as O
-from ._tensor import Tensor, _norm, _wrap
+from ._tensor import Tensor, _norm, _observe, _wrap
 
 
-def _values(x: Any) -> Any:
+def _values(x: Any, what: str | None = None) -> Any:
+    """Tensors in ``x`` (nested in lists and tuples) as arrays; ``what`` names the reader
+    for a replay guard (None: only shapes and dtypes are read)."""
     if isinstance(x, Tensor):
+        if what is not None:
+            _observe(x, what)
         return np.asarray(x._v)
     if isinstance(x, (list, tuple)):
-        return type(x)(_values(v) for v in x)
+        return type(x)(_values(v, what) for v in x)
     return x
+
+
+# functions that read only shapes and dtypes: no replay guard
+_SHAPE_ONLY = (np.shape, np.ndim, np.size, np.result_type, np.can_cast)
 
 
 def _on_values(fn: Any) -> Any:
     """A NumPy function whose result has no gradient, applied to the values."""
+    what = None if fn in _SHAPE_ONLY else f"numpy.{fn.__name__}()"
+
     def run(*args: Any, **kwargs: Any) -> Any:
-        r = fn(*_values(args), **{k: _values(v) for k, v in kwargs.items()})
+        r = fn(*_values(args, what), **{k: _values(v, what) for k, v in kwargs.items()})
         if isinstance(r, np.ndarray) or isinstance(r, np.generic) and not isinstance(r, np.bool_):
             return _wrap(_norm(np.asarray(r)))
         return r
@@ -65,9 +76,13 @@ UFUNCS: dict = {
     np.arctan2: O.arctan2, np.hypot: O.hypot, np.maximum: O.maximum, np.minimum: O.minimum,
     np.logaddexp: _logaddexp, np.matmul: _matmul, np.sign: O.sign,
 }
+_SWAPPED = {np.greater: np.less, np.less: np.greater, np.greater_equal: np.less_equal,
+            np.less_equal: np.greater_equal, np.equal: np.equal, np.not_equal: np.not_equal}
 # ufuncs whose results have no gradient (or a zero one almost everywhere)
-for _uf in (np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.not_equal,
-            np.logical_and, np.logical_or, np.logical_xor, np.logical_not, np.isnan, np.isinf,
+for _uf in (np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.not_equal):
+    UFUNCS[_uf] = (lambda uf: lambda a, b: O._t(a)._compare(b, uf) if isinstance(a, Tensor)
+                   else O._t(b)._compare(a, _SWAPPED[uf]))(_uf)
+for _uf in (np.logical_and, np.logical_or, np.logical_xor, np.logical_not, np.isnan, np.isinf,
             np.isfinite, np.signbit, np.floor, np.ceil, np.trunc, np.rint, np.floor_divide,
             np.remainder, np.bitwise_and, np.bitwise_or, np.invert):
     UFUNCS[_uf] = _on_values(_uf)
@@ -102,8 +117,8 @@ def _copy(x: Any, order: str = "K") -> Tensor:
 
 
 def _like(fn: Any) -> Any:
-    def run(x: Any, *args: Any, **kwargs: Any) -> Tensor:
-        return _wrap(_norm(fn(_values(x), *args, **kwargs)))
+    def run(x: Any, *args: Any, **kwargs: Any) -> Tensor:  # reads the shape and dtype only
+        return _wrap(_norm(fn(np.empty(np.shape(x), O._t(x).dtype), *args, **kwargs)))
     return run
 
 
@@ -111,9 +126,16 @@ def _sort(x: Any, axis: int = -1, kind: Any = None, order: Any = None) -> Tensor
     x = O._t(x)
     if axis is None:
         x, axis = O.ravel(x), -1
-    a = np.asarray(x._v)
-    return O._index_gather(x, lambda v: np.take_along_axis(v, np.argsort(a, axis, kind=kind),
-                                                           axis))
+    a = O._arr(x)
+    s = O._index_gather(x, lambda v: np.take_along_axis(v, np.argsort(a, axis, kind=kind),
+                                                        axis))
+    tape = O._guarding(s)
+    if tape is not None and s.shape[axis] > 1:  # replay: the order holds while still sorted
+        sv = O.moveaxis(s, axis, -1)
+        lo, hi = sv[..., :-1], sv[..., 1:]
+        ok = O._arr(lo) <= O._arr(hi)
+        O._guard(tape, O._compare(lo, hi, K.CMP_LE, ok, a.dtype), "np.sort()")
+    return s
 
 
 def _take_along_axis(x: Any, indices: Any, axis: Any) -> Tensor:

@@ -17,8 +17,9 @@ import numpy as np
 
 from . import _kernels as K
 from ._tensor import (
-    _F64, _UNARY, BroadcastError, Tensor, _c_strides, _check_dtype, _const, _dtype_of, _emit, _kind, _norm, _nsize,
-    _register, _restride_payload, _shape_of, _slot_on, _strong, _tls, _unary, _wrap,
+    _F64, _RAW_V, _UNARY, BroadcastError, Tensor, _c_strides, _check_dtype, _const, _dtype_of,
+    _emit, _Flag, _guard, _kind, _norm, _nsize, _register, _restride_payload, _shape_of,
+    _slot_on, _strong, _tls, _unary, _wrap,
 )
 
 
@@ -465,11 +466,10 @@ def _extreme(x: Any, axis: Any, keepdims: bool, aliases: dict, fn: Any) -> Tenso
     value = fn(a, axis=axis, keepdims=keepdims)
     if not _recording(x):
         return _wrap(_norm(value))
-    # ties share the gradient equally (as PyTorch's amax): a weighted sum with weights
-    # 1/count on the extremes, then the exact extreme as the value
-    hit = a == fn(a, axis=axis, keepdims=True)
-    w = hit / np.maximum(np.sum(hit, axis=axis, keepdims=True), 1)
-    return _set_value(sum_(x * w.astype(a.dtype), axis, keepdims), value)
+    # ties share the gradient equally (as PyTorch's amax)
+    payload = _reduce_layout(a, _norm_axes(axis, a.ndim))
+    return _emit(K.OP_EXTREME, (x,), np.shape(value), value.dtype, _copy_of(value),
+                 p=1.0 if fn is np.max else -1.0, meta=lambda sl: payload, nmeta=len(payload))
 
 
 def max_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
@@ -485,13 +485,47 @@ def min_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Te
 def argmax(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Indices of the maxima (an int64 tensor, never differentiated)."""
     axis, keepdims = _axis_args(axis, keepdims, aliases)
-    return _wrap(_norm(np.asarray(np.argmax(_arr(_t(x)), axis=axis, keepdims=keepdims))))
+    x = _t(x)
+    _guard_extremes(x, axis, np.max, "argmax")
+    return _wrap(_norm(np.asarray(np.argmax(_arr(x), axis=axis, keepdims=keepdims))))
 
 
 def argmin(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Indices of the minima (an int64 tensor, never differentiated)."""
     axis, keepdims = _axis_args(axis, keepdims, aliases)
-    return _wrap(_norm(np.asarray(np.argmin(_arr(_t(x)), axis=axis, keepdims=keepdims))))
+    x = _t(x)
+    _guard_extremes(x, axis, np.min, "argmin")
+    return _wrap(_norm(np.asarray(np.argmin(_arr(x), axis=axis, keepdims=keepdims))))
+
+
+def _guarding(*xs: Any) -> Tensor | None:
+    """The tape when it records for replay and one of ``xs`` depends on its inputs."""
+    tape = _tls.rec
+    if tape is None or tape._guards is None or not _recording(
+            *[x for x in xs if isinstance(x, Tensor)]):
+        return None
+    return tape
+
+
+def _guard_extremes(x: Tensor, axis: Any, fn: Any, what: str) -> None:
+    """Replay guard for an index choice: which elements are the extremes."""
+    tape = _guarding(x)
+    if tape is None or _dtype_of(x._v).kind != "f" or _nsize(x._v) == 0:
+        return
+    a = _arr(x)
+    hit = a == fn(a, axis=axis, keepdims=True)
+    m = _extreme(x, axis, True, {}, fn)
+    _guard(tape, _compare(x, m, K.CMP_EQ, hit, a.dtype), f"{what}()")
+
+
+def _guard_signs(x: Tensor, what: str) -> None:
+    """Replay guard for a result that depends on the signs of ``x``."""
+    tape = _guarding(x)
+    if tape is None:
+        return
+    a = _arr(x)
+    for code, hit in ((K.CMP_GT, a > 0), (K.CMP_LT, a < 0)):
+        _guard(tape, _compare(x, 0.0, code, hit, a.dtype), what)
 
 
 def prod(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
@@ -713,18 +747,34 @@ def pad(x: Any, pad_width: Any, mode: str = "constant", constant_values: Any = 0
 # ---------------------------------------------------------------------------------------------
 # piecewise
 # ---------------------------------------------------------------------------------------------
-def _where_weighted(w: np.ndarray, a: Tensor, b: Tensor, value: np.ndarray) -> Tensor:
-    """Record value (= a where w, else b) with gradient g w to a and g (1 - w) to b."""
+def _where_weighted(w: Any, a: Tensor, b: Tensor, value: np.ndarray) -> Tensor:
+    """Record value (= a where w, else b) with gradient g w to a and g (1 - w) to b; ``w``
+    is an array of weights (a constant) or a tensor recorded by ``_compare``."""
     shape = value.shape
-    wt = _wrap(_norm(np.ascontiguousarray(np.broadcast_to(w, shape), dtype=value.dtype)))
+    if isinstance(w, Tensor):
+        wt = w
+    else:
+        wt = _wrap(_norm(np.ascontiguousarray(np.broadcast_to(w, shape), dtype=value.dtype)))
     return _emit(K.OP_WHERE, (a, b, wt), shape, value.dtype, _copy_of(value),
                  meta=lambda sl: [1, sl[2]], nmeta=2, bcast=True)
+
+
+def _compare(a: Any, b: Any, code: int, w: np.ndarray, dtype: np.dtype) -> Tensor:
+    """Record the comparison ``code`` (``K.CMP_*``) of a and b, whose values are ``w``, as
+    a tensor of 0/1 (or tie 1/2) weights: replay recomputes it from the inputs."""
+    shape = np.shape(w)
+    return _emit(K.OP_CMP, (_as_tensor(a, dtype), _as_tensor(b, dtype)), shape, dtype,
+                 _copy_of(w), p=float(code), bcast=True)
 
 
 def where(condition: Any, x: Any = None, y: Any = None) -> Tensor:
     """Elements of ``x`` where ``condition`` holds, else of ``y`` (``np.where``); the
     condition is never differentiated.  With one argument: the indices where it holds."""
-    c = _arr(condition) if isinstance(condition, Tensor) else np.asarray(condition)
+    src = _flag_source(condition)
+    if src is not None:  # a recorded comparison: replay re-evaluates it
+        c = np.asarray(_RAW_V.__get__(condition))
+    else:
+        c = _arr(condition) if isinstance(condition, Tensor) else np.asarray(condition)
     if x is None and y is None:
         return tuple(_wrap(_norm(i)) for i in np.nonzero(c))  # type: ignore[return-value]
     _broadcastable(c, _raw(x), _raw(y))
@@ -732,8 +782,15 @@ def where(condition: Any, x: Any = None, y: Any = None) -> Tensor:
     xs = [v for v in (x, y) if isinstance(v, Tensor)]
     if not _recording(*xs):
         return _wrap(_norm(value))
-    return _where_weighted(c.astype(bool).astype(value.dtype), _as_tensor(x, value.dtype),
-                           _as_tensor(y, value.dtype), value)
+    w = c.astype(bool).astype(value.dtype) if src is None else src
+    return _where_weighted(w, _as_tensor(x, value.dtype), _as_tensor(y, value.dtype), value)
+
+
+def _flag_source(c: Any) -> Tensor | None:
+    """The OP_CMP record behind a comparison recorded on the current tape, if ``c`` is one."""
+    if type(c) is _Flag and c._src is not None and c._src._tape is _tls.rec:
+        return c._src
+    return None
 
 
 def _pick(a: Any, b: Any, fn: Any, sign: float) -> Tensor:
@@ -743,8 +800,12 @@ def _pick(a: Any, b: Any, fn: Any, sign: float) -> Tensor:
     if not _recording(*[v for v in (a, b) if isinstance(v, Tensor)]):
         return _wrap(_norm(value))
     gt = (av > bv) if sign > 0 else (av < bv)
-    w = np.where(np.equal(av, bv), 0.5, gt)  # ties share the gradient
-    return _where_weighted(w, _as_tensor(a, value.dtype), _as_tensor(b, value.dtype), value)
+    # ties share the gradient; a NaN operand is the result and gets it
+    w = np.where(np.isnan(av), 1.0, np.where(np.isnan(bv), 0.0,
+                                             np.where(np.equal(av, bv), 0.5, gt)))
+    wt = _compare(a, b, K.CMP_MAX_WEIGHT if sign > 0 else K.CMP_MIN_WEIGHT,
+                  np.broadcast_to(w, value.shape), value.dtype)
+    return _where_weighted(wt, _as_tensor(a, value.dtype), _as_tensor(b, value.dtype), value)
 
 
 def maximum(a: Any, b: Any) -> Tensor:
@@ -774,16 +835,21 @@ def clip(x: Any, a_min: Any = None, a_max: Any = None) -> Tensor:
     if lo is not None:
         below = cur < lo
         cur = np.asarray(np.where(below, lo, cur), value.dtype)
-        out = _where_weighted(~below, out, _as_tensor(a_min, value.dtype), cur)
+        keep = _compare(out, a_min, K.CMP_NOT_LT, np.broadcast_to(~below, cur.shape), value.dtype)
+        out = _where_weighted(keep, out, _as_tensor(a_min, value.dtype), cur)
     if hi is not None:
         above = cur > hi
-        out = _where_weighted(~above, out, _as_tensor(a_max, value.dtype), value)
+        keep = _compare(out, a_max, K.CMP_NOT_GT, np.broadcast_to(~above, value.shape),
+                        value.dtype)
+        out = _where_weighted(keep, out, _as_tensor(a_max, value.dtype), value)
     return out
 
 
 def sign(x: Any) -> Tensor:
     """Elementwise sign (-1, 0, 1); its gradient is zero, so it is never recorded."""
-    return _wrap(_norm(np.sign(_strong(_t(x)._v))))
+    x = _t(x)
+    _guard_signs(x, "sign()")
+    return _wrap(_norm(np.sign(_strong(x._v))))
 
 
 # ---------------------------------------------------------------------------------------------

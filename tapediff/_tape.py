@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class Tape:
         "_wop", "_wia", "_wib", "_woff", "_wn", "_wp", "_wmi", "_wdt", "_wval",
         "val", "adj", "_spare", "top", "vtop", "vcap",  # float64 arena (the hot path's)
         "val32", "adj32", "_spare32", "vtop32", "vcap32",  # float32 arena
-        "mtop", "rcap", "_recent", "_live", "_cached", "__weakref__",
+        "mtop", "rcap", "_recent", "_live", "_cached", "_guards", "__weakref__",
     )
 
     def __init__(self) -> None:
@@ -62,6 +63,7 @@ class Tape:
         self._live: list = []  # weakrefs to tensors recorded here (roots for reclamation)
         self._cached: dict = {}  # slot -> weakref to the tape-less tensor it holds
         self._recent = (0, 0, 0)  # decaying maxima of records/values needed at reclaims
+        self._guards: list | None = None  # when recording for replay: what each guard saw
         self._alloc_records(_MIN_RECORDS)
         self.meta = np.zeros(_MIN_META, np.int64)
         self.adj = np.empty(0, np.float64)
@@ -218,21 +220,79 @@ class Tape:
         adj = self.adj if self.dt[slot] == K.KIND_F64 else self.adj32
         return adj[o:o + int(self.n[slot])]
 
+    def gradient(self, y: Any, xs: Any, gradient: Any = None, retain_graph: bool = False) -> Any:
+        """The gradient of ``y`` (recorded here) with respect to the tensor ``xs`` or each of
+        the sequence ``xs``, as new tensors; no ``.grad`` is touched.
+
+        ``gradient`` weights a non-scalar ``y`` (as in ``backward``).  The records swept are
+        released unless ``retain_graph``.  An ``x`` that ``y`` does not depend on gets zeros.
+
+        >>> import tapediff as td
+        >>> x = td.tensor([1.0, 2.0], requires_grad=True)
+        >>> with td.tape() as t:
+        ...     y = (x * x).sum()
+        >>> t.gradient(y, x)
+        tensor([2., 4.])
+        """
+        from ._replay import tape_gradient
+        return tape_gradient(self, y, xs, gradient, retain_graph)
+
+    # -- replay ------------------------------------------------------------------------------
+    def forward(self, start: int = 0) -> int:
+        """Recompute every record's value from ``start`` on, from the values of the leaves and
+        constants in the arena (replay writes new inputs there first).
+
+        Returns -1, or the index of the first guard record whose value no longer matches
+        what was seen when recording (the values above it are then stale).
+        """
+        i, top = start, self.top
+        while i < top:
+            kind = int(self.dt[i])
+            r = K.forward_sweep(i, top, kind, self.op, self.ia, self.ib, self.off, self.n,
+                                self.p, self.mi, self.dt, self.meta, self.arena(kind)[0])
+            if r == K.SWEEP_DONE:
+                return -1
+            if r == K.UNKNOWN_OPCODE:
+                raise AssertionError("forward sweep met an opcode it has no rule for")
+            if r < 0:
+                return -3 - r
+            if int(self.dt[r]) != kind and self.op[r] not in K.PYTHON_RULES:
+                i = r  # resume on the other arena
+                continue
+            self._python_value(r)
+            i = r + 1
+        return -1
+
+    def _python_value(self, i: int) -> None:
+        """The forward rules that are NumPy calls: matmul (BLAS) and casts between arenas."""
+        a = int(self.ia[i])
+        out = self.value_view(i, (int(self.n[i]),))
+        if self.op[i] == K.OP_CAST:
+            out[...] = self.value_view(a, (int(self.n[a]),))
+            return
+        m = int(self.mi[i])
+        bs, mm, kk, nn = (int(v) for v in self.meta[m + 1:m + 5])
+        np.matmul(self.value_view(a, (bs, mm, kk)), self.value_view(int(self.ib[i]), (bs, kk, nn)),
+                  out=out.reshape(bs, mm, nn))
+
     # -- differentiation -----------------------------------------------------------------------
-    def sweep(self, root: int, seed: np.ndarray, retain_graph: bool):
+    def sweep(self, root: int, seed: np.ndarray, retain_graph: bool,
+              touched: np.ndarray | None = None):
         """Run the reverse sweep from ``root`` seeded with ``seed``; return the leaf slots reached.
 
         The jitted sweep runs over the records of one arena kind and hands back at records of
         the other kind and at the rules that are NumPy calls (matmul, casts), which are run
         here.  Returns None, with nothing changed, when the sweep reaches a released record.
-        Unless ``retain_graph``, every non-leaf record swept is released.
+        Unless ``retain_graph``, every non-leaf record swept is released.  ``touched`` (zeros,
+        at least ``root + 1`` long) may be passed to learn which slots got an adjoint.
         """
         if len(self.adj) != len(self.val) and self.vtop:
             self.adj = np.empty(len(self.val), np.float64)
         if len(self.adj32) != len(self.val32) and self.vtop32:
             self.adj32 = np.empty(len(self.val32), np.float32)
         self.adjoint_view(root)[:] = seed.ravel()
-        touched = np.zeros(root + 1, np.uint8)
+        if touched is None:
+            touched = np.zeros(root + 1, np.uint8)
         touched[root] = 1
         leaf_slots = np.empty(root + 1, np.int64)
         nleaf = np.zeros(1, np.int64)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import threading
 import weakref
 from typing import Any, Iterator, Sequence
@@ -740,14 +741,17 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """A copy of the values as an ndarray (never shared with the tensor or its tape)."""
+        _observe(self, ".numpy()")
         return np.array(self._v)
 
     def tolist(self) -> Any:
         """The values as (nested lists of) Python numbers."""
+        _observe(self, ".tolist()")
         return np.asarray(self._v).tolist()
 
     def item(self) -> Any:
         """The single value of a one-element tensor, as a Python number."""
+        _observe(self, ".item()")
         v = self._v
         if type(v) is float:
             return v
@@ -756,6 +760,7 @@ class Tensor:
         return v.item()
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        _observe(self, "np.asarray()")
         # np.asarray(t) gives the values, detached from any graph: a copy for recorded
         # tensors (the arena is reused), a read-only view of a leaf's own storage otherwise.
         v = self._v
@@ -768,22 +773,26 @@ class Tensor:
         return a
 
     def __float__(self) -> float:
+        _observe(self, "float()")
         if _nsize(self._v) != 1:
             raise ValueError("only one element tensors can be converted to Python scalars")
         return float(self.item())
 
     def __int__(self) -> int:
+        _observe(self, "int()")
         if _nsize(self._v) != 1:
             raise ValueError("only one element tensors can be converted to Python scalars")
         return int(self.item())
 
     def __index__(self) -> int:
+        _observe(self, "an index")
         if self.dtype.kind not in "iub" or _nsize(self._v) != 1:
             raise TypeError("only integer tensors of a single element can be converted to an "
                             "index")
         return int(self.item())
 
     def __bool__(self) -> bool:
+        _observe(self, "bool()")
         if _nsize(self._v) != 1:
             raise RuntimeError("Boolean value of Tensor with more than one value is ambiguous")
         return bool(self.item())
@@ -859,7 +868,11 @@ class Tensor:
     # -- comparisons: bool tensors, never recorded --------------------------------------------
     def _compare(self, other: Any, uf: np.ufunc) -> "Tensor":
         ov = other._v if isinstance(other, Tensor) else other
-        return _wrap(np.asarray(uf(self._v, ov)))
+        r = np.asarray(uf(self._v, ov))
+        tape = _tls.rec
+        if tape is not None and tape._guards is not None:
+            return _flag(self, other, uf, r)
+        return _wrap(r)
 
     def __lt__(self, other: Any) -> "Tensor":
         return self._compare(other, np.less)
@@ -1130,6 +1143,92 @@ class Tensor:
         """Functional index updates: ``x.at[i].set(v)``, ``x.at[i].add(v)`` return new tensors
         and record correctly (use them where ``x[i] = v`` would modify a recorded tensor)."""
         return _ops._AtIndexer(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# guards: where Python reads a value while recording for replay (see _replay)
+# ---------------------------------------------------------------------------------------------
+_RAW_V = Tensor.__dict__["_v"]  # the slot itself, under _Flag's guarding property
+_HERE = __file__.rsplit("/", 1)[0]
+_CMP = {np.greater: K.CMP_GT, np.greater_equal: K.CMP_GE, np.less: K.CMP_LT,
+        np.less_equal: K.CMP_LE, np.equal: K.CMP_EQ, np.not_equal: K.CMP_NE}
+_CMP_SIGN = {np.greater: ">", np.greater_equal: ">=", np.less: "<", np.less_equal: "<=",
+             np.equal: "==", np.not_equal: "!="}
+
+
+def _caller() -> str:
+    """``file:line`` of the innermost frame outside tapediff (names a guard)."""
+    f = sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_HERE):
+        f = f.f_back
+    return "?" if f is None else f"{f.f_code.co_filename}:{f.f_lineno}"
+
+
+def _guard(tape: Tape, t: Tensor, what: str) -> None:
+    """Record that Python saw ``t``'s current value: replay stops if it changes."""
+    v = _RAW_V.__get__(t)
+    n = _nsize(v)
+    kind = _kind(_dtype_of(v))
+    nv = [0, 0]
+    nv[kind] = 2 * n
+    tape.reserve(3, nv[0], 0, nv[1])
+    s = _slot_on(t, tape)
+    c = tape.append(K.OP_CONST, -1, -1, n, kind=kind)
+    tape.value_view(c, (n,))[...] = tape.value_view(s, (n,))
+    tape.append(K.OP_GUARD, s, c, 0, float(len(tape._guards)), kind=kind)
+    tape._guards.append(f"{what} at {_caller()}")
+
+
+def _observe(t: Tensor, what: str) -> None:
+    """Python is about to read ``t``'s value.  On a tape recording for replay, a value that
+    depends on the inputs becomes a guard (a comparison's result guards its outcome)."""
+    tape = _tls.rec
+    if tape is None or tape._guards is None:
+        return
+    if type(t) is _Flag:
+        t._v  # noqa: B018  (the property records the guard)
+    elif (t._tape is tape or (t._tape is None and t._rg)) and _dtype_of(t._v).kind == "f":
+        _guard(tape, t, what)
+
+
+class _Flag(Tensor):
+    """A comparison of tensors recorded for replay: a bool tensor whose outcome is an
+    OP_CMP record (``_src``, a tensor of 0/1 on the tape).  ``where`` uses the record, so
+    replay recomputes the selection; any other read of the value records a guard first."""
+
+    __slots__ = ("_src", "_what")
+
+    @property
+    def _v(self) -> Any:
+        src = self._src
+        if src is not None:
+            self._src = None
+            tape = _tls.rec
+            if tape is not None and src._tape is tape and tape._guards is not None:
+                _guard(tape, src, self._what)
+        return _RAW_V.__get__(self)
+
+    @_v.setter
+    def _v(self, v: Any) -> None:
+        self._src = None
+        _RAW_V.__set__(self, v)
+
+
+def _flag(a: Tensor, b: Any, uf: np.ufunc, r: np.ndarray) -> Tensor:
+    """``a (uf) b`` (values ``r``) as a _Flag when it depends on the recorded inputs."""
+    if type(a) is _Flag or type(b) is _Flag:  # comparing outcomes: a guard on each
+        return _wrap(np.asarray(uf(a._v, b._v if isinstance(b, Tensor) else b)))
+    rec = a._rg or (isinstance(b, Tensor) and b._rg)
+    dt = np.result_type(_strong(a._v), _strong(b._v) if isinstance(b, Tensor) else b)
+    if not rec or dt.kind != "f":
+        return _wrap(r)
+    f = _new(_Flag)
+    f._src = None
+    _RAW_V.__set__(f, r)
+    f._tape, f._slot, f._rg, f._grad, f._ver, f._lc = None, -1, False, None, 0, None
+    f._src = _ops._compare(a, b, _CMP[uf], r, dt)
+    f._what = f"the comparison `{_CMP_SIGN[uf]}`"
+    return f
 
 
 def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:

@@ -107,6 +107,17 @@ def reference_grads(tape, root, seed):
             out = np.zeros(int(tape.n[a]))
             np.add.at(out, pos, contrib)
             add(a, out)
+        elif op == K.OP_EXTREME:  # tied extremes share the adjoint
+            p = _payload(tape, i)
+            pos = _positions(p)
+            grp = _value(tape, a)[pos].reshape(-1, int(p[2]))
+            hit = grp == _value(tape, i)[:, None]
+            contrib = (hit / hit.sum(1, keepdims=True) * g[:, None]).reshape(-1)
+            out = np.zeros(int(tape.n[a]))
+            np.add.at(out, pos, contrib)
+            add(a, out)
+        elif op in (K.OP_CMP, K.OP_GUARD):  # no gradient through a comparison
+            continue
         elif op == K.OP_GATHER:
             out = np.zeros(int(tape.n[a]))
             np.add.at(out, _payload(tape, i), g)

@@ -1,9 +1,9 @@
-"""Every opcode has a branch in the reverse sweep, reached from the public API.
+"""Every opcode has a branch in the reverse and forward sweeps, reached from the public API.
 
 The sweep is a hand-written dispatch (see tapediff/_kernels.py): this table names, for each
 opcode, an expression that records it; the test checks the table covers every opcode, that
-the expression really records that opcode, and that its backward runs and matches finite
-differences.  An opcode added without a rule or without a row here fails.
+the expression really records that opcode, that its backward runs and matches finite
+differences, and that the forward sweep recomputes the values it recorded.  An opcode added without a rule or without a row here fails.
 """
 from __future__ import annotations
 
@@ -50,6 +50,9 @@ RECORDERS = {
     K.OP_PROD: lambda x: x.prod(axis=1),
     K.OP_CUMSUM: lambda x: x.cumsum(axis=1),
     K.OP_CUMPROD: lambda x: x.cumprod(axis=0),
+    K.OP_EXTREME: lambda x: x.max(axis=1) + x.min(axis=0).sum(),
+    K.OP_CMP: lambda x: td.maximum(x, x[0]),
+    K.OP_GUARD: lambda x: x * 2.0 if bool(x[0, 0] > 0.5) else x,  # on a replay recording
     K.OP_MATMUL: lambda x: x @ x.T,
     K.OP_CAST: lambda x: x.astype(np.float32).astype(np.float64),
 }
@@ -64,6 +67,7 @@ def test_every_opcode_has_a_row():
 def test_opcode_is_recorded_and_swept(op):
     fn = RECORDERS[op]
     with td.tape() as t:
+        t._guards = []  # record as for replay (guards included)
         x = td.tensor(X, requires_grad=True)
         fn(x)
         assert op in set(t.op[:len(t)].tolist()), f"{K.OPCODES[op]} was not recorded"
@@ -84,3 +88,33 @@ def test_an_unknown_opcode_is_an_internal_error_not_a_wrong_gradient():
         with pytest.raises(AssertionError, match="no rule"):
             y.backward()
     assert x.grad is None
+
+
+@pytest.mark.parametrize("op", sorted(K.OPCODES), ids=lambda o: K.OPCODES[o])
+def test_forward_sweep_recomputes_every_recorded_value(op):
+    with td.tape() as t:
+        t._guards = []
+        x = td.tensor(X * 0.9, requires_grad=True)
+        y = RECORDERS[op](x)
+    top = len(t)
+    recorded = [t.value_view(s, (int(t.n[s]),)).copy() for s in range(top)]
+    computed = [s for s in range(top) if t.op[s] not in (K.OP_LEAF, K.OP_CONST)]
+    for s in computed:  # forget every computed value
+        t.value_view(s, (int(t.n[s]),))[...] = np.nan
+    assert t.forward() == -1  # no guard fails at the same inputs
+    for s in computed:
+        np.testing.assert_allclose(t.value_view(s, (int(t.n[s]),)), recorded[s], rtol=1e-6,
+                                   err_msg=f"record {s} ({K.OPCODES[int(t.op[s])]})")
+    assert y is not None
+
+
+def test_a_guard_fails_when_its_value_changes():
+    with td.tape() as t:
+        t._guards = []
+        x = td.tensor(X, requires_grad=True)
+        RECORDERS[K.OP_GUARD](x)
+    leaf = x._lc[1]
+    assert t.forward() == -1
+    t.value_view(leaf, X.shape)[...] = -X  # x[0, 0] > 0.5 no longer holds
+    g = t.forward()
+    assert t.op[g] == K.OP_GUARD and "comparison" in t._guards[int(t.p[g])]

@@ -1,0 +1,389 @@
+"""Functional gradients and replay: ``value_and_grad``, ``grad``, ``Tape.gradient``.
+
+``value_and_grad(fn)`` records ``fn`` on a private tape and sweeps it, returning new arrays
+and touching no ``.grad``.  With ``replay=True`` the recording is kept: a later call with
+inputs of the same shapes and dtypes writes them into the leaves' arena ranges and runs the
+jitted forward sweep (every record's value again, from its inputs) and the reverse sweep,
+with no Python per operation.
+
+Replay is exact only while the recorded operations are the ones ``fn`` would perform at the
+new inputs.  Everything Python decided from a value while recording is therefore checked:
+
+* a value Python read (``bool(t)``, ``float(t)``, ``int(t)``, ``t.item()``, ``t.tolist()``,
+  ``t.numpy()``, ``np.asarray(t)``, NumPy functions without a gradient such as
+  ``np.floor``, ``np.isnan``, ``np.argsort``) becomes a guard on that value;
+* a comparison of tensors (``x > 0``, ``np.less(x, y)``) is recorded: used as the condition
+  of ``td.where`` / ``np.where`` it is re-evaluated at each replay (no guard); read in any
+  other way (``if x > 0:``, a mask ``x[x > 0]``, arithmetic) it becomes a guard on its
+  outcome;
+* ``argmax``/``argmin`` guard which elements are the extremes, ``np.sort`` that the sorted
+  values are still in order, ``sign`` the signs;
+* ``max``/``min`` reductions, ``maximum``/``minimum``, ``clip``, ``abs`` and ``relu`` are
+  recomputed by their kernels: no guard.
+
+A guard whose value differs at replay stops the replay: the call records ``fn`` again
+(``on_guard="rerecord"``, the default) or raises :class:`GuardError` naming the guard
+(``on_guard="raise"``).  New shapes or dtypes, or different static arguments, record again.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ._grad_mode import enable_grad
+from ._tape import Tape
+from ._tensor import _ERR_RELEASED, _F64, Tensor, _nsize, _wrap, _norm, tensor
+
+_ON_GUARD = ("rerecord", "raise")
+
+
+class GuardError(RuntimeError):
+    """A replayed function reached a guard whose value changed since it was recorded: Python
+    decided something from that value (a branch, an index), so the recording does not hold
+    at these inputs."""
+
+
+def _argnums(argnums: Any) -> tuple[tuple[int, ...], bool]:
+    if isinstance(argnums, int) and not isinstance(argnums, bool):
+        return (argnums,), True
+    if (isinstance(argnums, (tuple, list)) and argnums
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in argnums)):
+        return tuple(argnums), False
+    raise TypeError(f"argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
+
+
+def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
+                   replay: bool = False, on_guard: str = "rerecord") -> Callable[..., Any]:
+    """A function returning ``(fn(*args), gradient of fn with respect to args[argnums])``.
+
+    ``fn`` must return a scalar.  The arguments at ``argnums`` may be floats, arrays or
+    tensors; their gradients are new arrays of the same shapes (tensors when any of them
+    is a tensor), and no ``.grad`` is touched.  With ``argnums`` a tuple, the gradient is
+    a tuple.
+
+    With ``replay=True``, the first call records ``fn`` and later calls with arguments of
+    the same shapes and dtypes replay the recording in compiled code instead of running
+    ``fn``: see the module documentation of ``tapediff._replay`` for what is guarded, and
+    README's "Replay" for the rules on arguments.  ``on_guard`` ("rerecord" or "raise")
+    says what a changed guard does.
+
+    >>> import numpy as np, tapediff as td
+    >>> f = td.value_and_grad(lambda x: (x ** 2).sum(), replay=True)
+    >>> f(np.array([1.0, 2.0]))
+    (np.float64(5.0), array([2., 4.]))
+    >>> f(np.array([3.0, 4.0]))  # replayed
+    (np.float64(25.0), array([6., 8.]))
+    """
+    nums, single = _argnums(argnums)
+    if on_guard not in _ON_GUARD:
+        raise ValueError(f"on_guard must be 'rerecord' or 'raise', got {on_guard!r}")
+    if replay:
+        return Replayed(fn, nums, single, True, on_guard)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        rec = _Recording(fn, nums, args, kwargs, guarded=False)
+        return rec.result(single, True)
+    return run
+
+
+def grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *, replay: bool = False,
+         on_guard: str = "rerecord") -> Callable[..., Any]:
+    """A function returning the gradient of the scalar ``fn`` with respect to
+    ``args[argnums]``: ``value_and_grad`` without the value.
+
+    >>> import numpy as np, tapediff as td
+    >>> td.grad(lambda x, y: (x * y).sum(), argnums=(0, 1))(np.ones(2), np.full(2, 3.0))
+    (array([3., 3.]), array([1., 1.]))
+    """
+    nums, single = _argnums(argnums)
+    if on_guard not in _ON_GUARD:
+        raise ValueError(f"on_guard must be 'rerecord' or 'raise', got {on_guard!r}")
+    if replay:
+        return Replayed(fn, nums, single, False, on_guard)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return _Recording(fn, nums, args, kwargs, guarded=False).result(single, False)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments
+# ---------------------------------------------------------------------------------------------
+def _values_of(x: Any) -> np.ndarray:
+    v = np.asarray(x._v if isinstance(x, Tensor) else x)
+    if v.dtype.kind in "iub":
+        v = v.astype(_F64)
+    return v
+
+
+def _is_dynamic(x: Any) -> bool:
+    """Float arrays and tensors not differentiated: fresh values on every call."""
+    if isinstance(x, Tensor):
+        return x.dtype.kind == "f"
+    return isinstance(x, np.ndarray) and x.dtype.kind == "f"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether a static argument equals the one the recording saw."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # incomparable (e.g. arrays inside): treat as changed
+        return False
+
+
+def _signature(nums: tuple, args: tuple, kwargs: dict) -> tuple[list, list, list]:
+    """(key, dynamic values, static values): the key lists each argument's role, shape and
+    dtype; dynamic ones (differentiated, or float arrays) are written in at replay."""
+    key, dyn, static = [], [], []
+    for i, x in enumerate(args):
+        if i in nums or _is_dynamic(x):
+            v = _values_of(x)
+            key.append((i, i in nums, v.shape, v.dtype))
+            dyn.append(v)
+        else:
+            key.append((i, None))
+            static.append(x)
+    for k in sorted(kwargs):
+        x = kwargs[k]
+        if _is_dynamic(x):
+            v = _values_of(x)
+            key.append((k, False, v.shape, v.dtype))
+            dyn.append(v)
+        else:
+            key.append((k, None))
+            static.append(x)
+    return key, dyn, static
+
+
+# ---------------------------------------------------------------------------------------------
+# one recording of fn
+# ---------------------------------------------------------------------------------------------
+class _Recording:
+    """``fn`` recorded at some arguments: its tape, the slots of its inputs and output."""
+
+    def __init__(self, fn: Callable, nums: tuple, args: tuple, kwargs: dict,
+                 guarded: bool) -> None:
+        for i in nums:
+            if not -len(args) <= i < len(args):
+                raise TypeError(f"argnums={i} but the function was called with {len(args)} "
+                                "positional arguments")
+        nums = tuple(i % len(args) for i in nums)
+        self.nums = nums
+        self.tensor_out = any(isinstance(args[i], Tensor) for i in nums)
+        self.key, _, self.static = _signature(nums, args, kwargs) if guarded else ([], [], [])
+        tape = self.tape = Tape()
+        if guarded:
+            tape._guards = []
+        # every dynamic argument is a leaf of the recording (differentiated or not)
+        call = list(args)
+        kw = dict(kwargs)
+        self.inputs: list[Tensor] = []  # in the order of _signature's dynamic values
+        for i, x in enumerate(args):
+            if i in nums or (guarded and _is_dynamic(x)):
+                call[i] = _leaf(x)
+                self.inputs.append(call[i])
+        if guarded:
+            for k in sorted(kwargs):
+                if _is_dynamic(kwargs[k]):
+                    kw[k] = _leaf(kwargs[k])
+                    self.inputs.append(kw[k])
+        self.diff = [call[i] for i in nums]
+        with tape, enable_grad():
+            y = fn(*call, **kw)
+            if isinstance(y, Tensor) and y._rg and y._tape is not tape:
+                y = y + 0.0  # the output is an input itself: give it a record here
+        if not isinstance(y, Tensor):
+            y = tensor(y)
+        if y.dtype.kind != "f":
+            raise TypeError(f"the function must return a float scalar, got dtype {y.dtype}")
+        if _nsize(y._v) != 1:
+            raise RuntimeError("grad can be implicitly created only for scalar outputs; the "
+                               f"function returned shape {y.shape}: reduce it (e.g. .sum())")
+        self.shape = y.shape
+        self.dtype = y.dtype
+        self.out = y if y._tape is tape else None
+        self.const = None if self.out is not None else np.array(y._v)
+        if guarded:
+            tape.reclaim()  # drop what neither the output nor a guard needs
+        self.first = self._sweep()
+
+    def slot(self, t: Tensor) -> int:
+        """The slot of input ``t`` on the tape, or -1 when ``fn`` did not use it."""
+        c = t._lc
+        return c[1] if c is not None and c[0]() is self.tape else -1
+
+    def _sweep(self) -> tuple:
+        """(value, gradients) from the values now in the arena."""
+        tape = self.tape
+        if self.out is None:
+            return self.const, [np.zeros(x.shape, x.dtype) for x in self.diff]
+        root = self.out._slot
+        touched = np.zeros(tape.top, np.uint8)
+        if tape.sweep(root, np.ones(1), True, touched) is None:  # pragma: no cover
+            raise AssertionError("a kept recording was released")
+        value = tape.value_view(root, self.shape).copy()
+        grads = []
+        for x in self.diff:
+            s = self.slot(x)
+            if s >= 0 and touched[s]:
+                grads.append(tape.adjoint_view(s).reshape(x.shape).copy())
+            else:
+                grads.append(np.zeros(x.shape, x.dtype))
+        return value, grads
+
+    def replay(self, dyn: list) -> tuple | int:
+        """Value and gradients at the dynamic arguments ``dyn``, or the index of the guard
+        that failed."""
+        tape = self.tape
+        for x, v in zip(self.inputs, dyn):
+            s = self.slot(x)
+            if s >= 0:
+                tape.value_view(s, v.shape)[...] = v
+        g = tape.forward()
+        if g >= 0:
+            return int(tape.p[g])
+        return self._sweep()
+
+    def result(self, single: bool, with_value: bool, out: tuple | None = None) -> Any:
+        value, grads = self.first if out is None else out
+        if self.tensor_out:
+            grads = [_wrap(_norm(g)) for g in grads]
+            value = _wrap(_norm(value))
+        else:  # 0-d results as NumPy scalars, as NumPy's own reductions give them
+            value = value[()] if value.ndim == 0 else value
+            grads = [g[()] if g.ndim == 0 else g for g in grads]
+        g = grads[0] if single else tuple(grads)
+        return (value, g) if with_value else g
+
+
+def _leaf(x: Any) -> Tensor:
+    """A fresh leaf that requires grad, holding a copy of ``x``'s values (ints as float64)."""
+    return tensor(_values_of(x), requires_grad=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the replayed function
+# ---------------------------------------------------------------------------------------------
+class Replayed:
+    """``fn``'s value and gradient, recorded on the first call and replayed on later ones.
+
+    Made by ``td.value_and_grad(fn, replay=True)`` or ``td.grad(fn, replay=True)``.  Each
+    thread keeps its own recording, so calls from several threads run at once (the sweeps
+    release the GIL).  ``recordings`` counts the times ``fn`` ran, ``replays`` the calls
+    answered by replay, ``last_guard`` names the last guard that stopped a replay.
+    """
+
+    def __init__(self, fn: Callable, nums: tuple, single: bool, with_value: bool,
+                 on_guard: str) -> None:
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+        self._nums = nums
+        self._single = single
+        self._with_value = with_value
+        self._on_guard = on_guard
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.recordings = 0
+        self.replays = 0
+        self.last_guard: str | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rec = getattr(self._local, "rec", None)
+        if rec is not None:
+            key, dyn, static = _signature(rec.nums, args, kwargs)
+            if key == rec.key and all(_same(a, b) for a, b in zip(static, rec.static)):
+                out = rec.replay(dyn)
+                if not isinstance(out, int):
+                    with self._lock:
+                        self.replays += 1
+                    return rec.result(self._single, self._with_value, out)
+                what = rec.tape._guards[out]
+                with self._lock:
+                    self.last_guard = what
+                if self._on_guard == "raise":
+                    raise GuardError(
+                        f"replay of {getattr(self._fn, '__name__', 'the function')} stopped: "
+                        f"the value read by {what} changed since it was recorded, so the "
+                        "function may take another path; pass on_guard='rerecord' to record "
+                        "it again instead")
+        rec = _Recording(self._fn, self._nums, args, kwargs, guarded=True)
+        self._local.rec = rec
+        with self._lock:
+            self.recordings += 1
+        return rec.result(self._single, self._with_value)
+
+    @property
+    def tape(self) -> Tape | None:
+        """This thread's recording (None before the first call)."""
+        rec = getattr(self._local, "rec", None)
+        return None if rec is None else rec.tape
+
+
+# ---------------------------------------------------------------------------------------------
+# Tape.gradient
+# ---------------------------------------------------------------------------------------------
+def tape_gradient(tape: Tape, y: Tensor, xs: Any, gradient: Any = None,
+                  retain_graph: bool = False) -> Any:
+    """See ``Tape.gradient``."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"gradient() needs a Tensor output, got {type(y).__name__}")
+    single = isinstance(xs, Tensor)
+    xs = [xs] if single else list(xs)
+    for x in xs:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"gradient() differentiates with respect to Tensors, got "
+                            f"{type(x).__name__}")
+        if not x._rg:
+            raise RuntimeError("One of the differentiated Tensors does not require grad")
+    if not y._rg:
+        raise RuntimeError("element 0 of tensors does not require grad and does not have a "
+                           "grad_fn")
+    if y._tape is not None and y._tape is not tape:
+        raise RuntimeError("the output was recorded on another tape; call gradient() on the "
+                           "tape that recorded it")
+    if gradient is None:
+        if _nsize(y._v) != 1:
+            raise RuntimeError("grad can be implicitly created only for scalar outputs")
+        seed = np.ones(1)
+    else:
+        seed = np.asarray(gradient._v if isinstance(gradient, Tensor) else gradient, _F64)
+        if seed.shape != y.shape:
+            raise RuntimeError(f"Mismatch in shape: gradient has a shape of {seed.shape} "
+                               f"and output has a shape of {y.shape}.")
+    if y._tape is None:  # y is a leaf: d y / d y is the seed
+        return _pack([_wrap(_norm(seed.astype(x.dtype).reshape(x.shape))) if x is y else
+                      _wrap(_norm(np.zeros(x.shape, x.dtype))) for x in xs], single)
+    root = y._slot
+    touched = np.zeros(root + 1, np.uint8)
+    if tape.sweep(root, seed, retain_graph, touched) is None:
+        raise RuntimeError(_ERR_RELEASED)
+    out = []
+    for x in xs:
+        if x._tape is tape:
+            s = x._slot
+        else:
+            c = x._lc
+            s = c[1] if c is not None and c[0]() is tape and c[2] == x._ver else -1
+        if 0 <= s <= root and touched[s]:
+            g = tape.adjoint_view(s).reshape(x.shape).copy()
+        else:
+            g = np.zeros(x.shape, x.dtype)
+        out.append(_wrap(_norm(g)))
+    return _pack(out, single)
+
+
+def _pack(out: list, single: bool) -> Any:
+    return out[0] if single else tuple(out)
+
+
