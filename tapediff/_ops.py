@@ -572,21 +572,32 @@ def logsumexp(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) 
     axis, keepdims = _axis_args(axis, keepdims, aliases)
     x = _float(_t(x))
     a = _arr(x)
-    m = np.max(a, axis=axis, keepdims=True) if a.size else np.zeros((1,) * a.ndim, a.dtype)
-    m = np.where(np.isfinite(m), m, 0).astype(a.dtype)  # the shift is a constant
+    m = _shift(x, a, axis)
     with np.errstate(divide="ignore"):
         out = log(sum_(exp(x - m), axis, keepdims=True)) + m
     return out if keepdims else squeeze(out, axis if axis is not None else None) \
         if a.ndim else out
 
 
+def _shift(x: Tensor, a: np.ndarray, axis: Any) -> Any:
+    """The maximum along ``axis`` (kept), 0 where it is not finite: the shift that keeps
+    exp() from overflowing.  A constant (its gradient contributions cancel), except when
+    recording for replay, where it must follow the inputs: then it is recorded."""
+    m = np.max(a, axis=axis, keepdims=True) if a.size else np.zeros((1,) * a.ndim, a.dtype)
+    fin = np.isfinite(m)
+    m = np.where(fin, m, 0).astype(a.dtype)
+    if a.size == 0 or _guarding(x) is None:
+        return m
+    top = _extreme(x, axis, True, {}, np.max)
+    finite = _compare(top - top, 0.0, K.CMP_EQ, fin, a.dtype)  # inf - inf and NaN are not 0
+    return _where_weighted(finite, top, _as_tensor(0.0, a.dtype), m)
+
+
 def softmax(x: Any, axis: Any = -1, **aliases: Any) -> Tensor:
     """exp(x) / sum(exp(x)) along ``axis`` (default last), without overflow."""
     axis, _ = _axis_args(axis, False, aliases)
     x = _float(_t(x))
-    a = _arr(x)
-    m = np.max(a, axis=axis, keepdims=True) if a.size else 0.0
-    m = np.where(np.isfinite(m), m, 0).astype(a.dtype)
+    m = _shift(x, _arr(x), axis)
     e = exp(x - m)
     return e / sum_(e, axis, keepdims=True)
 
@@ -632,6 +643,9 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
     if ord == 1:
         return sum_(abs_(x), axes, keepdims)
     if ord == 0:
+        tape = _guarding(x)
+        if tape is not None:  # a count of nonzeros: replay checks which elements are zero
+            _guard(tape, _compare(x, 0.0, K.CMP_NE, _arr(x) != 0, _arr(x).dtype), "norm(ord=0)")
         return _wrap(_norm(np.sum(_arr(x) != 0, axis=axes, keepdims=keepdims).astype(_F64)))
     if isinstance(ord, str):
         raise ValueError(f"invalid norm order {ord!r} for vectors")

@@ -4,6 +4,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
@@ -37,3 +40,12 @@ def test_tour():
                  "exec"), ns)
     assert repr(ns["x"].grad) == "tensor([2., 2., 2.])"
     assert ns["w"].grad is None
+
+
+def test_replay_with_scipy_example():
+    pytest.importorskip("scipy")
+    ns: dict = {}
+    exec(compile(_block("scipy.optimize.minimize(fg"), "README.md", "exec"), ns)
+    res, fg = ns["res"], ns["fg"]
+    assert res.success and np.abs(res.x - 1.0).max() < 1e-4
+    assert fg.recordings == 1 and fg.replays == res.nfev - 1
