@@ -13,7 +13,7 @@ block in the int64 side table ``meta`` (``meta[m]`` holds the block's length, th
 follows).  Opcodes in ``META_INPUTS`` list further input slots at the start of their
 payload: ``meta[m+1]`` = count, then the slots.
 
-The sweep: ``reverse_sweep`` is one jitted loop over the records of one arena kind (Numba
+The sweeps: ``reverse_sweep`` is one jitted loop over the records of one arena kind (Numba
 compiles it once per kind, on first use).  It hands control back to the Python driver
 (``Tape.sweep``) at a record of the other kind and at the two records whose rules are NumPy
 calls: ``OP_MATMUL`` (BLAS; a BLAS call compiled into the sweep costs ~7 s of cold compile)
@@ -21,6 +21,9 @@ and ``OP_CAST`` (it spans both arenas).  Dispatch is a hand-written ``if/elif`` 
 cannot cache functions built with ``exec`` nor functions that receive other jitted
 functions as arguments, so a registry-driven dispatch would lose the cache or need
 generated code; ``tests/test_kernels.py`` checks that every opcode has a branch.
+``forward_sweep`` is its mirror for replay: it recomputes each record's value from its
+inputs (each primitive's forward rule sits beside its reverse rule) and stops at a guard
+record whose value changed.
 
 Kernels use ``error_model="numpy"``: division by zero and the like give inf/nan as in NumPy
 (Numba's default raises ZeroDivisionError) and loops need no per-element checks.
@@ -928,6 +931,24 @@ def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val):
         else:
             return UNKNOWN_OPCODE
     return SWEEP_DONE
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def replay_sweeps(top, root, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, adj,
+                  touched, leaf_slots, nleaf):
+    """Replay in one call: the forward sweep over records 0 .. top - 1, then the reverse
+    sweep from the scalar ``root`` (if >= 0) seeded with 1.  For tapes of one arena kind
+    without Python rules.  Returns ``-3 - i`` when guard i fails, else the reverse sweep's
+    code."""
+    r = forward_sweep(0, top, kind, op, ia, ib, off, n, p, mi, dt, meta, val)
+    if r != SWEEP_DONE or root < 0:
+        return r
+    touched[:root + 1] = 0
+    touched[root] = 1
+    adj[off[root]] = 1.0
+    nleaf[0] = 0
+    return reverse_sweep(root, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, adj,
+                         touched, leaf_slots, nleaf)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -4,7 +4,7 @@ A tape is a struct of arrays: record ``i`` (opcode, input slots, arena offset, s
 parameter, side-table offset, flags, arena kind) produces slot ``i``.  Values live in two
 flat arenas, one per floating dtype (float64 and float32, so float32 code stays float32 end
 to end), adjoints in two more of the same sizes.  Nothing on the tape is a Python object,
-so the jitted kernels in ``_kernels`` can reverse (and later re-run) any record from the
+so the jitted kernels in ``_kernels`` can reverse or re-run (replay) any record from the
 arrays.
 
 Python-side bookkeeping is limited to weak references: to the tensors recorded here
