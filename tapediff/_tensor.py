@@ -819,8 +819,9 @@ class Tensor:
         return format_tensor(np.asarray(v), suffix)
 
     def __format__(self, spec: str) -> str:
+        # display only: no replay guard (the computation does not depend on it)
         if spec and _nsize(self._v) == 1:
-            return format(self.item(), spec)
+            return format(np.asarray(self._v).item(), spec)
         return repr(self) if not spec else format(repr(self), spec)
 
     # -- arithmetic --------------------------------------------------------------------------
