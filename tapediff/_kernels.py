@@ -269,7 +269,8 @@ def value_hot(o, x, z, c):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def value(o, x, z, c):
-    """Every elementwise forward rule (the hot ones via ``value_hot``)."""
+    """Every elementwise forward rule (the hot ones via ``value_hot``).  Numba's math
+    functions give NumPy's results outside their domains (nan, -inf) without checks."""
     if o == OP_POW:
         return x ** z
     if o == OP_ARCTAN2:
@@ -287,24 +288,23 @@ def value(o, x, z, c):
     if o == OP_RPOW_C:
         return c ** x
     if o == OP_LOG:
-        return math.log(x) if x > 0.0 else (-math.inf if x == 0.0 else math.nan)
+        return math.log(x)
     if o == OP_SQRT:
-        return math.sqrt(x) if x >= 0.0 else math.nan
+        return math.sqrt(x)
     if o == OP_SIN:
         return math.sin(x)
     if o == OP_COS:
         return math.cos(x)
     if o == OP_TAN:
         return math.tan(x)
-    if o == OP_SIGMOID:  # never overflows: 1/(1+e) for x >= 0, e/(1+e) below
-        e = math.exp(-abs(x))
-        return (1.0 if x >= 0.0 else e) / (1.0 + e)
+    if o == OP_SIGMOID:
+        return _sigmoid(x)
     if o == OP_RELU:
         return x if x > 0.0 or x != x else 0.0
     if o == OP_ABS:
         return abs(x)
     if o == OP_LOG1P:
-        return math.log1p(x) if x >= -1.0 else math.nan
+        return math.log1p(x)
     if o == OP_EXPM1:
         return math.expm1(x)
     if o == OP_SINH:
@@ -312,20 +312,31 @@ def value(o, x, z, c):
     if o == OP_COSH:
         return math.cosh(x)
     if o == OP_ARCSIN:
-        return math.asin(x) if -1.0 <= x <= 1.0 else math.nan
+        return math.asin(x)
     if o == OP_ARCCOS:
-        return math.acos(x) if -1.0 <= x <= 1.0 else math.nan
+        return math.acos(x)
     if o == OP_ARCTAN:
         return math.atan(x)
     if o == OP_LOG2:
-        return math.log2(x) if x > 0.0 else (-math.inf if x == 0.0 else math.nan)
+        return math.log2(x)
     if o == OP_LOG10:
-        return math.log10(x) if x > 0.0 else (-math.inf if x == 0.0 else math.nan)
+        return math.log10(x)
     if o == OP_EXP2:
         return 2.0 ** x
-    if o == OP_SOFTPLUS:  # log(1 + e^x) without overflow
-        return (x if x > 0.0 else 0.0) + math.log1p(math.exp(-abs(x)))
+    if o == OP_SOFTPLUS:
+        return _softplus(x)
     return value_hot(o, x, z, c)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _sigmoid(x):  # never overflows: 1/(1+e) for x >= 0, e/(1+e) below
+    e = math.exp(-abs(x))
+    return (1.0 if x >= 0.0 else e) / (1.0 + e)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _softplus(x):  # log(1 + e^x) without overflow
+    return (x if x > 0.0 else 0.0) + math.log1p(math.exp(-abs(x)))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -371,7 +382,60 @@ def _vector_value(o, val, oo, oa, ob, nn, ma, mb, c, generic=False):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _vector_value_any(o, val, oo, oa, ob, nn, ma, mb, c):
-    _vector_value(o, val, oo, oa, ob, nn, ma, mb, c, True)
+    """``_vector_value`` for the other rules: one loop per common unary rule (no dispatch per
+    element; compiled once, on the first replay), the rarest through ``value``."""
+    y = val[oo:oo + nn]
+    x = val[oa:oa + nn] if ma else val[oa:oa + 1]
+    if o == OP_LOG:
+        for k in range(nn):
+            y[k] = math.log(x[k & ma])
+    elif o == OP_SQRT:
+        for k in range(nn):
+            y[k] = math.sqrt(x[k & ma])
+    elif o == OP_SIN:
+        for k in range(nn):
+            y[k] = math.sin(x[k & ma])
+    elif o == OP_COS:
+        for k in range(nn):
+            y[k] = math.cos(x[k & ma])
+    elif o == OP_SIGMOID:
+        for k in range(nn):
+            y[k] = _sigmoid(x[k & ma])
+    elif o == OP_RELU:
+        for k in range(nn):
+            v = x[k & ma]
+            y[k] = v if v > 0.0 or v != v else 0.0
+    elif o == OP_ABS:
+        for k in range(nn):
+            y[k] = abs(x[k & ma])
+    elif o == OP_LOG1P:
+        for k in range(nn):
+            y[k] = math.log1p(x[k & ma])
+    elif o == OP_SOFTPLUS:
+        for k in range(nn):
+            y[k] = _softplus(x[k & ma])
+    elif o == OP_RSUB_C:
+        for k in range(nn):
+            y[k] = c - x[k & ma]
+    elif o == OP_DIV_C:
+        for k in range(nn):
+            y[k] = x[k & ma] / c
+    elif o == OP_RDIV_C:
+        for k in range(nn):
+            y[k] = c / x[k & ma]
+    elif o == OP_POW_C and c == 2.0:
+        for k in range(nn):
+            v = x[k & ma]
+            y[k] = v * v
+    elif o == OP_POW_C and c == 3.0:
+        for k in range(nn):
+            v = x[k & ma]
+            y[k] = v * v * v
+    elif o == OP_POW_C and c == -1.0:
+        for k in range(nn):
+            y[k] = 1.0 / x[k & ma]
+    else:
+        _vector_value(o, val, oo, oa, ob, nn, ma, mb, c, True)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -477,20 +541,46 @@ def restride_adjoint(meta, m, adj, oo, oa):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def restride_value(meta, m, val, oo, oa, nn):
-    """Forward of ``restride_adjoint``: out[k // R] (+)= in[pos(k)]."""
+    """Forward of ``restride_adjoint``: out[k // R] (+)= in[pos(k)], in the same strided
+    iteration (no position array)."""
+    d = meta[m + 1]
+    start = meta[m + 2]
     r = meta[m + 3]
-    pos = restride_positions(meta, m)
+    shp = meta[m + 4:m + 4 + d]
+    st = meta[m + 4 + d:m + 4 + 2 * d]
+    inner = shp[d - 1]
+    s = st[d - 1]
+    total = 1
+    for j in range(d):
+        total *= shp[j]
     y = val[oo:oo + nn]
-    x = val[oa:]
-    if r == 1:
-        for k in range(nn):
-            y[k] = x[pos[k]]
+    if r > 1:
+        y[:] = 0.0
+    if total == 0:
         return
-    for j in range(nn):
-        acc = 0.0
-        for t in range(r):
-            acc += x[pos[j * r + t]]
-        y[j] = acc
+    x = val[oa:]
+    idx = np.zeros(d, np.int64)
+    base = start
+    k = 0
+    for _ in range(total // inner):
+        if r == 1:
+            if s == 1:
+                for t in range(inner):
+                    y[k + t] = x[base + t]
+            else:
+                for t in range(inner):
+                    y[k + t] = x[base + t * s]
+        else:  # one output element per inner run (r is a multiple of inner)
+            acc = 0.0
+            if s == 1:
+                for t in range(inner):
+                    acc += x[base + t]
+            else:
+                for t in range(inner):
+                    acc += x[base + t * s]
+            y[k // r] += acc
+        k += inner
+        base = _advance(idx, shp, st, base, d - 2)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
