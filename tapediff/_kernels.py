@@ -167,9 +167,11 @@ def partials_hot(o, g, x, z, y, c):
         return g / z, -g * y / z
     if o == OP_MUL_C:  # also ADD_C, RSUB_C, DIV_C with c = d out/d a (see reverse_sweep)
         return g * c, 0.0
-    if o == OP_POW_C:  # c x^(c-1); squares are common enough to skip pow()
+    if o == OP_POW_C:  # c x^(c-1); squares and cubes are common enough to skip pow()
         if c == 2.0:
             return 2.0 * g * x, 0.0
+        if c == 3.0:
+            return 3.0 * g * (x * x), 0.0
         return (0.0 if c == 0.0 else g * c * x ** (c - 1.0)), 0.0
     if o == OP_EXP:
         return g * y, 0.0
@@ -466,9 +468,52 @@ def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, generic
             db[k & mb] += pb
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _put(da, k, ma, pa, fa):
+    if fa:
+        da[k] = pa
+    else:
+        da[k & ma] += pa
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
-    """``_vector_rule`` for the rarer rules, compiled once for any opcode."""
+    """``_vector_rule`` for the other rules, compiled once: one loop per common unary rule
+    (whose libm calls dominate; no dispatch per element), the rarest through ``partials``."""
+    if ob == oa and ga and not gb and o > OP_HYPOT:  # a unary rule (or a constant operand)
+        g = adj[oo:oo + nn]
+        y = val[oo:oo + nn]
+        x = val[oa:]
+        da = adj[oa:]
+        if o == OP_LOG:
+            for k in range(nn):
+                _put(da, k, ma, g[k] / x[k & ma], fa)
+            return
+        if o == OP_SQRT:
+            for k in range(nn):
+                _put(da, k, ma, g[k] * 0.5 / y[k], fa)
+            return
+        if o == OP_SIN:
+            for k in range(nn):
+                _put(da, k, ma, g[k] * math.cos(x[k & ma]), fa)
+            return
+        if o == OP_COS:
+            for k in range(nn):
+                _put(da, k, ma, -g[k] * math.sin(x[k & ma]), fa)
+            return
+        if o == OP_ABS:
+            for k in range(nn):
+                v = x[k & ma]
+                _put(da, k, ma, g[k] if v > 0.0 else (-g[k] if v < 0.0 else 0.0), fa)
+            return
+        if o == OP_LOG1P:
+            for k in range(nn):
+                _put(da, k, ma, g[k] / (1.0 + x[k & ma]), fa)
+            return
+        if o == OP_SOFTPLUS:
+            for k in range(nn):
+                _put(da, k, ma, -g[k] * math.expm1(-y[k]), fa)
+            return
     _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, True)
 
 
