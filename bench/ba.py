@@ -99,7 +99,7 @@ def make_case(label: str, n_cams: int, n_pts: int, n_obs: int, seed: int = 0) ->
     feats = project(np, cams[cam_idx], X[pt_idx]) + rng.normal(0, 0.01, (n_obs, 2))
     return Case(WORKLOAD, f"BA {label} ({n_cams} cams, {n_pts:,} pts, {n_obs:,} obs)",
                 ba_objective, [cams, X, w], [cam_idx, pt_idx, feats],
-                size={"cameras": n_cams, "points": n_pts, "observations": n_obs})
+                size={"cameras": n_cams, "points": n_pts, "observations": n_obs}, replay=True)
 
 
 def cases(quick: bool) -> list[Case]:

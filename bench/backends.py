@@ -16,6 +16,7 @@ why not).  Every contender gets its inputs converted once, outside the timed fun
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ import numpy as np
 import tapediff as td
 
 from .case import (  # noqa: F401  (the names are re-exported)
-    AUTOGRAD_NAME, HAND, JAX_NAME, PEER_NAMES, PRIMAL, TAPEDIFF, TORCH_NAME, Case,
+    AUTOGRAD_NAME, HAND, JAX_NAME, PEER_NAMES, PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME,
+    Case,
 )
 
 
@@ -53,6 +55,12 @@ def _np_logsumexp(a: Any, axis: int) -> Any:
 
 
 NUMPY = Namespace("numpy", np, logsumexp=_np_logsumexp)
+# Replay runs the same NumPy code, except for logsumexp: ``_np_logsumexp`` reads the maximum
+# with ``np.asarray``, which a recording for replay turns into a guard on that value, so every
+# call whose maximum differs from the recorded one records again.  ``td.logsumexp`` records
+# its shift instead, and replay recomputes it, as the peers' own logsumexp functions do.
+NUMPY_REPLAY = Namespace("numpy (replay)", np,
+                         logsumexp=lambda a, axis: td.logsumexp(a, axis=axis))
 TD = Namespace("tapediff", td)
 MATH = Namespace("math", math)
 
@@ -126,6 +134,10 @@ class Contender:
     agreement check (None for the primal).  ``traced``: its allocations go through NumPy,
     so ``tracemalloc`` sees them; ``held_bytes()`` adds memory it keeps between calls (the
     tape's arenas).  ``compile_s``: JAX's trace + compile time, outside the timings.
+    ``first_call_s``: the first call's time, including what later calls skip (JAX's trace and
+    compile, tapediff replay's recording), measured when the contender is built.
+    ``verify()``: called after timing; returns a problem (fails the run) or None.
+    ``replayed``: the ``td.Replayed`` function of the replay contender.
     """
 
     name: str
@@ -134,6 +146,9 @@ class Contender:
     traced: bool = False
     held_bytes: Callable[[], int] | None = None
     compile_s: float | None = None
+    first_call_s: float | None = None
+    verify: Callable[[], str | None] | None = None
+    replayed: Any = None
 
 
 def _as_grad(g: Any) -> np.ndarray:
@@ -188,6 +203,74 @@ def tapediff(case: Case, ns: str | None = None, label: str = TAPEDIFF) -> Conten
     return Contender(label, run, vg, traced=True, held_bytes=lambda: tape.nbytes)
 
 
+def replay_function(case: Case) -> tuple[td.Replayed, list]:
+    """``td.value_and_grad(objective, argnums=params, replay=True)`` and its arguments.
+
+    A list param (Horner's coefficients, one leaf each in the eager contender) is passed as
+    one float array and split into its 0-d elements inside the function: the gradient is
+    the same, and one array argument is the natural functional form.  The data follow the
+    params as further arguments: float arrays among them are replay's dynamic inputs
+    (written into the tape on every call), the rest (index arrays, Python numbers) static.
+    """
+    xp = TD if case.td_ns == "td" else NUMPY_REPLAY
+    f, nparams = case.objective, len(case.params)
+    lists = {i for i, p in enumerate(case.params) if isinstance(p, list)}
+
+    def objective(*args):
+        if lists:
+            args = [list(a) if i in lists else a for i, a in enumerate(args)]
+        return f(xp, *args)
+
+    fn = td.value_and_grad(objective, argnums=tuple(range(nparams)), replay=True)
+    args = [np.array(p, dtype=np.float64) if isinstance(p, list) else p for p in case.params]
+    return fn, args + list(case.data)
+
+
+_REPLAY_WARM = []
+
+
+def _warm_replay() -> None:
+    """Once per process: record and replay a tiny function, so that loading Numba's compiled
+    forward and reverse sweeps from its cache stays out of the first recording timed."""
+    if _REPLAY_WARM:
+        return
+    w = td.value_and_grad(lambda a, b: td.sum(td.sin(a @ b) * a.sum()), argnums=(0, 1),
+                          replay=True)
+    s = td.value_and_grad(lambda x: td.sin(x * 2.0) + x, replay=True)
+    for _ in range(2):
+        w(np.ones((2, 2)), np.ones((2, 2)))
+        s(0.5)
+    _REPLAY_WARM.append(True)
+
+
+def tapediff_replay(case: Case) -> Contender:
+    """``td.value_and_grad(f, argnums=params, replay=True)``: its first call (made here,
+    timed as ``first_call_s``) records ``f`` on the function's own tape; the timed calls
+    replay it (jitted forward sweep + reverse sweep).  ``verify`` fails the run if any call
+    after the first recorded again (``.recordings`` must stay 1)."""
+    _warm_replay()
+    fn, args = replay_function(case)
+    gc.collect()  # a full collection pending since the imports is no part of recording
+    t0 = time.perf_counter()
+    fn(*args)
+    first_s = time.perf_counter() - t0
+
+    def vg():
+        value, grads = fn(*args)
+        return float(value), [_as_grad(g) for g in grads]
+
+    def verify():
+        if fn.recordings != 1:
+            return (f"{TAPEDIFF_REPLAY} recorded {fn.recordings} times instead of once "
+                    f"({fn.replays} replays; last guard that stopped a replay: "
+                    f"{fn.last_guard})")
+        return None
+
+    return Contender(TAPEDIFF_REPLAY, lambda: fn(*args), vg, traced=True,
+                     held_bytes=lambda: fn.tape.nbytes, first_call_s=first_s,
+                     verify=verify, replayed=fn)
+
+
 def _torch_from(v: Any, requires_grad: bool) -> Any:
     a = np.asarray(v)
     t = torch.tensor(a, dtype=torch.float64 if a.dtype.kind == "f" else None)
@@ -239,9 +322,12 @@ def jax_jit(case: Case) -> Contender:
         full = [data[i] if i in static else next(it) for i in range(ndata)]
         return f(JAX, *ps, *full)
 
+    gc.collect()  # as before tapediff replay's first call
     t0 = time.perf_counter()
     compiled = jax.jit(jax.value_and_grad(loss)).lower(params, *arrays).compile()
     compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(params, *arrays))
+    first_s = time.perf_counter() - t0  # what a first jitted call costs: trace, compile, run
 
     def run():
         return jax.block_until_ready(compiled(params, *arrays))
@@ -251,7 +337,7 @@ def jax_jit(case: Case) -> Contender:
         return float(v), [np.array([float(x) for x in g]) if isinstance(g, list)
                           else np.asarray(g) for g in gs]
 
-    return Contender(JAX_NAME, run, vg, compile_s=compile_s)
+    return Contender(JAX_NAME, run, vg, compile_s=compile_s, first_call_s=first_s)
 
 
 def hips_autograd(case: Case) -> Contender:

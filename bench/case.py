@@ -4,8 +4,9 @@ A workload module (``bench/scalar.py``, ``bench/gmm.py`` ...) exposes ``cases(qu
 of ``Case``.  Each case carries its objective written once, in NumPy style, against an array
 namespace ``xp`` (``bench/backends.py`` supplies one per library), the parameters to
 differentiate and the constant data.  The runner turns it into one timed function per
-contender (NumPy primal, hand-written gradient, tapediff, PyTorch, JAX, autograd), checks
-that every gradient agrees with tapediff's, then times them in paired rounds.
+contender (NumPy primal, hand-written gradient, tapediff, tapediff replay, PyTorch, JAX,
+autograd), checks that every gradient agrees with tapediff's, then times them in paired
+rounds.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 # contender names, as printed and as keys of the results
 TAPEDIFF = "tapediff"
+TAPEDIFF_REPLAY = "tapediff replay"  # td.value_and_grad(f, replay=True), replayed calls
 PRIMAL = "NumPy primal"
 HAND = "NumPy hand grad"
 TORCH_NAME = "PyTorch"
@@ -30,6 +32,7 @@ class Metric:
     value: float
     unit: str
     note: str = ""
+    text: str = ""  # printed instead of the value when set (e.g. "always")
 
 
 @dataclass
@@ -61,6 +64,11 @@ class Case:
     extra: Callable[[], list[Metric]] | None = None
     # extra tapediff variants: label -> namespace ("numpy" or "td")
     td_variants: dict = field(default_factory=dict)
+    # also run "tapediff replay": td.value_and_grad(objective, replay=True), recorded on its
+    # first call (outside the timings) and replayed in compiled code on the timed calls
+    replay: bool = False
+    # measure the replayed objective's throughput from 1 thread and from 2 threads
+    threads: bool = False
     note: str = ""  # printed under the case's rows
 
 

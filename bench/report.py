@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 
-from .case import HAND, PRIMAL, TAPEDIFF
+from .case import HAND, PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY
 from .targets import paired_ratio
 
 _SHORT = {PRIMAL: "primal", HAND: "hand grad", "Python primal": "primal"}
@@ -26,6 +26,21 @@ def fmt_bytes(b: int | None) -> str:
     if b < 1e6:
         return f"{b / 1e3:.0f} KB"
     return f"{b / 1e6:.1f} MB"
+
+
+def metric_text(m) -> str:
+    """A Metric's value and unit as printed (its ``text`` instead when it has one)."""
+    if m.text:
+        return m.text
+    value = f"{m.value:.1f}" if m.value < 100 else f"{m.value:,.0f}"
+    if m.unit == "s":
+        value = f"{m.value:.2f}"
+    elif m.unit == "ms" and m.value < 100:
+        value = f"{m.value:.3g}"
+    elif m.unit == "x":
+        value = f"{m.value:.2f}" if m.value < 100 else f"{m.value:,.0f}"
+        return value + "x"
+    return f"{value} {m.unit}"
 
 
 def header_lines(info: dict) -> list[str]:
@@ -66,7 +81,10 @@ def case_lines(r) -> list[str]:
         for name in r.order:
             if name == TAPEDIFF or name not in r.timings:
                 continue
-            if name.startswith(("NumPy", "Python")):
+            if name == TAPEDIFF_REPLAY:
+                x = paired_ratio(r, TAPEDIFF, name)
+                summary.append(f"tapediff/replay {x:.2f}x")
+            elif name.startswith(("NumPy", "Python")):
                 x = paired_ratio(r, TAPEDIFF, name)
                 summary.append(f"tapediff/{_SHORT.get(name, name)} {x:.2f}x")
             else:
@@ -76,10 +94,7 @@ def case_lines(r) -> list[str]:
             rounds = len(r.timings[TAPEDIFF].samples) if TAPEDIFF in r.timings else 0
             lines.append(f"   ratios ({rounds} paired rounds): " + ", ".join(summary))
     for m in r.metrics:
-        value = f"{m.value:.1f}" if m.value < 100 else f"{m.value:,.0f}"
-        if m.unit == "s":
-            value = f"{m.value:.2f}"
-        lines.append(f"   {m.name}: {value} {m.unit}" + (f"  ({m.note})" if m.note else ""))
+        lines.append(f"   {m.name}: {metric_text(m)}" + (f"  ({m.note})" if m.note else ""))
     for name, why in r.skipped.items():
         lines.append(f"   {name}: not run: {why}")
     for e in r.errors:
@@ -127,8 +142,7 @@ def to_markdown(info: dict, results, verdicts, path: str) -> None:
                                f"{fmt_time(t.q1)} - {fmt_time(t.q3)} | {t.ratio:.2f} | "
                                f"{fmt_bytes(r.memory.get(name))} |")
         for r in rs:
-            notes = [f"{m.name}: {m.value:,.{2 if m.unit == 's' else 1}f} {m.unit}"
-                     for m in r.metrics]
+            notes = [f"{m.name}: {metric_text(m)}" for m in r.metrics]
             notes += [f"{n} not run: {why}" for n, why in r.skipped.items()]
             notes += [f"ERROR: {e}" for e in r.errors]
             if notes:
@@ -149,7 +163,9 @@ def to_json(info: dict, results, verdicts, path: str) -> None:
                        "peak_bytes": r.memory.get(name),
                        "compile_s": r.compile_s.get(name)}
                 for name, t in r.timings.items()},
-            "metrics": [{"name": m.name, "value": m.value, "unit": m.unit, "note": m.note}
+            "metrics": [{"name": m.name, "unit": m.unit, "note": m.note, "text": m.text,
+                         # JSON has no infinity ("always" is inf): null then
+                         "value": m.value if math.isfinite(m.value) else None}
                         for m in r.metrics],
             "skipped": r.skipped, "errors": r.errors,
         }

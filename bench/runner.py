@@ -2,14 +2,17 @@
 
 For each case of each workload (``--only`` picks workloads):
 
-1. build the contenders: tapediff, the NumPy primal (forward only), the hand-written NumPy
-   gradient where the workload has one, and each importable peer (PyTorch eager,
-   ``jax.jit(jax.value_and_grad)``, HIPS autograd);
+1. build the contenders: tapediff, tapediff replay where the case asks for it
+   (``td.value_and_grad(f, replay=True)``, recorded here by its first call), the NumPy
+   primal (forward only), the hand-written NumPy gradient where the workload has one, and
+   each importable peer (PyTorch eager, ``jax.jit(jax.value_and_grad)``, HIPS autograd);
 2. check that every gradient agrees with tapediff's (and the primal's value with
    tapediff's value).  A disagreement, or tapediff failing, fails the run: the exit code is
    1 and the message names the case and the contender;
 3. warm up and time all contenders in paired rounds (``bench/timing.py``), then measure
-   peak memory and any case-specific figures.
+   peak memory and any case-specific figures; replay's figures (``bench/replay.py``) come
+   from the same rounds, and a replay contender that recorded again during the timed calls
+   fails the run.
 
 The table goes to stdout as each case finishes, progress lines to stderr.  ``--json FILE``
 writes every number, ``--plot FILE.png`` a chart (needs matplotlib).  ``--quick`` runs small
@@ -31,7 +34,7 @@ import numpy as np  # bench/__init__.py has pinned the thread counts by now
 import tapediff as td
 
 from . import backends as B
-from . import ba, elementwise, gmm, mlp, ops, scalar, startup
+from . import ba, elementwise, gmm, mlp, ops, replay, scalar, startup
 from .case import Case, MetricsCase
 from .report import case_lines, header_lines, plot, target_lines, to_json, to_markdown
 from .targets import evaluate
@@ -48,13 +51,14 @@ class Settings:
     sample_s: float  # one sample lasts about this long (short calls are repeated)
     warmup_calls: int
     warmup_s: float
+    quick: bool = False  # --quick: short side measurements too (threads)
 
 
 # A sample averages enough calls to last ``sample_s``: on a shared machine the process loses
 # the CPU for a few ms at a time, and a sample much longer than that sees about the same
 # share of such pauses as every other sample, where single 2 ms calls come out bimodal.
 QUICK = Settings(rounds=5, min_rounds=3, budget_s=1.0, sample_s=0.01, warmup_calls=2,
-                 warmup_s=0.05)
+                 warmup_s=0.05, quick=True)
 FULL = Settings(rounds=21, min_rounds=7, budget_s=25.0, sample_s=0.05, warmup_calls=5,
                 warmup_s=1.0)
 
@@ -210,6 +214,13 @@ def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult
     progress(f"{tag} {case.name}: building contenders")
     cons = [B.tapediff(case)]
     cons += [B.tapediff(case, ns, label) for label, ns in case.td_variants.items()]
+    if case.replay:
+        try:
+            cons.append(B.tapediff_replay(case))  # its first call records, untimed
+        except Exception as e:  # tapediff failing fails the run
+            res.errors.append(f"{case.name}: {B.TAPEDIFF_REPLAY} raised while recording: "
+                              f"{type(e).__name__}: {e}")
+            traceback.print_exc()
     cons.append(B.primal(case))
     if case.hand_grad is not None:
         cons.append(B.hand(case))
@@ -237,8 +248,21 @@ def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult
         warmup_calls=settings.warmup_calls, warmup_s=settings.warmup_s)
     progress(f"{tag} {case.name}: timed in {time.perf_counter() - t0:.1f} s; measuring memory")
     res.memory = {c.name: peak_memory(c) for c in cons}
+    for c in cons:
+        problem = c.verify() if c.verify is not None else None
+        if problem:
+            res.errors.append(f"{case.workload} / {case.name}: {problem}")
     if case.extra is not None:
         res.metrics = case.extra()
+    res.metrics += replay.figures(res, cons)
+    if case.threads:
+        progress(f"{tag} {case.name}: replay from 1 thread and from 2 threads")
+        try:
+            res.metrics += replay.thread_throughput(case, settings.quick)
+        except Exception as e:
+            res.errors.append(f"{case.name}: replay from two threads failed: "
+                              f"{type(e).__name__}: {e}")
+            traceback.print_exc()
     return res
 
 

@@ -147,11 +147,11 @@ def cases(quick: bool) -> list[Case]:
     return [
         Case(WORKLOAD, f"scalar chain {n:,} ops", chain, [0.5], [n], size={"ops": n},
              primal_ns="math", td_ns="td", rtol=1e-9,
-             td_variants={"tapediff via np.sin": "numpy"}, skip=chain_skip,
+             td_variants={"tapediff via np.sin": "numpy"}, skip=chain_skip, replay=True,
              extra=_chain_metrics(n, rounds),
              note="one leaf x; y = sin(y*0.999 + x)*1.001 repeated"),
         Case(WORKLOAD, f"Horner {ncoef:,} coefficient leaves", horner,
              [list(coeffs), 0.9], size={"coefficients": ncoef}, primal_ns="math",
-             td_ns="td", rtol=1e-9, extra=_horner_metrics(coeffs, rounds),
+             td_ns="td", rtol=1e-9, extra=_horner_metrics(coeffs, rounds), replay=True,
              note=f"{ncoef + 1:,} leaves (one per coefficient, and x)"),
     ]

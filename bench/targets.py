@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .case import HAND, PRIMAL, TAPEDIFF, TORCH_NAME
+from .case import HAND, PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME
 
 
 @dataclass
@@ -77,6 +77,22 @@ TARGETS = [
     Target("BA gradient <= 3x the NumPy primal",
            lambda r: r.workload == "ba",
            lambda r: paired_ratio(r, TAPEDIFF, PRIMAL), 3.0, False, "{:.2f}x primal"),
+    # replay: td.value_and_grad(f, replay=True), replayed calls (bench/replay.py)
+    Target("replayed scalar chain value+gradient <= 40 ns/record",
+           lambda r: r.name.startswith("scalar chain"),
+           lambda r: _metric(r, "tapediff replay"), 40.0, False, "{:.1f} ns/record"),
+    Target("replayed scalar chain >= 250x faster than PyTorch eager",
+           lambda r: r.name.startswith("scalar chain"),
+           lambda r: paired_ratio(r, TORCH_NAME, TAPEDIFF_REPLAY), 250.0, True,
+           "{:.0f}x faster"),
+    Target("replay faster than eager tapediff (MLP, GMM, BA)",
+           lambda r: r.workload in ("mlp", "gmm", "ba"),
+           lambda r: paired_ratio(r, TAPEDIFF, TAPEDIFF_REPLAY), 1.0, True,
+           "tapediff/replay {:.2f}"),
+    Target("replay faster than PyTorch eager (MLP, GMM, BA)",
+           lambda r: r.workload in ("mlp", "gmm", "ba"),
+           lambda r: paired_ratio(r, TORCH_NAME, TAPEDIFF_REPLAY), 1.0, True,
+           "PyTorch/replay {:.2f}"),
 ]
 
 

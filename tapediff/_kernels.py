@@ -829,11 +829,15 @@ def concat_value(meta, m, off, n, val, oo):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def guard_holds(val, oa, ob, nn):
-    """Whether a guarded value still equals the one seen when recording (NaN equals NaN)."""
+    """Whether a guarded value is still the one seen when recording: NaN matches NaN, and
+    -0.0 does not match 0.0 (Python can tell them apart, e.g. with math.copysign)."""
     for k in range(nn):
         x = val[oa + k]
         z = val[ob + k]
-        if x != z and not (x != x and z != z):
+        if x != z:
+            if not (x != x and z != z):
+                return False
+        elif x == 0.0 and math.copysign(1.0, x) != math.copysign(1.0, z):
             return False
     return True
 

@@ -27,6 +27,7 @@ A guard whose value differs at replay stops the replay: the call records ``fn`` 
 """
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 from typing import Any, Callable, Sequence
@@ -68,7 +69,7 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
     With ``replay=True``, the first call records ``fn`` and later calls with arguments of
     the same shapes and dtypes replay the recording in compiled code instead of running
     ``fn``: see the module documentation of ``tapediff._replay`` for what is guarded, and
-    README's "Replay" for the rules on arguments.  ``on_guard`` ("rerecord" or "raise")
+    README's "Functional gradients and replay" for the rules on arguments.  ``on_guard`` ("rerecord" or "raise")
     says what a changed guard does.
 
     >>> import numpy as np, tapediff as td
@@ -129,17 +130,35 @@ def _is_dynamic(x: Any) -> bool:
     return isinstance(x, np.ndarray) and x.dtype.kind == "f"
 
 
+def _snapshot(x: Any) -> Any:
+    """What a recording keeps of a static argument: a copy, so that changing the caller's
+    object in place is seen as a change (an object that cannot be copied is kept as is)."""
+    if isinstance(x, Tensor):
+        return np.array(x._v)
+    try:
+        return copy.deepcopy(x)
+    except Exception:
+        return x
+
+
 def _same(a: Any, b: Any) -> bool:
-    """Whether a static argument equals the one the recording saw."""
-    if a is b:
-        return True
+    """Whether static argument ``a`` equals ``b``, the snapshot the recording kept."""
+    if isinstance(a, Tensor):
+        a = np.asarray(a._v)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (type(a) is type(b) and a.shape == b.shape and a.dtype == b.dtype
+                and bool(np.array_equal(a, b)))
     if type(a) is not type(b):
         return False
-    if isinstance(a, np.ndarray):
-        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if a is b:
+        return True
     try:
         return bool(a == b)
-    except Exception:  # incomparable (e.g. arrays inside): treat as changed
+    except Exception:  # incomparable: treat as changed
         return False
 
 
@@ -179,10 +198,12 @@ class _Recording:
             if not -len(args) <= i < len(args):
                 raise TypeError(f"argnums={i} but the function was called with {len(args)} "
                                 "positional arguments")
-        nums = tuple(i % len(args) for i in nums)
+        order = tuple(i % len(args) for i in nums)  # the gradients' order
+        nums = frozenset(order)
         self.nums = nums
         self.tensor_out = any(isinstance(args[i], Tensor) for i in nums)
-        self.key, _, self.static = _signature(nums, args, kwargs) if guarded else ([], [], [])
+        self.key, _, static = _signature(nums, args, kwargs) if guarded else ([], [], [])
+        self.static = [_snapshot(x) for x in static]
         tape = self.tape = Tape()
         if guarded:
             tape._guards = []
@@ -199,7 +220,7 @@ class _Recording:
                 if _is_dynamic(kwargs[k]):
                     kw[k] = _leaf(kwargs[k])
                     self.inputs.append(kw[k])
-        self.diff = [call[i] for i in nums]
+        self.diff = [call[i] for i in order]
         with tape, enable_grad():
             y = fn(*call, **kw)
             if isinstance(y, Tensor) and y._rg and y._tape is not tape:
@@ -220,6 +241,12 @@ class _Recording:
         self.const = None if self.out is not None else np.array(y._v)
         if guarded:
             tape.reclaim()  # drop what neither the output nor a guard needs
+            tape._spare = tape._spare32 = None  # a recording does not grow again
+            for x in self.inputs:  # inputs not differentiated: no adjoint flows into them
+                s = self.slot(x)
+                if s >= 0 and not any(x is d for d in self.diff):
+                    tape.op[s] = K.OP_CONST
+            self._calibrate()
         self.first = self._sweep()
         top = tape.top
         kinds = tape.dt[:top]
@@ -229,6 +256,18 @@ class _Recording:
         self.touched = np.zeros(top, np.uint8)
         self.leaf_slots = np.empty(top, np.int64)
         self.nleaf = np.zeros(1, np.int64)
+
+    def _calibrate(self) -> None:
+        """Run the forward sweep once at the recorded inputs and let each guard expect the
+        value the compiled rules give there.  They may differ from NumPy's in the last bits
+        (another exp, another summation order): unadjusted, a guarded value could fail at
+        the very inputs it was recorded at."""
+        tape = self.tape
+        g = tape.forward()
+        while g >= 0:
+            a, b = int(tape.ia[g]), int(tape.ib[g])
+            tape.value_view(b, (int(tape.n[b]),))[...] = tape.value_view(a, (int(tape.n[a]),))
+            g = tape.forward(g + 1)
 
     def slot(self, t: Tensor) -> int:
         """The slot of input ``t`` on the tape, or -1 when ``fn`` did not use it."""
@@ -286,9 +325,11 @@ class _Recording:
             return int(tape.p[g])
         return self._sweep()
 
-    def result(self, single: bool, with_value: bool, out: tuple | None = None) -> Any:
+    def result(self, single: bool, with_value: bool, out: tuple | None = None,
+               tensor_out: bool | None = None) -> Any:
+        """The call's result: Tensors when a differentiated argument is a Tensor."""
         value, grads = self.first if out is None else out
-        if self.tensor_out:
+        if self.tensor_out if tensor_out is None else tensor_out:
             grads = [_wrap(_norm(g)) for g in grads]
             value = _wrap(_norm(value))
         else:  # 0-d results as NumPy scalars, as NumPy's own reductions give them
@@ -338,7 +379,8 @@ class Replayed:
                 if not isinstance(out, int):
                     with self._lock:
                         self.replays += 1
-                    return rec.result(self._single, self._with_value, out)
+                    tensor_out = any(isinstance(args[i], Tensor) for i in rec.nums)
+                    return rec.result(self._single, self._with_value, out, tensor_out)
                 what = rec.tape._guards[out]
                 with self._lock:
                     self.last_guard = what
@@ -399,17 +441,16 @@ def tape_gradient(tape: Tape, y: Tensor, xs: Any, gradient: Any = None,
     touched = np.zeros(root + 1, np.uint8)
     if tape.sweep(root, seed, retain_graph, touched) is None:
         raise RuntimeError(_ERR_RELEASED)
+    records: dict = {}  # id of a tape-less tensor -> its (leaf) records on this tape
+    for s, r in tape._cached.items():
+        records.setdefault(id(r()), []).append(s)
     out = []
     for x in xs:
-        if x._tape is tape:
-            s = x._slot
-        else:
-            c = x._lc
-            s = c[1] if c is not None and c[0]() is tape and c[2] == x._ver else -1
-        if 0 <= s <= root and touched[s]:
-            g = tape.adjoint_view(s).reshape(x.shape).copy()
-        else:
-            g = np.zeros(x.shape, x.dtype)
+        slots = [x._slot] if x._tape is tape else records.get(id(x), [])
+        g = np.zeros(x.shape, x.dtype)
+        for s in slots:  # a leaf recorded more than once gets the sum
+            if s <= root and touched[s]:
+                g += tape.adjoint_view(s).reshape(x.shape)
         out.append(_wrap(_norm(g)))
     return _pack(out, single)
 

@@ -648,7 +648,9 @@ class Tensor:
         """A new leaf with a copy of this tensor's value, outside any graph.
 
         Unlike PyTorch, the copy shares no storage: an in-place update of either tensor
-        never changes the other (nor a value recorded on a tape)."""
+        never changes the other (nor a value recorded on a tape).  Inside a function
+        recorded for replay, the value is guarded (a replay cannot follow it)."""
+        _observe(self, "detach()")
         v = self._v
         return _wrap(v if type(v) is float else v.copy())
 
@@ -810,7 +812,7 @@ class Tensor:
     __hash__ = object.__hash__
 
     def __repr__(self) -> str:
-        v = self._v
+        v = _RAW_V.__get__(self)  # display only: no replay guard
         suffix = []
         if self._tape is not None:
             suffix.append(f"grad_fn={self.grad_fn}")
@@ -820,8 +822,9 @@ class Tensor:
 
     def __format__(self, spec: str) -> str:
         # display only: no replay guard (the computation does not depend on it)
-        if spec and _nsize(self._v) == 1:
-            return format(np.asarray(self._v).item(), spec)
+        v = _RAW_V.__get__(self)
+        if spec and _nsize(v) == 1:
+            return format(np.asarray(v).item(), spec)
         return repr(self) if not spec else format(repr(self), spec)
 
     # -- arithmetic --------------------------------------------------------------------------

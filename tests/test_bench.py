@@ -8,6 +8,10 @@
   reference (``gmm.h``, ``ba.h``), including the column-major packing of the lower triangle
   and the small-angle branch of Rodrigues' rotation.
 * ``python -m bench --quick --only scalar`` exits 0; a gradient disagreement fails a case.
+* The "tapediff replay" contender (``td.value_and_grad(f, replay=True)``) gives eager
+  tapediff's value and gradients on every workload objective, replaying (not recording
+  again) at the case's inputs and at new ones; a contender that records again fails the
+  run.
 
 No peer (PyTorch, JAX, autograd) is needed.
 """
@@ -298,3 +302,113 @@ def test_quick_scalar_run_exits_zero(tmp_path):
     names = [c["name"] for c in doc["cases"]]
     assert names == ["scalar chain 4,000 ops", "Horner 200 coefficient leaves"]
     assert doc["cases"][0]["contenders"]["tapediff"]["median_s"] > 0
+    # the replay contender and its figures
+    assert doc["cases"][0]["contenders"]["tapediff replay"]["median_s"] > 0
+    metrics = {m["name"] for c in doc["cases"] for m in c["metrics"]}
+    assert {"tapediff replay", "replay: recording (first call)"} <= metrics
+    assert "replayed scalar chain value+gradient <= 40 ns/record" in proc.stdout
+
+
+# -- replay ------------------------------------------------------------------------------------
+def _replay_cases():
+    rng = np.random.default_rng(8)
+    coeffs = list(rng.uniform(-1, 1, 12))
+    return [
+        Case("scalar", "chain", scalar.chain, [0.5], [40], td_ns="td", rtol=1e-9,
+             replay=True),
+        Case("scalar", "horner", scalar.horner, [coeffs, 0.9], td_ns="td", rtol=1e-9,
+             replay=True),
+        mlp._case((5, 4, 3, 3), 4),
+        gmm.make_case(3, 2, 7, seed=3),
+        ba.make_case("t", 3, 4, 6, seed=5),  # camera 0: the small-angle branch
+    ]
+
+
+def _perturbed(case: Case, scale: float) -> Case:
+    params = [[v * scale for v in p] if isinstance(p, list) else np.asarray(p) * scale
+              for p in case.params]
+    return Case(case.workload, case.name, case.objective, params, case.data,
+                td_ns=case.td_ns, rtol=case.rtol, replay=True)
+
+
+def _assert_agree(got, ref, rtol):
+    (v, gs), (v_ref, gs_ref) = got, ref
+    assert v == pytest.approx(v_ref, rel=rtol, abs=1e-12)
+    assert len(gs) == len(gs_ref)
+    for g, gr in zip(gs, gs_ref):
+        scale = max(float(np.max(np.abs(gr))), 1e-300)
+        np.testing.assert_allclose(g, gr, rtol=rtol, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("case", _replay_cases(), ids=lambda c: f"{c.workload}-{c.name}")
+def test_replay_contender_matches_eager_tapediff(case):
+    from bench import backends
+
+    assert case.replay
+    eager = backends.tapediff(case)
+    rep = backends.tapediff_replay(case)  # its first call records
+    fn = rep.replayed
+    assert fn.recordings == 1 and rep.first_call_s > 0
+    for _ in range(2):
+        _assert_agree(rep.value_and_grads(), eager.value_and_grads(), case.rtol)
+    # the timed function replays too
+    rep.run()
+    assert (fn.recordings, fn.replays) == (1, 3)
+    assert rep.verify() is None
+    assert len(fn.tape) > 0
+    # at new parameter values (dynamic inputs written into the tape), still one recording
+    args = backends.replay_function(case)[1]
+    moved = _perturbed(case, 1.03)
+    v, grads = fn(*[np.asarray(p, dtype=np.float64) for p in moved.params],
+                  *args[len(case.params):])
+    assert fn.recordings == 1, fn.last_guard
+    _assert_agree((float(v), [np.asarray(g) for g in grads]),
+                  backends.tapediff(moved).value_and_grads(), case.rtol)
+
+
+def test_every_replay_workload_case_has_the_replay_contender():
+    for module in (scalar, mlp, gmm, ba):
+        assert all(c.replay for c in module.cases(quick=True))
+    assert [c.name for c in mlp.cases(quick=False) if c.threads] == [
+        "MLP 784-256-256-10 batch 64"]
+    assert [c.name for c in gmm.cases(quick=False) if c.threads] == ["GMM d=10 K=5 n=10,000"]
+
+
+def test_a_replay_that_records_again_fails_the_case(monkeypatch):
+    from bench import backends, runner
+
+    build = backends.tapediff_replay
+
+    def rerecording(case):
+        c = build(case)
+        shapes = iter(range(2, 10 ** 6))
+        # a new input shape on every timed call: each one records again
+        c.run = lambda: c.replayed(np.ones(next(shapes)))
+        return c
+
+    monkeypatch.setattr(backends, "tapediff_replay", rerecording)
+    x = np.random.default_rng(0).uniform(-1, 1, 5)
+    case = Case("elementwise", "re-recording", elementwise.rosenbrock, [x], replay=True)
+    res = runner.run_case(case, [], runner.QUICK, "[test]")
+    assert any("tapediff replay recorded" in e for e in res.errors), res.errors
+
+
+def test_replay_break_even_against_jax():
+    from bench.replay import break_even
+
+    # faster steady state and cheaper first call: ahead for every N
+    assert break_even(0.01, 1e-3, 1.0, 2e-3) == (math.inf, "always")
+    # cheaper first call, slower calls: ahead while 0.01 + N 3e-3 < 1 + N 2e-3, N < 990
+    n, text = break_even(0.01, 3e-3, 1.0, 2e-3)
+    assert n == 989 and text.startswith("up to 989 calls")
+    # dearer first call, faster calls: ahead once 2 + N 1e-3 < 1 + N 2e-3, N > 1000
+    n, text = break_even(2.0, 1e-3, 1.0, 2e-3)
+    assert n == 1001 and text.startswith("after 1,001 calls")
+    assert break_even(2.0, 3e-3, 1.0, 2e-3) == (0.0, "never")
+
+
+def test_replay_throughput_from_two_threads_records_once_per_thread():
+    from bench.replay import THREADS, THREADS_CONTROL, thread_throughput
+
+    metrics = {m.name: m for m in thread_throughput(mlp._case((5, 4, 3, 3), 4), quick=True)}
+    assert metrics[THREADS].value > 0 and metrics[THREADS_CONTROL].value > 0
