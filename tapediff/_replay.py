@@ -251,8 +251,10 @@ class _Recording:
         top = tape.top
         kinds = tape.dt[:top]
         # one compiled call per replay when the tape needs no Python rule
+        ops = tape.op[:top]
         self.fast = guarded and top > 0 and bool((kinds == kinds[0]).all()) and not bool(
-            np.isin(tape.op[:top], K.PYTHON_RULES).any())
+            np.isin(ops, K.PYTHON_RULES).any() or (np.isin(ops, K.UFUNC_RULES)
+                                                   & (tape.n[:top] >= K.BIG)).any())
         self.touched = np.zeros(top, np.uint8)
         self.leaf_slots = np.empty(top, np.int64)
         self.nleaf = np.zeros(1, np.int64)

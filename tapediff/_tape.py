@@ -249,7 +249,8 @@ class Tape:
         while i < top:
             kind = int(self.dt[i])
             r = K.forward_sweep(i, top, kind, self.op, self.ia, self.ib, self.off, self.n,
-                                self.p, self.mi, self.dt, self.meta, self.arena(kind)[0])
+                                self.p, self.mi, self.dt, self.meta, self.arena(kind)[0],
+                                K.BIG)
             if r == K.SWEEP_DONE:
                 return -1
             if r == K.UNKNOWN_OPCODE:
@@ -257,16 +258,21 @@ class Tape:
             if r < 0:
                 return -3 - r
             if int(self.dt[r]) != kind and self.op[r] not in K.PYTHON_RULES:
-                i = r  # resume on the other arena
+                i = r  # resume on the other arena (a ufunc rule there yields again)
                 continue
             self._python_value(r)
             i = r + 1
         return -1
 
     def _python_value(self, i: int) -> None:
-        """The forward rules that are NumPy calls: matmul (BLAS) and casts between arenas."""
+        """The forward rules that are NumPy calls: matmul (BLAS), casts between arenas, and
+        the transcendental functions on large arrays (NumPy's SIMD loops)."""
         a = int(self.ia[i])
         out = self.value_view(i, (int(self.n[i]),))
+        uf = _UFUNCS.get(int(self.op[i]))
+        if uf is not None:
+            uf(self.value_view(a, (int(self.n[a]),)), out=out)
+            return
         if self.op[i] == K.OP_CAST:
             out[...] = self.value_view(a, (int(self.n[a]),))
             return
@@ -444,6 +450,14 @@ class Tape:
                     t._lc = (me, ns, c[2], c[3])
             elif here:
                 t._lc = None
+
+
+_UFUNCS = {K.OP_EXP: np.exp, K.OP_LOG: np.log, K.OP_SQRT: np.sqrt, K.OP_SIN: np.sin,
+           K.OP_COS: np.cos, K.OP_TAN: np.tan, K.OP_TANH: np.tanh, K.OP_LOG1P: np.log1p,
+           K.OP_EXPM1: np.expm1, K.OP_SINH: np.sinh, K.OP_COSH: np.cosh,
+           K.OP_ARCSIN: np.arcsin, K.OP_ARCCOS: np.arccos, K.OP_ARCTAN: np.arctan,
+           K.OP_LOG2: np.log2, K.OP_LOG10: np.log10, K.OP_EXP2: np.exp2}
+assert set(_UFUNCS) == set(K.UFUNC_RULES)
 
 
 def _accumulate(tape: Tape, slot: int, g: np.ndarray, touched: np.ndarray) -> None:

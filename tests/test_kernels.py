@@ -118,3 +118,20 @@ def test_a_guard_fails_when_its_value_changes():
     t.value_view(leaf, X.shape)[...] = -X  # x[0, 0] > 0.5 no longer holds
     g = t.forward()
     assert t.op[g] == K.OP_GUARD and "comparison" in t._guards[int(t.p[g])]
+
+
+@pytest.mark.parametrize("op", K.UFUNC_RULES, ids=lambda o: K.OPCODES[o])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_forward_sweep_runs_large_transcendental_records_through_numpy(op, dtype):
+    """At >= K.BIG elements the forward rule is NumPy's own loop: the exact eager value."""
+    fn = RECORDERS[op]
+    x0 = np.random.default_rng(op).uniform(0.1, 0.9, K.BIG + 3).astype(dtype)
+    with td.tape() as t:
+        x = td.tensor(x0, requires_grad=True)
+        y = fn(x)
+    s = y._slot
+    assert t.op[s] == op
+    expected = t.value_view(s, y.shape).copy()
+    t.value_view(s, y.shape)[...] = np.nan
+    assert t.forward() == -1
+    np.testing.assert_array_equal(t.value_view(s, y.shape), expected)
