@@ -17,9 +17,13 @@ new inputs.  Everything Python decided from a value while recording is therefore
   other way (``if x > 0:``, a mask ``x[x > 0]``, arithmetic) it becomes a guard on its
   outcome;
 * ``argmax``/``argmin`` guard which elements are the extremes, ``np.sort`` that the sorted
-  values are still in order, ``sign`` the signs;
+  values are still in order, ``sign`` the signs; ``detach()`` and tensors passed to a nested
+  ``value_and_grad``/``grad`` guard their values;
 * ``max``/``min`` reductions, ``maximum``/``minimum``, ``clip``, ``abs`` and ``relu`` are
   recomputed by their kernels: no guard.
+
+``no_grad()`` blocks and differentiation (``backward``, ``Tape.gradient``) inside ``fn``
+raise ``RuntimeError`` while recording for replay: their results would be constants.
 
 A guard whose value differs at replay stops the replay: the call records ``fn`` again
 (``on_guard="rerecord"``, the default) or raises :class:`GuardError` naming the guard
@@ -37,7 +41,7 @@ import numpy as np
 from . import _kernels as K
 from ._grad_mode import enable_grad
 from ._tape import Tape
-from ._tensor import _ERR_RELEASED, _F64, Tensor, _nsize, _wrap, _norm, tensor
+from ._tensor import _ERR_RELEASED, _F64, Tensor, _norm, _nsize, _observe, _wrap, tensor
 
 _ON_GUARD = ("rerecord", "raise")
 
@@ -117,6 +121,8 @@ def grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *, replay: bo
 # arguments
 # ---------------------------------------------------------------------------------------------
 def _values_of(x: Any) -> np.ndarray:
+    if isinstance(x, Tensor):
+        _observe(x, "an argument of value_and_grad/grad")  # (nested in a replayed function)
     v = np.asarray(x._v if isinstance(x, Tensor) else x)
     if v.dtype.kind in "iub":
         v = v.astype(_F64)
@@ -221,7 +227,7 @@ class _Recording:
                     kw[k] = _leaf(kwargs[k])
                     self.inputs.append(kw[k])
         self.diff = [call[i] for i in order]
-        with tape, enable_grad():
+        with enable_grad(), tape:  # (the tape closes first: see _State.grad_enabled)
             y = fn(*call, **kw)
             if isinstance(y, Tensor) and y._rg and y._tape is not tape:
                 y = y + 0.0  # the output is an input itself: give it a record here
@@ -427,6 +433,7 @@ def tape_gradient(tape: Tape, y: Tensor, xs: Any, gradient: Any = None,
     if y._tape is not None and y._tape is not tape:
         raise RuntimeError("the output was recorded on another tape; call gradient() on the "
                            "tape that recorded it")
+    _check_not_replaying(tape)
     if gradient is None:
         if _nsize(y._v) != 1:
             raise RuntimeError("grad can be implicitly created only for scalar outputs")
@@ -455,6 +462,16 @@ def tape_gradient(tape: Tape, y: Tensor, xs: Any, gradient: Any = None,
                 g += tape.adjoint_view(s).reshape(x.shape)
         out.append(_wrap(_norm(g)))
     return _pack(out, single)
+
+
+def _check_not_replaying(tape: Tape) -> None:
+    """A gradient inside a function being recorded for replay would be a constant of the
+    recording (replay has no derivative of a reverse sweep): refuse it."""
+    if tape._guards is not None:
+        raise RuntimeError(
+            "a function recorded for replay differentiates its own tape; its gradient would be "
+            "a constant of the recording.  Differentiate outside the function, or call it "
+            "without replay=True")
 
 
 def _pack(out: list, single: bool) -> Any:

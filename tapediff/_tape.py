@@ -507,6 +507,12 @@ class _State(threading.local):
 
     @grad_enabled.setter
     def grad_enabled(self, mode: bool) -> None:
+        if not mode and self.tape._guards is not None:
+            raise RuntimeError(
+                "no_grad() inside a function recorded for replay: what it computes would not "
+                "be recorded, so a replay would reuse the recorded values; compute it with "
+                "tensors (detach() takes a value without its gradient), or call the function "
+                "without replay=True")
         self._grad = mode
         self.rec = self.tape if mode else None
 

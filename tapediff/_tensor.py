@@ -676,6 +676,9 @@ class Tensor:
                 raise RuntimeError(f"Mismatch in shape: gradient has a shape of {seed.shape} "
                                    f"and output has a shape of {shape}.")
         tape = self._tape
+        if tape is not None and tape._guards is not None:
+            from ._replay import _check_not_replaying
+            _check_not_replaying(tape)
         if tape is None:  # a leaf differentiated with respect to itself
             with _GRAD_LOCK:
                 _accumulate_grad(self, seed.ravel())

@@ -1312,3 +1312,48 @@ def test_detach_inside_a_replayed_function_is_guarded():
     assert h.recordings == 2
     h(np.array([3.0, 4.0]))
     assert h.replays == 1
+
+
+def test_no_grad_inside_a_replayed_function_is_refused():
+    def f(x):
+        with td.no_grad():
+            m = x.max()  # would be a constant of the recording
+        return (x - m).sum()
+
+    with pytest.raises(RuntimeError, match=r"^no_grad\(\) inside a function recorded for "
+                                           r"replay"):
+        td.value_and_grad(f, replay=True)(np.ones(3))
+    assert td.is_grad_enabled()
+    value, grad = td.value_and_grad(f)(np.array([1.0, 3.0]))  # eager: fine
+    assert value == -2.0
+    np.testing.assert_array_equal(grad, [1.0, 1.0])
+
+
+@pytest.mark.parametrize("how", ["backward", "gradient"])
+def test_differentiating_inside_a_replayed_function_is_refused(how):
+    def f(x):
+        y = (x * x).sum()
+        if how == "backward":
+            y.backward()
+        else:
+            td.current_tape().gradient(y, x)
+        return y
+
+    with pytest.raises(RuntimeError, match="differentiates its own tape"):
+        td.value_and_grad(f, replay=True)(np.ones(3))
+
+
+def test_a_gradient_computed_inside_a_replayed_function_is_guarded():
+    inner = td.value_and_grad(lambda x: (x ** 3).sum())
+
+    def f(x):
+        _, g = inner(x)  # NumPy values computed from x: a constant unless guarded
+        return (x * g).sum()
+
+    r = td.value_and_grad(f, replay=True)
+    for scale in (1.0, 2.0, 2.0, 3.0):
+        x = np.array([1.0, -2.0]) * scale
+        value, grad = r(x)
+        np.testing.assert_allclose(value, (x * 3 * x ** 2).sum())
+        np.testing.assert_allclose(grad, 3 * x ** 2)  # the inner gradient is a constant
+    assert (r.recordings, r.replays) == (3, 1)
