@@ -29,12 +29,14 @@ one test instead of ending the run.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import linecache
 import math
 import os
 import re
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -1357,3 +1359,17 @@ def test_a_gradient_computed_inside_a_replayed_function_is_guarded():
         np.testing.assert_allclose(value, (x * 3 * x ** 2).sum())
         np.testing.assert_allclose(grad, 3 * x ** 2)  # the inner gradient is a constant
     assert (r.recordings, r.replays) == (3, 1)
+
+
+def test_re_recording_frees_the_previous_recording():
+    """A function whose guard flips on every call records every time: each new recording
+    replaces the thread's previous one, whose tape is freed (memory stays bounded)."""
+    f = td.value_and_grad(lambda x: (x * x).sum() if x[0] > 0 else (x * 3.0).sum(),
+                          replay=True)
+    tapes = []
+    for i in range(200):
+        f(np.full(1000, 1.0 if i % 2 else -1.0))
+        tapes.append(weakref.ref(f.tape))
+    gc.collect()
+    assert f.recordings == 200
+    assert sum(r() is not None for r in tapes) == 1
