@@ -1373,3 +1373,13 @@ def test_re_recording_frees_the_previous_recording():
     gc.collect()
     assert f.recordings == 200
     assert sum(r() is not None for r in tapes) == 1
+
+
+def test_a_replayed_function_frees_its_recording_when_it_dies():
+    tapes = []
+    for i in range(100):  # a new replayed function per step, as a careless loop would do
+        f = td.value_and_grad(lambda x: (x * x).sum(), replay=True)
+        f(np.full(1000, float(i)))
+        tapes.append(weakref.ref(f.tape))
+    gc.collect()
+    assert sum(r() is not None for r in tapes) == 1  # only the last f's
