@@ -25,9 +25,10 @@ new inputs.  Everything Python decided from a value while recording is therefore
 ``no_grad()`` blocks and differentiation (``backward``, ``Tape.gradient``) inside ``fn``
 raise ``RuntimeError`` while recording for replay: their results would be constants.
 
-A guard whose value differs at replay stops the replay: the call records ``fn`` again
-(``on_guard="rerecord"``, the default) or raises :class:`GuardError` naming the guard
-(``on_guard="raise"``).  New shapes or dtypes, or different static arguments, record again.
+A guard whose value differs at replay stops that replay.  Each thread keeps a few
+recordings (``max_recordings``: one per shape, static argument or branch seen); when none of
+those that match the arguments holds, the call records ``fn`` again (``on_guard="rerecord"``,
+the default) or raises :class:`GuardError` naming the guard (``on_guard="raise"``).
 """
 from __future__ import annotations
 
@@ -61,8 +62,18 @@ def _argnums(argnums: Any) -> tuple[tuple[int, ...], bool]:
     raise TypeError(f"argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
 
 
+def _checked(argnums: Any, on_guard: str, max_recordings: int) -> tuple[tuple[int, ...], bool]:
+    if on_guard not in _ON_GUARD:
+        raise ValueError(f"on_guard must be 'rerecord' or 'raise', got {on_guard!r}")
+    if not isinstance(max_recordings, int) or isinstance(max_recordings, bool) \
+            or max_recordings < 1:
+        raise ValueError(f"max_recordings must be a positive int, got {max_recordings!r}")
+    return _argnums(argnums)
+
+
 def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
-                   replay: bool = False, on_guard: str = "rerecord") -> Callable[..., Any]:
+                   replay: bool = False, on_guard: str = "rerecord",
+                   max_recordings: int = 4) -> Callable[..., Any]:
     """A function returning ``(fn(*args), gradient of fn with respect to args[argnums])``.
 
     ``fn`` must return a scalar.  The arguments at ``argnums`` may be floats, arrays or
@@ -83,11 +94,9 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
     >>> f(np.array([3.0, 4.0]))  # replayed
     (np.float64(25.0), array([6., 8.]))
     """
-    nums, single = _argnums(argnums)
-    if on_guard not in _ON_GUARD:
-        raise ValueError(f"on_guard must be 'rerecord' or 'raise', got {on_guard!r}")
+    nums, single = _checked(argnums, on_guard, max_recordings)
     if replay:
-        return Replayed(fn, nums, single, True, on_guard)
+        return Replayed(fn, nums, single, True, on_guard, max_recordings)
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -97,7 +106,7 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
 
 
 def grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *, replay: bool = False,
-         on_guard: str = "rerecord") -> Callable[..., Any]:
+         on_guard: str = "rerecord", max_recordings: int = 4) -> Callable[..., Any]:
     """A function returning the gradient of the scalar ``fn`` with respect to
     ``args[argnums]``: ``value_and_grad`` without the value.
 
@@ -105,11 +114,9 @@ def grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *, replay: bo
     >>> td.grad(lambda x, y: (x * y).sum(), argnums=(0, 1))(np.ones(2), np.full(2, 3.0))
     (array([3., 3.]), array([1., 1.]))
     """
-    nums, single = _argnums(argnums)
-    if on_guard not in _ON_GUARD:
-        raise ValueError(f"on_guard must be 'rerecord' or 'raise', got {on_guard!r}")
+    nums, single = _checked(argnums, on_guard, max_recordings)
     if replay:
-        return Replayed(fn, nums, single, False, on_guard)
+        return Replayed(fn, nums, single, False, on_guard, max_recordings)
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -359,56 +366,77 @@ class Replayed:
     """``fn``'s value and gradient, recorded on the first call and replayed on later ones.
 
     Made by ``td.value_and_grad(fn, replay=True)`` or ``td.grad(fn, replay=True)``.  Each
-    thread keeps its own recording, so calls from several threads run at once (the sweeps
-    release the GIL).  ``recordings`` counts the times ``fn`` ran, ``replays`` the calls
-    answered by replay, ``last_guard`` names the last guard that stopped a replay.
+    thread keeps its own recordings, so calls from several threads run at once (the sweeps
+    release the GIL).  A thread keeps up to ``max_recordings`` of them, most recently used
+    first (one per shape, static argument or branch seen): a call replays the first one
+    whose arguments match and whose guards all hold, else ``fn`` records again and the least
+    recently used recording beyond the limit is dropped.  ``recordings`` counts the times
+    ``fn`` ran, ``replays`` the calls answered by replay, ``last_guard`` names the last
+    guard that stopped a replay.
     """
 
     def __init__(self, fn: Callable, nums: tuple, single: bool, with_value: bool,
-                 on_guard: str) -> None:
+                 on_guard: str, max_recordings: int = 4) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
         self._nums = nums
         self._single = single
         self._with_value = with_value
         self._on_guard = on_guard
+        self._max = max_recordings
         self._local = threading.local()
         self._lock = threading.Lock()
         self.recordings = 0
         self.replays = 0
         self.last_guard: str | None = None
 
+    def _recs(self) -> list:
+        recs = getattr(self._local, "recs", None)
+        if recs is None:
+            recs = self._local.recs = []
+        return recs
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        rec = getattr(self._local, "rec", None)
-        if rec is not None:
-            key, dyn, static = _signature(rec.nums, args, kwargs)
-            if key == rec.key and all(_same(a, b) for a, b in zip(static, rec.static)):
-                out = rec.replay(dyn)
-                if not isinstance(out, int):
-                    with self._lock:
-                        self.replays += 1
-                    tensor_out = any(isinstance(args[i], Tensor) for i in rec.nums)
-                    return rec.result(self._single, self._with_value, out, tensor_out)
-                what = rec.tape._guards[out]
-                with self._lock:
-                    self.last_guard = what
-                if self._on_guard == "raise":
-                    raise GuardError(
-                        f"replay of {getattr(self._fn, '__name__', 'the function')} stopped: "
-                        f"the value read by {what} changed since it was recorded, so the "
-                        "function may take another path; pass on_guard='rerecord' to record "
-                        "it again instead")
+        recs = self._recs()
+        failed = None  # the guard that stopped the last matching recording
+        signatures: dict = {}
+        for j, rec in enumerate(recs):
+            if rec.nums not in signatures:
+                signatures[rec.nums] = _signature(rec.nums, args, kwargs)
+            key, dyn, static = signatures[rec.nums]
+            if key != rec.key or not all(_same(a, b) for a, b in zip(static, rec.static)):
+                continue
+            out = rec.replay(dyn)
+            if isinstance(out, int):
+                failed = rec.tape._guards[out]
+                continue
+            if j:
+                recs.insert(0, recs.pop(j))  # most recently used first
+            with self._lock:
+                self.replays += 1
+            tensor_out = any(isinstance(args[i], Tensor) for i in rec.nums)
+            return rec.result(self._single, self._with_value, out, tensor_out)
+        if failed is not None:
+            with self._lock:
+                self.last_guard = failed
+            if self._on_guard == "raise":
+                raise GuardError(
+                    f"replay of {getattr(self._fn, '__name__', 'the function')} stopped: "
+                    f"the value read by {failed} changed since it was recorded, so the "
+                    "function may take another path; pass on_guard='rerecord' to record "
+                    "it again instead")
         rec = _Recording(self._fn, self._nums, args, kwargs, guarded=True)
-        self._local.rec = rec
+        recs.insert(0, rec)
+        del recs[self._max:]
         with self._lock:
             self.recordings += 1
         return rec.result(self._single, self._with_value)
 
     @property
     def tape(self) -> Tape | None:
-        """This thread's recording (None before the first call)."""
-        rec = getattr(self._local, "rec", None)
-        return None if rec is None else rec.tape
+        """This thread's most recently used recording (None before the first call)."""
+        recs = self._recs()
+        return recs[0].tape if recs else None
 
 
 # ---------------------------------------------------------------------------------------------

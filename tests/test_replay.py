@@ -391,10 +391,15 @@ def test_guard_records_again_on_another_branch(case):
     got = f(_arr(case.switch))
     assert (f.recordings, f.replays) == (2, 1)
     assert_same_result(got, eager(case.fn, _arr(case.switch)))
-    # and back on the first branch: recorded again, right values
+    # and back on the first branch: its recording is still kept, and replays
     got = f(_arr(case.rec))
-    assert (f.recordings, f.replays) == (3, 1)
+    assert (f.recordings, f.replays) == (2, 2)
     assert_same_result(got, eager(case.fn, _arr(case.rec)))
+    # keeping one recording only, every switch records again
+    f = td.value_and_grad(case.fn, replay=True, max_recordings=1)
+    for x, counts in ((case.rec, (1, 0)), (case.switch, (2, 0)), (case.rec, (3, 0))):
+        assert_same_result(f(_arr(x)), eager(case.fn, _arr(x)))
+        assert (f.recordings, f.replays) == counts
 
 
 @pytest.mark.parametrize("case", GUARDS, ids=[c.name for c in GUARDS])
@@ -684,8 +689,10 @@ def test_shape_change_records_again():
     fn = lambda x: (x * x * x).sum()  # noqa: E731
     f = td.value_and_grad(fn, replay=True)
     rng = np.random.default_rng(2)
+    # four recordings are kept (one per shape here): (3,) replays after three others
     for shape, counts in [((3,), (1, 0)), ((3,), (1, 1)), ((4,), (2, 1)), ((4,), (2, 2)),
-                          ((2, 2), (3, 2)), ((), (4, 2)), ((), (4, 3)), ((3,), (5, 3))]:
+                          ((2, 2), (3, 2)), ((), (4, 2)), ((), (4, 3)), ((3,), (4, 4)),
+                          ((5,), (5, 4)), ((4,), (6, 4)), ((3,), (6, 5))]:
         x = rng.standard_normal(shape)
         got = f(x)
         assert (f.recordings, f.replays) == counts, shape
@@ -700,7 +707,7 @@ def test_dtype_change_records_again():
     rng = np.random.default_rng(3)
     x = rng.standard_normal(5)
     seq = [(np.float64, (1, 0)), (np.float64, (1, 1)), (np.float32, (2, 1)),
-           (np.float32, (2, 2)), (np.float64, (3, 2))]
+           (np.float32, (2, 2)), (np.float64, (2, 3))]
     for dtype, counts in seq:
         x = rng.standard_normal(5).astype(dtype)
         value, g = f(x)
@@ -1361,18 +1368,33 @@ def test_a_gradient_computed_inside_a_replayed_function_is_guarded():
     assert (r.recordings, r.replays) == (3, 1)
 
 
-def test_re_recording_frees_the_previous_recording():
-    """A function whose guard flips on every call records every time: each new recording
-    replaces the thread's previous one, whose tape is freed (memory stays bounded)."""
-    f = td.value_and_grad(lambda x: (x * x).sum() if x[0] > 0 else (x * 3.0).sum(),
-                          replay=True)
+def test_re_recording_frees_the_recordings_it_drops():
+    """A function whose guard changes on every call records every time: a thread keeps its
+    max_recordings most recent recordings, the older tapes are freed (bounded memory)."""
+    f = td.value_and_grad(lambda x: (x * x).sum() * float(x[0]), replay=True)
     tapes = []
     for i in range(200):
-        f(np.full(1000, 1.0 if i % 2 else -1.0))
+        f(np.full(1000, float(i)))  # float(x[0]) guards a value that never repeats
         tapes.append(weakref.ref(f.tape))
     gc.collect()
-    assert f.recordings == 200
-    assert sum(r() is not None for r in tapes) == 1
+    assert (f.recordings, f.replays) == (200, 0)
+    assert sum(r() is not None for r in tapes) == 4
+
+
+def test_alternating_branches_replay_from_kept_recordings():
+    f = td.value_and_grad(lambda x: (x * x).sum() if x[0] > 0 else (x * 3.0).sum(),
+                          replay=True)
+    for i in range(100):
+        x = np.full(10, 1.0 + i if i % 2 else -1.0 - i)
+        value, g = f(x)
+        np.testing.assert_allclose(value, (x * x).sum() if i % 2 else (3 * x).sum())
+    assert (f.recordings, f.replays) == (2, 98)
+
+
+def test_max_recordings_must_be_positive():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_recordings must be a positive int"):
+            td.value_and_grad(lambda x: x.sum(), replay=True, max_recordings=bad)
 
 
 def test_a_replayed_function_frees_its_recording_when_it_dies():
