@@ -260,6 +260,10 @@ class _Recording:
                 if s >= 0 and not any(x is d for d in self.diff):
                     tape.op[s] = K.OP_CONST
             self._calibrate()
+        # where each input goes and each gradient comes from: (slot, flat range of its arena)
+        self.in_ranges = [self._range(self.slot(x)) for x in self.inputs]
+        self.grad_ranges = [self._range(self.slot(x)) for x in self.diff]
+        self.root = -1 if self.out is None else self.out._slot
         self.first = self._sweep()
         top = tape.top
         kinds = tape.dt[:top]
@@ -271,6 +275,13 @@ class _Recording:
         self.touched = np.zeros(top, np.uint8)
         self.leaf_slots = np.empty(top, np.int64)
         self.nleaf = np.zeros(1, np.int64)
+
+    def _range(self, s: int) -> tuple:
+        """(slot, arena kind, first, end) of slot ``s``, or (-1, 0, 0, 0) when unused."""
+        if s < 0:
+            return -1, 0, 0, 0
+        o = int(self.tape.off[s])
+        return s, int(self.tape.dt[s]), o, o + int(self.tape.n[s])
 
     def _calibrate(self) -> None:
         """Run the forward sweep once at the recorded inputs and let each guard expect the
@@ -305,10 +316,10 @@ class _Recording:
         tape = self.tape
         value = tape.value_view(root, self.shape).copy()
         grads = []
-        for x in self.diff:
-            s = self.slot(x)
+        for x, (s, kind, lo, hi) in zip(self.diff, self.grad_ranges):
             if s >= 0 and touched[s]:
-                grads.append(tape.adjoint_view(s).reshape(x.shape).copy())
+                adj = tape.adj if kind == K.KIND_F64 else tape.adj32
+                grads.append(adj[lo:hi].reshape(x.shape).copy())
             else:
                 grads.append(np.zeros(x.shape, x.dtype))
         return value, grads
@@ -317,12 +328,11 @@ class _Recording:
         """Value and gradients at the dynamic arguments ``dyn``, or the index of the guard
         that failed."""
         tape = self.tape
-        for x, v in zip(self.inputs, dyn):
-            s = self.slot(x)
+        for (s, kind, lo, hi), v in zip(self.in_ranges, dyn):
             if s >= 0:
-                tape.value_view(s, v.shape)[...] = v
+                (tape.val if kind == K.KIND_F64 else tape.val32)[lo:hi] = v.reshape(-1)
         if self.fast:
-            root = -1 if self.out is None else self.out._slot
+            root = self.root
             kind = int(tape.dt[0])
             val, adj = tape.arena(kind)
             r = K.replay_sweeps(tape.top, root, kind, tape.op, tape.ia, tape.ib, tape.off,
