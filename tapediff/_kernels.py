@@ -144,6 +144,7 @@ KIND_F32 = 1
 
 # Record flag bits.
 FLAG_RELEASED = 1  # swept by a backward without retain_graph: may not be swept again
+FLAG_CONSTANT = 2  # depends on nothing differentiated (replay's fixed inputs): no adjoint
 
 # The sweeps' return codes; a value >= 0 is the record where they handed back control.
 SWEEP_DONE = -1
@@ -778,7 +779,7 @@ def scan_adjoint(o, meta, m, val, adj, oo, oa):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def concat_adjoint(meta, m, op, off, n, adj, oo, touched):
+def concat_adjoint(meta, m, op, off, n, flag, adj, oo, touched):
     """Hand each input of a concatenation its part of the output's adjoint.
 
     Payload: count k, slots[k], outer.  In C order the output is (outer, row) and input j
@@ -798,7 +799,7 @@ def concat_adjoint(meta, m, op, off, n, adj, oo, touched):
     for j in range(k):
         s = meta[m + 2 + j]
         w = n[s] // outer
-        if op[s] != OP_CONST:
+        if op[s] != OP_CONST and not flag[s] & FLAG_CONSTANT:
             a = adj[off[s]:]
             first = touched[s] == 0
             for u in range(outer):
@@ -887,10 +888,12 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
         nn = n[i]
         c = p[i]
         if o == OP_CONCAT:
-            concat_adjoint(meta, mi[i], op, off, n, adj, oo, touched)
+            concat_adjoint(meta, mi[i], op, off, n, flag, adj, oo, touched)
             continue
-        ga = a >= 0 and op[a] != OP_CONST
-        gb = b >= 0 and op[b] != OP_CONST
+        ga = a >= 0 and op[a] != OP_CONST and not flag[a] & FLAG_CONSTANT
+        gb = b >= 0 and op[b] != OP_CONST and not flag[b] & FLAG_CONSTANT
+        if not ga and not gb:  # nothing to hand an adjoint to
+            continue
         oa = off[a] if a >= 0 else oo
         ob = off[b] if b >= 0 else oa
         if nn == 1 and o <= LAST_ELEMENTWISE:
@@ -1106,6 +1109,34 @@ def _meta_inputs(o, meta, m):
     if m >= 0 and (o == OP_WHERE or o == OP_CONCAT):
         return meta[m + 1]
     return 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def mark_constant(top, op, ia, ib, mi, flag, meta):
+    """Set FLAG_CONSTANT on every record through whose inputs no adjoint can flow:
+    comparisons and guards, and records whose inputs are all constants or flagged (replay
+    turns its fixed inputs into constants, then flags what depends on them alone)."""
+    for i in range(top):
+        o = op[i]
+        if o == OP_LEAF or o == OP_CONST:
+            continue
+        const = o == OP_CMP or o == OP_GUARD
+        if not const:
+            const = True
+            a = ia[i]
+            b = ib[i]
+            if a >= 0 and op[a] != OP_CONST and not flag[a] & FLAG_CONSTANT:
+                const = False
+            if b >= 0 and op[b] != OP_CONST and not flag[b] & FLAG_CONSTANT:
+                const = False
+            if o == OP_CONCAT:
+                m = mi[i]
+                for t in range(meta[m + 1]):
+                    s = meta[m + 2 + t]
+                    if op[s] != OP_CONST and not flag[s] & FLAG_CONSTANT:
+                        const = False
+        if const:
+            flag[i] |= FLAG_CONSTANT
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -259,6 +259,7 @@ class _Recording:
                 s = self.slot(x)
                 if s >= 0 and not any(x is d for d in self.diff):
                     tape.op[s] = K.OP_CONST
+            K.mark_constant(tape.top, tape.op, tape.ia, tape.ib, tape.mi, tape.flag, tape.meta)
             self._calibrate()
         # where each input goes and each gradient comes from: (slot, flat range of its arena)
         self.in_ranges = [self._range(self.slot(x)) for x in self.inputs]

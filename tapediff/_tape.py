@@ -331,19 +331,22 @@ class Tape:
         g = self.adjoint_view(i)
         a, b = int(self.ia[i]), int(self.ib[i])
         if op == K.OP_CAST:
-            if self.op[a] != K.OP_CONST:
+            if self._gets_adjoint(a):
                 _accumulate(self, a, g, touched)
             return
         # OP_MATMUL: (bs, m, k) @ (bs, k, n); dA = G B^T, dB = A^T G
         m = int(self.mi[i])
         bs, mm, kk, nn = (int(v) for v in self.meta[m + 1:m + 5])
         g = g.reshape(bs, mm, nn)
-        if self.op[a] != K.OP_CONST:
+        if self._gets_adjoint(a):
             bv = self.value_view(b, (bs, kk, nn)).transpose(0, 2, 1)
             self._matmul_into(a, (bs, mm, kk), g, bv, touched)
-        if self.op[b] != K.OP_CONST:
+        if self._gets_adjoint(b):
             av = self.value_view(a, (bs, mm, kk)).transpose(0, 2, 1)
             self._matmul_into(b, (bs, kk, nn), av, g, touched)
+
+    def _gets_adjoint(self, s: int) -> bool:
+        return self.op[s] != K.OP_CONST and not self.flag[s] & K.FLAG_CONSTANT
 
     def _matmul_into(self, s: int, shape: tuple, x: np.ndarray, y: np.ndarray,
                      touched: np.ndarray) -> None:

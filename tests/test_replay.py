@@ -1405,3 +1405,40 @@ def test_a_replayed_function_frees_its_recording_when_it_dies():
         tapes.append(weakref.ref(f.tape))
     gc.collect()
     assert sum(r() is not None for r in tapes) == 1  # only the last f's
+
+
+@crash_guard
+def test_records_that_depend_on_fixed_inputs_alone_get_no_adjoint():
+    """Replay's fixed (not differentiated) inputs become constants, and every record that
+    depends on nothing else is flagged FLAG_CONSTANT: the reverse sweep skips it, and the
+    gradients are still eager's."""
+    from tapediff import _kernels as K
+
+    def fn(w, d):
+        dd = td.concatenate([d[None] * 2.0, td.exp(d)[None]])  # (2, 3) from d alone
+        h = td.tanh(dd @ w) + td.maximum(d.sum(), 0.5)  # broadcasts, a matmul, a where
+        return (h * h).sum() + (w * d[:, None]).sum()
+
+    f = td.value_and_grad(fn, replay=True)
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        w, d = rng.standard_normal((3, 4)), rng.standard_normal(3)
+        assert_same_result(f(w, d), eager(fn, w, d))
+    assert (f.recordings, f.replays) == (1, 2)
+    t = f.tape
+    top = len(t)
+    # reference: which records can an adjoint reach (they read w, directly or not)?
+    wslot = f._local.recs[0].slot(f._local.recs[0].diff[0])
+    live = np.zeros(top, bool)
+    live[wslot] = True
+    for i in range(top):
+        ins = [int(t.ia[i]), int(t.ib[i])]
+        if t.op[i] == K.OP_CONCAT:
+            m = int(t.mi[i])
+            ins += [int(s) for s in t.meta[m + 2:m + 2 + int(t.meta[m + 1])]]
+        if t.op[i] not in (K.OP_CMP, K.OP_GUARD, K.OP_LEAF, K.OP_CONST):
+            live[i] |= any(s >= 0 and live[s] for s in ins)
+    computed = ~np.isin(t.op[:top], [K.OP_LEAF, K.OP_CONST])
+    flagged = (t.flag[:top] & K.FLAG_CONSTANT) > 0
+    np.testing.assert_array_equal(flagged[computed], ~live[computed])
+    assert flagged.sum() >= 5  # d's broadcast, scale, exp, concatenation, matmul input...
