@@ -108,8 +108,9 @@ PYTHON_RULES = (OP_MATMUL, OP_CAST)
 # Replay hands the forward rule of these back to NumPy on arrays of at least ``BIG``
 # elements: NumPy's SIMD loops beat a scalar libm call per element by more than a hand-back
 # costs (e.g. tanh: ~0.8 ns/element against ~9), and give NumPy's values exactly.
-UFUNC_RULES = (OP_EXP, OP_LOG, OP_SQRT, OP_SIN, OP_COS, OP_TAN, OP_TANH, OP_LOG1P, OP_EXPM1,
-               OP_SINH, OP_COSH, OP_ARCSIN, OP_ARCCOS, OP_ARCTAN, OP_LOG2, OP_LOG10, OP_EXP2)
+# (``forward_sweep`` tests the same set as a range: keep the two in step.)
+UFUNC_RULES = tuple(o for o in range(OP_EXP, OP_EXP2 + 1)
+                    if o not in (OP_SIGMOID, OP_RELU, OP_ABS))
 BIG = 2048
 
 # OP_CMP's parameter: which comparison.
@@ -476,6 +477,12 @@ def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, generic
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _gets_adjoint(op, flag, s):
+    """Whether slot ``s`` receives adjoints: not a constant, nor flagged as one."""
+    return op[s] != OP_CONST and not flag[s] & FLAG_CONSTANT
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _put(da, k, ma, pa, fa):
     if fa:
         da[k] = pa
@@ -543,6 +550,18 @@ def _advance(idx, shp, st, base, last):
     return base
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _layout(meta, m):
+    """A restride payload (see ``restride_adjoint``) as (ndim, start, R, shape, strides,
+    number of elements iterated)."""
+    d = meta[m + 1]
+    shp = meta[m + 4:m + 4 + d]
+    total = 1
+    for j in range(d):
+        total *= shp[j]
+    return d, meta[m + 2], meta[m + 3], shp, meta[m + 4 + d:m + 4 + 2 * d], total
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def restride_adjoint(meta, m, adj, oo, oa):
     """adj_in[pos(k)] += adj_out[k // R] over the record's strided iteration space.
@@ -552,16 +571,9 @@ def restride_adjoint(meta, m, adj, oo, oa):
     input at ``start + sum(idx_d * strides_d)`` and belongs to output element ``k // R``
     (R > 1 when trailing dimensions are summed).
     """
-    d = meta[m + 1]
-    start = meta[m + 2]
-    r = meta[m + 3]
-    shp = meta[m + 4:m + 4 + d]
-    st = meta[m + 4 + d:m + 4 + 2 * d]
+    d, start, r, shp, st, total = _layout(meta, m)
     inner = shp[d - 1]
     s = st[d - 1]
-    total = 1
-    for j in range(d):
-        total *= shp[j]
     if total == 0:
         return
     g = adj[oo:]
@@ -595,16 +607,9 @@ def restride_adjoint(meta, m, adj, oo, oa):
 def restride_value(meta, m, val, oo, oa, nn):
     """Forward of ``restride_adjoint``: out[k // R] (+)= in[pos(k)], in the same strided
     iteration (no position array)."""
-    d = meta[m + 1]
-    start = meta[m + 2]
-    r = meta[m + 3]
-    shp = meta[m + 4:m + 4 + d]
-    st = meta[m + 4 + d:m + 4 + 2 * d]
+    d, start, r, shp, st, total = _layout(meta, m)
     inner = shp[d - 1]
     s = st[d - 1]
-    total = 1
-    for j in range(d):
-        total *= shp[j]
     y = val[oo:oo + nn]
     if r > 1:
         y[:] = 0.0
@@ -638,13 +643,7 @@ def restride_value(meta, m, val, oo, oa, nn):
 @njit(cache=True, nogil=True, error_model="numpy")
 def restride_positions(meta, m):
     """The input position of every element of a restride layout, in iteration order."""
-    d = meta[m + 1]
-    start = meta[m + 2]
-    shp = meta[m + 4:m + 4 + d]
-    st = meta[m + 4 + d:m + 4 + 2 * d]
-    total = 1
-    for j in range(d):
-        total *= shp[j]
+    d, start, _, shp, st, total = _layout(meta, m)
     pos = np.empty(total, np.int64)
     idx = np.zeros(d, np.int64)
     base = start
@@ -799,7 +798,7 @@ def concat_adjoint(meta, m, op, off, n, flag, adj, oo, touched):
     for j in range(k):
         s = meta[m + 2 + j]
         w = n[s] // outer
-        if op[s] != OP_CONST and not flag[s] & FLAG_CONSTANT:
+        if _gets_adjoint(op, flag, s):
             a = adj[off[s]:]
             first = touched[s] == 0
             for u in range(outer):
@@ -890,8 +889,8 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
         if o == OP_CONCAT:
             concat_adjoint(meta, mi[i], op, off, n, flag, adj, oo, touched)
             continue
-        ga = a >= 0 and op[a] != OP_CONST and not flag[a] & FLAG_CONSTANT
-        gb = b >= 0 and op[b] != OP_CONST and not flag[b] & FLAG_CONSTANT
+        ga = a >= 0 and _gets_adjoint(op, flag, a)
+        gb = b >= 0 and _gets_adjoint(op, flag, b)
         if not ga and not gb:  # nothing to hand an adjoint to
             continue
         oa = off[a] if a >= 0 else oo
@@ -1027,7 +1026,7 @@ def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, b
             continue
         if nn >= big and OP_EXP <= o <= OP_EXP2 and o != OP_SIGMOID and o != OP_RELU \
                 and o != OP_ABS:
-            return i  # UFUNC_RULES: NumPy's loop
+            return i  # one of UFUNC_RULES: NumPy's loop
         ma = -1 if a >= 0 and n[a] == nn else 0
         mb = -1 if b >= 0 and n[b] == nn else 0
         if o == OP_RESTRIDE:
@@ -1090,8 +1089,8 @@ def replay_sweeps(top, root, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, va
                   touched, leaf_slots, nleaf):
     """Replay in one call: the forward sweep over records 0 .. top - 1, then the reverse
     sweep from the scalar ``root`` (if >= 0) seeded with 1.  For tapes of one arena kind
-    without Python rules (``UFUNC_RULES`` stay in the compiled loops here).  Returns ``-3 - i`` when guard i fails, else the reverse sweep's
-    code."""
+    without Python rules (``UFUNC_RULES`` stay in the compiled loops here).  Returns
+    ``-3 - i`` when guard i fails, else the reverse sweep's code."""
     r = forward_sweep(0, top, kind, op, ia, ib, off, n, p, mi, dt, meta, val, 1 << 62)
     if r != SWEEP_DONE or root < 0:
         return r
@@ -1122,18 +1121,14 @@ def mark_constant(top, op, ia, ib, mi, flag, meta):
             continue
         const = o == OP_CMP or o == OP_GUARD
         if not const:
-            const = True
             a = ia[i]
             b = ib[i]
-            if a >= 0 and op[a] != OP_CONST and not flag[a] & FLAG_CONSTANT:
-                const = False
-            if b >= 0 and op[b] != OP_CONST and not flag[b] & FLAG_CONSTANT:
-                const = False
+            const = not (a >= 0 and _gets_adjoint(op, flag, a)
+                         or b >= 0 and _gets_adjoint(op, flag, b))
             if o == OP_CONCAT:
                 m = mi[i]
                 for t in range(meta[m + 1]):
-                    s = meta[m + 2 + t]
-                    if op[s] != OP_CONST and not flag[s] & FLAG_CONSTANT:
+                    if _gets_adjoint(op, flag, meta[m + 2 + t]):
                         const = False
         if const:
             flag[i] |= FLAG_CONSTANT
