@@ -20,6 +20,7 @@ sit below live ones (the previous step's ``loss`` of a script-level loop) are re
 """
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from typing import Any
@@ -269,17 +270,21 @@ class Tape:
         the transcendental functions on large arrays (NumPy's SIMD loops)."""
         a = int(self.ia[i])
         out = self.value_view(i, (int(self.n[i]),))
-        uf = _UFUNCS.get(int(self.op[i]))
+        uf = _ufuncs().get(int(self.op[i]))
         if uf is not None:
             uf(self.value_view(a, (int(self.n[a]),)), out=out)
             return
         if self.op[i] == K.OP_CAST:
             out[...] = self.value_view(a, (int(self.n[a]),))
             return
-        m = int(self.mi[i])
-        bs, mm, kk, nn = (int(v) for v in self.meta[m + 1:m + 5])
+        bs, mm, kk, nn = self._matmul_dims(i)
         np.matmul(self.value_view(a, (bs, mm, kk)), self.value_view(int(self.ib[i]), (bs, kk, nn)),
                   out=out.reshape(bs, mm, nn))
+
+    def _matmul_dims(self, i: int) -> tuple:
+        """(batch, m, k, n) of matmul record ``i``: (batch, m, k) @ (batch, k, n)."""
+        m = int(self.mi[i])
+        return tuple(int(v) for v in self.meta[m + 1:m + 5])
 
     # -- differentiation -----------------------------------------------------------------------
     def sweep(self, root: int, seed: np.ndarray, retain_graph: bool,
@@ -335,8 +340,7 @@ class Tape:
                 _accumulate(self, a, g, touched)
             return
         # OP_MATMUL: (bs, m, k) @ (bs, k, n); dA = G B^T, dB = A^T G
-        m = int(self.mi[i])
-        bs, mm, kk, nn = (int(v) for v in self.meta[m + 1:m + 5])
+        bs, mm, kk, nn = self._matmul_dims(i)
         g = g.reshape(bs, mm, nn)
         if self._gets_adjoint(a):
             bv = self.value_view(b, (bs, kk, nn)).transpose(0, 2, 1)
@@ -455,12 +459,14 @@ class Tape:
                 t._lc = None
 
 
-_UFUNCS = {K.OP_EXP: np.exp, K.OP_LOG: np.log, K.OP_SQRT: np.sqrt, K.OP_SIN: np.sin,
-           K.OP_COS: np.cos, K.OP_TAN: np.tan, K.OP_TANH: np.tanh, K.OP_LOG1P: np.log1p,
-           K.OP_EXPM1: np.expm1, K.OP_SINH: np.sinh, K.OP_COSH: np.cosh,
-           K.OP_ARCSIN: np.arcsin, K.OP_ARCCOS: np.arccos, K.OP_ARCTAN: np.arctan,
-           K.OP_LOG2: np.log2, K.OP_LOG10: np.log10, K.OP_EXP2: np.exp2}
-assert set(_UFUNCS) == set(K.UFUNC_RULES)
+@functools.cache
+def _ufuncs() -> dict:
+    """Opcode -> the NumPy function eager recording computes it with (``_tensor._UNARY``),
+    for the rules replay hands back to NumPy: the same function, so the same values."""
+    from ._tensor import _UNARY  # (_tensor imports this module)
+    table = {op: uf for op, uf, _ in _UNARY.values() if op in K.UFUNC_RULES}
+    assert set(table) == set(K.UFUNC_RULES)
+    return table
 
 
 def _accumulate(tape: Tape, slot: int, g: np.ndarray, touched: np.ndarray) -> None:
