@@ -176,12 +176,15 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _signature(nums: tuple, args: tuple, kwargs: dict) -> tuple[list, list, list]:
-    """(key, dynamic values, static values): the key lists each argument's role, shape and
-    dtype; dynamic ones (differentiated, or float arrays) are written in at replay."""
+def _signature(nums: frozenset, args: tuple, kwargs: dict,
+               replay: bool = True) -> tuple[list, list, list]:
+    """(key, dynamic values, static values): the key lists each argument's position, role
+    (True: differentiated, False: dynamic, None: static), shape and dtype.  Dynamic ones
+    are the inputs of a recording, written in at replay: the differentiated ones and, for
+    replay, the other float arrays and tensors."""
     key, dyn, static = [], [], []
     for i, x in enumerate(args):
-        if i in nums or _is_dynamic(x):
+        if i in nums or replay and _is_dynamic(x):
             v = _values_of(x)
             key.append((i, i in nums, v.shape, v.dtype))
             dyn.append(v)
@@ -190,7 +193,7 @@ def _signature(nums: tuple, args: tuple, kwargs: dict) -> tuple[list, list, list
             static.append(x)
     for k in sorted(kwargs):
         x = kwargs[k]
-        if _is_dynamic(x):
+        if replay and _is_dynamic(x):
             v = _values_of(x)
             key.append((k, False, v.shape, v.dtype))
             dyn.append(v)
@@ -216,8 +219,8 @@ class _Recording:
         nums = frozenset(order)
         self.nums = nums
         self.tensor_out = any(isinstance(args[i], Tensor) for i in nums)
-        self.key, _, static = _signature(nums, args, kwargs) if guarded else ([], [], [])
-        self.static = [_snapshot(x) for x in static]
+        self.key, dyn, static = _signature(nums, args, kwargs, guarded)
+        self.static = [_snapshot(x) for x in static] if guarded else []
         tape = self.tape = Tape()
         if guarded:
             tape._guards = []
@@ -225,15 +228,13 @@ class _Recording:
         call = list(args)
         kw = dict(kwargs)
         self.inputs: list[Tensor] = []  # in the order of _signature's dynamic values
-        for i, x in enumerate(args):
-            if i in nums or (guarded and _is_dynamic(x)):
-                call[i] = _leaf(x)
-                self.inputs.append(call[i])
-        if guarded:
-            for k in sorted(kwargs):
-                if _is_dynamic(kwargs[k]):
-                    kw[k] = _leaf(kwargs[k])
-                    self.inputs.append(kw[k])
+        for (pos, *_), v in zip((e for e in self.key if e[1] is not None), dyn):
+            leaf = tensor(v, requires_grad=True)
+            if isinstance(pos, int):
+                call[pos] = leaf
+            else:
+                kw[pos] = leaf
+            self.inputs.append(leaf)
         self.diff = [call[i] for i in order]
         with enable_grad(), tape:  # (the tape closes first: see _State.grad_enabled)
             y = fn(*call, **kw)
@@ -304,19 +305,18 @@ class _Recording:
 
     def _sweep(self) -> tuple:
         """(value, gradients) from the values now in the arena."""
-        tape = self.tape
-        if self.out is None:
-            return self.const, [np.zeros(x.shape, x.dtype) for x in self.diff]
-        root = self.out._slot
-        touched = np.zeros(tape.top, np.uint8)
-        if tape.sweep(root, np.ones(1), True, touched) is None:  # pragma: no cover
-            raise AssertionError("a kept recording was released")
-        return self._collect(root, touched)
+        touched = np.zeros(self.tape.top, np.uint8)
+        if self.root >= 0 and self.tape.sweep(self.root, np.ones(1), True, touched) is None:
+            raise AssertionError("a kept recording was released")  # pragma: no cover
+        return self._collect(touched)
 
-    def _collect(self, root: int, touched: np.ndarray) -> tuple:
-        """(value, gradients) read from the arenas after a reverse sweep."""
+    def _collect(self, touched: np.ndarray) -> tuple:
+        """(value, gradients) read from the arenas after a reverse sweep (a constant output:
+        its value, zero gradients)."""
+        if self.root < 0:
+            return self.const, [np.zeros(x.shape, x.dtype) for x in self.diff]
         tape = self.tape
-        value = tape.value_view(root, self.shape).copy()
+        value = tape.value_view(self.root, self.shape).copy()
         grads = []
         for x, (s, kind, lo, hi) in zip(self.diff, self.grad_ranges):
             if s >= 0 and touched[s]:
@@ -334,19 +334,16 @@ class _Recording:
             if s >= 0:
                 (tape.val if kind == K.KIND_F64 else tape.val32)[lo:hi] = v.reshape(-1)
         if self.fast:
-            root = self.root
             kind = int(tape.dt[0])
             val, adj = tape.arena(kind)
-            r = K.replay_sweeps(tape.top, root, kind, tape.op, tape.ia, tape.ib, tape.off,
+            r = K.replay_sweeps(tape.top, self.root, kind, tape.op, tape.ia, tape.ib, tape.off,
                                 tape.n, tape.p, tape.mi, tape.flag, tape.dt, tape.meta, val,
                                 adj, self.touched, self.leaf_slots, self.nleaf)
             if r < K.UNKNOWN_OPCODE:
                 return int(tape.p[-3 - r])
             if r != K.SWEEP_DONE:
                 raise AssertionError(f"replay sweep ended with code {r}")
-            if root < 0:
-                return self.const, [np.zeros(x.shape, x.dtype) for x in self.diff]
-            return self._collect(root, self.touched)
+            return self._collect(self.touched)
         g = tape.forward()
         if g >= 0:
             return int(tape.p[g])
@@ -364,11 +361,6 @@ class _Recording:
             grads = [g[()] if g.ndim == 0 else g for g in grads]
         g = grads[0] if single else tuple(grads)
         return (value, g) if with_value else g
-
-
-def _leaf(x: Any) -> Tensor:
-    """A fresh leaf that requires grad, holding a copy of ``x``'s values (ints as float64)."""
-    return tensor(_values_of(x), requires_grad=True)
 
 
 # ---------------------------------------------------------------------------------------------
