@@ -889,8 +889,9 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
         if o == OP_CONCAT:
             concat_adjoint(meta, mi[i], op, off, n, flag, adj, oo, touched)
             continue
-        ga = a >= 0 and _gets_adjoint(op, flag, a)
-        gb = b >= 0 and _gets_adjoint(op, flag, b)
+        # (_gets_adjoint written out: a call here, even inlined, costs ~12 ns per record)
+        ga = a >= 0 and op[a] != OP_CONST and not flag[a] & FLAG_CONSTANT
+        gb = b >= 0 and op[b] != OP_CONST and not flag[b] & FLAG_CONSTANT
         if not ga and not gb:  # nothing to hand an adjoint to
             continue
         oa = off[a] if a >= 0 else oo
