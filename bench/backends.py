@@ -26,9 +26,8 @@ import numpy as np
 
 import tapediff as td
 
-from .case import (  # noqa: F401  (the names are re-exported)
-    AUTOGRAD_NAME, HAND, JAX_NAME, PEER_NAMES, PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME,
-    Case,
+from .case import (
+    AUTOGRAD_NAME, HAND, JAX_NAME, PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME, Case,
 )
 
 

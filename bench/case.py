@@ -1,12 +1,12 @@
 """What a workload hands the runner: ``Case`` (one objective at one size) and ``Metric``.
 
-A workload module (``bench/scalar.py``, ``bench/gmm.py`` ...) exposes ``cases(quick)``, a list
-of ``Case``.  Each case carries its objective written once, in NumPy style, against an array
-namespace ``xp`` (``bench/backends.py`` supplies one per library), the parameters to
-differentiate and the constant data.  The runner turns it into one timed function per
-contender (NumPy primal, hand-written gradient, tapediff, tapediff replay, PyTorch, JAX,
-autograd), checks that every gradient agrees with tapediff's, then times them in paired
-rounds.
+A workload module (``bench/workloads/scalar.py``, ``bench/workloads/gmm.py`` ...) exposes
+``cases(quick)``, a list of ``Case``.  Each case carries its objective written once, in
+NumPy style, against an array namespace ``xp`` (``bench/backends.py`` supplies one per
+library), the parameters to differentiate and the constant data.  The runner turns it into
+one timed function per contender (NumPy primal, hand-written gradient, tapediff, tapediff
+replay, PyTorch, JAX, autograd), checks that every gradient agrees with tapediff's, then
+times them in paired rounds.
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ For each case of each workload (``--only`` picks workloads):
    tapediff's value).  A disagreement, or tapediff failing, fails the run: the exit code is
    1 and the message names the case and the contender;
 3. warm up and time all contenders in paired rounds (``bench/timing.py``), then measure
-   peak memory and any case-specific figures; replay's figures (``bench/replay.py``) come
-   from the same rounds, and a replay contender that recorded again during the timed calls
-   fails the run.
+   peak memory and any case-specific figures; replay's figures (``bench/replay_figures.py``)
+   come from the same rounds, and a replay contender that recorded again during the timed
+   calls fails the run.
 
 The table goes to stdout as each case finishes, progress lines to stderr.  ``--json FILE``
 writes every number, ``--plot FILE.png`` a chart (needs matplotlib).  ``--quick`` runs small
@@ -34,13 +34,14 @@ import numpy as np  # bench/__init__.py has pinned the thread counts by now
 import tapediff as td
 
 from . import backends as B
-from . import ba, elementwise, gmm, mlp, ops, replay, scalar, startup
-from .case import Case, MetricsCase
+from . import replay_figures
+from .case import PEER_NAMES, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME, Case, MetricsCase
 from .report import case_lines, header_lines, plot, target_lines, to_json, to_markdown
 from .targets import evaluate
 from .timing import paired_rounds, peak_memory, steady_allocator
+from .workloads import array_ops, ba, elementwise, gmm, mlp, scalar, startup
 
-WORKLOADS = {m.WORKLOAD: m for m in (scalar, elementwise, mlp, gmm, ba, ops, startup)}
+WORKLOADS = {m.WORKLOAD: m for m in (scalar, elementwise, mlp, gmm, ba, array_ops, startup)}
 
 
 @dataclass
@@ -218,7 +219,7 @@ def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult
         try:
             cons.append(B.tapediff_replay(case))  # its first call records, untimed
         except Exception as e:  # tapediff failing fails the run
-            res.errors.append(f"{case.name}: {B.TAPEDIFF_REPLAY} raised while recording: "
+            res.errors.append(f"{case.name}: {TAPEDIFF_REPLAY} raised while recording: "
                               f"{type(e).__name__}: {e}")
             traceback.print_exc()
     cons.append(B.primal(case))
@@ -243,7 +244,7 @@ def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult
     progress(f"{tag} {case.name}: warming up and timing {len(cons)} contenders")
     t0 = time.perf_counter()
     res.timings = paired_rounds(
-        cons, B.TAPEDIFF, rounds=settings.rounds, min_rounds=settings.min_rounds,
+        cons, TAPEDIFF, rounds=settings.rounds, min_rounds=settings.min_rounds,
         budget_s=settings.budget_s, sample_s=settings.sample_s,
         warmup_calls=settings.warmup_calls, warmup_s=settings.warmup_s)
     progress(f"{tag} {case.name}: timed in {time.perf_counter() - t0:.1f} s; measuring memory")
@@ -254,11 +255,11 @@ def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult
             res.errors.append(f"{case.workload} / {case.name}: {problem}")
     if case.extra is not None:
         res.metrics = case.extra()
-    res.metrics += replay.figures(res, cons)
+    res.metrics += replay_figures.figures(res, cons)
     if case.threads:
         progress(f"{tag} {case.name}: replay from 1 thread and from 2 threads")
         try:
-            res.metrics += replay.thread_throughput(case, settings.quick)
+            res.metrics += replay_figures.thread_throughput(case, settings.quick)
         except Exception as e:
             res.errors.append(f"{case.name}: replay from two threads failed: "
                               f"{type(e).__name__}: {e}")
@@ -301,8 +302,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     elif args.peers.strip().lower() == "none":
         args.peer_list = []
     else:
-        lookup = {n.lower().split()[0]: n for n in B.PEER_NAMES}
-        lookup["torch"] = B.TORCH_NAME
+        lookup = {n.lower().split()[0]: n for n in PEER_NAMES}
+        lookup["torch"] = TORCH_NAME
         wanted = [lookup.get(p.strip().lower()) for p in args.peers.split(",")]
         if None in wanted:
             ap.error(f"--peers: choose from {', '.join(lookup)}")

@@ -77,7 +77,7 @@ TARGETS = [
     Target("BA gradient <= 3x the NumPy primal",
            lambda r: r.workload == "ba",
            lambda r: paired_ratio(r, TAPEDIFF, PRIMAL), 3.0, False, "{:.2f}x primal"),
-    # replay: td.value_and_grad(f, replay=True), replayed calls (bench/replay.py)
+    # replay: td.value_and_grad(f, replay=True), replayed calls (bench/replay_figures.py)
     Target("replayed scalar chain value+gradient <= 40 ns/record",
            lambda r: r.name.startswith("scalar chain"),
            lambda r: _metric(r, "tapediff replay"), 40.0, False, "{:.1f} ns/record"),

@@ -1,6 +1,6 @@
 """The benchmark's objectives are right, and the runner runs.
 
-* Each objective in ``bench/`` (written once, run on ndarrays by the NumPy primal and on
+* Each objective in ``bench/workloads/`` (written once, run on ndarrays by the NumPy primal and on
   tensors by tapediff) gets tapediff gradients that match central finite differences of the
   NumPy primal, at tiny sizes.
 * The hand-written NumPy gradients (Rosenbrock, MLP, GMM) match tapediff's.
@@ -32,8 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # bench/ is not an installed package; run from the repository
     sys.path.insert(0, ROOT)
 
-from bench import ba, elementwise, gmm, mlp, ops, scalar  # noqa: E402
 from bench.case import Case  # noqa: E402
+from bench.workloads import array_ops, ba, elementwise, gmm, mlp, scalar  # noqa: E402
 
 
 class _NS:
@@ -265,10 +265,12 @@ def test_ba_sizes_are_adbenchs():
 def test_ops_gradients():
     rng = np.random.default_rng(4)
     for case in [
-        Case("ops", "elementwise", ops.elementwise, [rng.uniform(0.5, 1.5, 6),
-                                                     rng.uniform(0.5, 1.5, 6)]),
-        Case("ops", "matmul", ops.matmul, [rng.normal(size=(3, 3)), rng.normal(size=(3, 3))]),
-        Case("ops", "indexing", ops.indexing, [rng.normal(size=8)], [rng.integers(0, 8, 8)]),
+        Case("ops", "elementwise", array_ops.elementwise, [rng.uniform(0.5, 1.5, 6),
+                                                           rng.uniform(0.5, 1.5, 6)]),
+        Case("ops", "matmul", array_ops.matmul,
+             [rng.normal(size=(3, 3)), rng.normal(size=(3, 3))]),
+        Case("ops", "indexing", array_ops.indexing, [rng.normal(size=8)],
+             [rng.integers(0, 8, 8)]),
     ]:
         assert_grads_match_fd(case)
 
@@ -394,7 +396,7 @@ def test_a_replay_that_records_again_fails_the_case(monkeypatch):
 
 
 def test_replay_break_even_against_jax():
-    from bench.replay import break_even
+    from bench.replay_figures import break_even
 
     # faster steady state and cheaper first call: ahead for every N
     assert break_even(0.01, 1e-3, 1.0, 2e-3) == (math.inf, "always")
@@ -408,7 +410,7 @@ def test_replay_break_even_against_jax():
 
 
 def test_replay_throughput_from_two_threads_records_once_per_thread():
-    from bench.replay import THREADS, THREADS_CONTROL, thread_throughput
+    from bench.replay_figures import THREADS, THREADS_CONTROL, thread_throughput
 
     metrics = {m.name: m for m in thread_throughput(mlp._case((5, 4, 3, 3), 4), quick=True)}
     assert metrics[THREADS].value > 0 and metrics[THREADS_CONTROL].value > 0

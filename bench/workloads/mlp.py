@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .case import Case
+from ..case import Case
 
 WORKLOAD = "mlp"
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .case import Case
+from ..case import Case
 
 WORKLOAD = "ba"
 # name: (cameras, points, observations), from ADBench's data file names

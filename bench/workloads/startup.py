@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-from .case import Metric, MetricsCase
+from ..case import Metric, MetricsCase
 
 WORKLOAD = "compile"
 

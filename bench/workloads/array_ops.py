@@ -1,7 +1,7 @@
 """Array kernels against NumPy and PyTorch: elementwise, matmul and indexing at 10^3 and 10^6.
 
-These are the figures ``python -m bench.ops`` printed before the runner existed (issue 3),
-now a workload of it: ``python -m bench --only ops`` (``python -m bench.ops`` still works).
+These are the figures the old ``bench/ops.py`` printed before the runner existed (issue 3),
+now the runner's ``ops`` workload: ``python -m bench --only ops``.
 For each kernel: the NumPy primal (forward only), tapediff forward+backward, and every peer.
 
 * elementwise: ``sum(log(x*y) * exp(-x) + tanh(y) * x * x)``, x, y in [0.5, 1.5];
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .case import Case
+from ..case import Case
 
 WORKLOAD = "ops"
 
@@ -46,10 +46,3 @@ def cases(quick: bool) -> list[Case]:
         ]
     return out
 
-
-if __name__ == "__main__":
-    import sys
-
-    from .runner import main
-
-    sys.exit(main(["--only", WORKLOAD, *sys.argv[1:]]))

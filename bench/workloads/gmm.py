@@ -35,7 +35,7 @@ import math
 
 import numpy as np
 
-from .case import Case
+from ..case import Case
 
 WORKLOAD = "gmm"
 # (d, K) as in the brief; n in {1,000, 10,000}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .case import Case
+from ..case import Case
 
 WORKLOAD = "elementwise"
 

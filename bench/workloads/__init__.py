@@ -1,0 +1,15 @@
+"""The benchmark's workloads, one module each (``--only`` name: module).
+
+* ``scalar``: ``scalar.py``, a scalar chain and a Horner polynomial (per-operation overhead);
+* ``elementwise``: ``elementwise.py``, a mixed elementwise expression and Rosenbrock;
+* ``mlp``: ``mlp.py``, one training step of two multilayer perceptrons;
+* ``gmm``: ``gmm.py``, ADBench's Gaussian mixture model objective;
+* ``ba``: ``ba.py``, ADBench's bundle adjustment objective;
+* ``ops``: ``array_ops.py``, elementwise, matmul and indexing kernels;
+* ``compile``: ``startup.py``, start-up cost (import, first backward, first replay) in a
+  fresh process.
+
+Each module defines ``WORKLOAD`` (its ``--only`` name) and ``cases(quick)``, a list of
+``Case`` or ``MetricsCase`` (``bench/case.py``); ``bench/runner.py`` lists them in
+``WORKLOADS``.
+"""
