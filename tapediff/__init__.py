@@ -12,17 +12,16 @@ tensor([2., 2., 2.])
 """
 import numpy as _np
 
-from ._functions import (
-    arange, arccos, arcsin, arctan, cos, cosh, exp, exp2, expm1, full, log, log1p, log2, log10,
-    ones, ones_like, relu, sigmoid, sin, sinh, softplus, sqrt, tan, tanh, zeros, zeros_like,
-)
-from ._ops import abs_ as abs
+# _tensor first: it completes _ops and _numpy (its one late import) before anything uses them
+from ._tensor import BroadcastError, Tensor, tensor  # isort: skip
+from . import _functions
+from ._functions import *  # noqa: F403  (factories and the elementwise primitives: td.exp ...)
 from ._ops import (
-    arctan2, argmax, argmin, array_split, astype, atleast_1d, atleast_2d, broadcast_to, clip,
-    concatenate, cumprod, cumsum, diagonal, dot, einsum, expand_dims, flip, hstack, hypot,
-    inner, log_softmax, logsumexp, matmul, maximum, mean, minimum, moveaxis, norm, outer, pad,
-    prod, ravel, reciprocal, repeat, reshape, roll, sign, softmax, split, square, squeeze,
-    stack, std, swapaxes, take, tensordot, tile, trace, transpose, var, vdot, vstack, where,
+    argmax, argmin, array_split, astype, atleast_1d, atleast_2d, broadcast_to, clip,
+    concatenate, cumprod, cumsum, diagonal, dot, einsum, expand_dims, flip, hstack, inner,
+    log_softmax, logsumexp, matmul, maximum, mean, minimum, moveaxis, norm, outer, pad, prod,
+    ravel, reciprocal, repeat, reshape, roll, sign, softmax, split, square, squeeze, stack,
+    std, swapaxes, take, tensordot, tile, trace, transpose, var, vdot, vstack, where,
 )
 from ._ops import max_ as max
 from ._ops import min_ as min
@@ -30,7 +29,6 @@ from ._ops import sum_ as sum
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._tape import Tape, current_tape, tape
 from ._replay import GuardError, Replayed, grad, value_and_grad
-from ._tensor import BroadcastError, Tensor, tensor
 
 float16 = _np.dtype(_np.float16)
 float32 = _np.dtype(_np.float32)
@@ -46,10 +44,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Tensor", "Tape", "BroadcastError", "tensor", "tape", "current_tape", "no_grad",
     "value_and_grad", "grad", "Replayed", "GuardError",
-    "enable_grad", "set_grad_enabled", "is_grad_enabled", "zeros", "ones", "full", "arange",
-    "zeros_like", "ones_like", "exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid",
-    "relu", "abs", "log1p", "expm1", "log2", "log10", "exp2", "sinh", "cosh", "arcsin",
-    "arccos", "arctan", "softplus", "square", "reciprocal", "sign", "arctan2", "hypot", "sum",
+    "enable_grad", "set_grad_enabled", "is_grad_enabled", *_functions.__all__,
+    "square", "reciprocal", "sign", "sum",
     "mean", "var", "std", "max", "min", "argmax", "argmin", "prod", "cumsum", "cumprod",
     "logsumexp", "softmax", "log_softmax", "norm", "reshape", "ravel", "squeeze",
     "expand_dims", "transpose", "swapaxes", "moveaxis", "broadcast_to", "flip", "roll",

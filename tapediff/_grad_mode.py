@@ -4,14 +4,14 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, TypeVar
 
-from ._tape import _tls
+from ._tape import thread_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def is_grad_enabled() -> bool:
     """True when operations in this thread are recorded for differentiation."""
-    return _tls.grad_enabled
+    return thread_state.grad_enabled
 
 
 class _GradMode:
@@ -20,23 +20,23 @@ class _GradMode:
     _mode: bool
 
     def __enter__(self) -> None:
-        self._prev = _tls.grad_enabled
-        _tls.grad_enabled = self._mode
+        self._prev = thread_state.grad_enabled
+        thread_state.grad_enabled = self._mode
 
     def __exit__(self, *exc: object) -> None:
-        _tls.grad_enabled = self._prev
+        thread_state.grad_enabled = self._prev
 
     def __call__(self, fn: F) -> F:
         mode = self._mode
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            prev = _tls.grad_enabled
-            _tls.grad_enabled = mode
+            prev = thread_state.grad_enabled
+            thread_state.grad_enabled = mode
             try:
                 return fn(*args, **kwargs)
             finally:
-                _tls.grad_enabled = prev
+                thread_state.grad_enabled = prev
 
         return wrapper  # type: ignore[return-value]
 
@@ -72,12 +72,12 @@ class set_grad_enabled(_GradMode):
 
     def __init__(self, mode: bool) -> None:
         self._mode = bool(mode)
-        self._prev = _tls.grad_enabled
-        _tls.grad_enabled = self._mode
+        self._prev = thread_state.grad_enabled
+        thread_state.grad_enabled = self._mode
 
     def __enter__(self) -> None:  # the mode was already set by the constructor
         pass
 
     def __call__(self, fn: F) -> F:
-        _tls.grad_enabled = self._prev  # as a decorator it applies only inside ``fn``
+        thread_state.grad_enabled = self._prev  # as a decorator it applies only inside ``fn``
         return super().__call__(fn)

@@ -1,29 +1,43 @@
-"""Opcodes, their reverse rules, and the jitted sweeps over the tape's record arrays.
+"""Opcodes, each primitive's forward and reverse rules, and the jitted sweeps over the tape.
 
 Everything Numba compiles lives in this one file.  Numba's on-disk cache is keyed by the source
-file of each function, so opcode constants and kernels defined in another module could go
-stale in the cache without Numba noticing; keeping them together makes every edit here
+file of each function, so opcode constants, traits and rules defined in another module could
+go stale in the cache without Numba noticing; keeping them together makes every edit here
 invalidate the cache as a whole.
 
-Layout of a tape (see ``_tape.Tape``): record ``i`` produces slot ``i``.  ``dt[i]`` says which
-arena holds its value (``KIND_F64`` or ``KIND_F32``): ``val[off[i]:off[i] + n[i]]`` (flat, C
-order), its adjoint the same range of the matching adjoint arena.  ``ia[i]``/``ib[i]`` are
-input slots (-1 when absent), ``p[i]`` a scalar parameter and ``mi[i]`` the offset of a
-block in the int64 side table ``meta`` (``meta[m]`` holds the block's length, the payload
-follows).  Opcodes in ``META_INPUTS`` list further input slots at the start of their
-payload: ``meta[m+1]`` = count, then the slots.
+**One primitive, one block.**  Each primitive is declared once below: its opcode (numbered in
+order of declaration by ``_opcode``, with the traits the sweeps need), then its forward rule
+``fwd_<name>`` and its reverse rule ``adj_<name>`` side by side.  Elementwise rules are small
+``inline="always"`` functions of scalars: ``fwd(x, z, c) -> y`` and ``adj(g, x, z, y, c) ->
+(g dy/da, g dy/db)`` with x, z the inputs' values (z unused by unary rules), y the output's
+value, c the record's parameter and g the output's adjoint.  The scalar path, the array loops,
+the forward sweep and the reverse sweep all call these; nothing else writes the maths again.
+The Python side of a primitive (eager NumPy and float forwards, NumPy dispatch, ``td.*``
+names, test domain) is its row in ``_primitives.PRIMITIVES``.
+
+**Dispatch.**  The sweeps dispatch with flat ``if/elif`` chains on the opcode constants, which
+hold no maths.  Numba cannot cache functions built with ``exec`` (numba issue 3501) nor
+functions that receive other jitted functions as arguments, so a registry-driven dispatch
+would lose the cache or need generated code; a hand-written chain keeps one source of truth
+readable, and ``tests/test_kernels.py`` records every opcode from the public API and checks
+its gradient and its forward rule, so a missing branch fails there.  Opcode classes are
+tested through ``TRAITS`` (a constant array Numba freezes into the code), never as number
+ranges: adding a primitive renumbers nothing in the source.
+
+Layout of a tape (see ``_tape.Tape``): record ``i`` produces slot ``i``.  ``arena_of[i]`` says
+which arena holds its value (``KIND_F64`` or ``KIND_F32``): ``val[off[i]:off[i] + size[i]]``
+(flat, C order), its adjoint the same range of the matching adjoint arena.  ``in_a[i]`` /
+``in_b[i]`` are input slots (-1 when absent), ``param[i]`` a scalar parameter and
+``meta_at[i]`` the offset of a block in the int64 side table ``meta`` (``meta[m]`` holds the
+block's length, the payload follows).  Primitives with the ``META_INPUTS`` trait list further
+input slots at the start of their payload: ``meta[m+1]`` = count, then the slots.
 
 The sweeps: ``reverse_sweep`` is one jitted loop over the records of one arena kind (Numba
 compiles it once per kind, on first use).  It hands control back to the Python driver
-(``Tape.sweep``) at a record of the other kind and at the two records whose rules are NumPy
-calls: ``OP_MATMUL`` (BLAS; a BLAS call compiled into the sweep costs ~7 s of cold compile)
-and ``OP_CAST`` (it spans both arenas).  Dispatch is a hand-written ``if/elif`` chain: Numba
-cannot cache functions built with ``exec`` nor functions that receive other jitted
-functions as arguments, so a registry-driven dispatch would lose the cache or need
-generated code; ``tests/test_kernels.py`` checks that every opcode has a branch.
-``forward_sweep`` is its mirror for replay: it recomputes each record's value from its
-inputs (each primitive's forward rule sits beside its reverse rule) and stops at a guard
-record whose value changed.
+(``Tape.sweep``) at a record of the other kind and at the ``PYTHON_RULE`` primitives:
+``OP_MATMUL`` (BLAS; a BLAS call compiled into the sweep costs ~7 s of cold compile) and
+``OP_CAST`` (it spans both arenas).  ``forward_sweep`` is its mirror for replay: it recomputes
+each record's value from its inputs and stops at a guard record whose value changed.
 
 Kernels use ``error_model="numpy"``: division by zero and the like give inf/nan as in NumPy
 (Numba's default raises ZeroDivisionError) and loops need no per-element checks.
@@ -42,103 +56,27 @@ import numpy as np
 from numba import njit
 
 # ---------------------------------------------------------------------------------------------
-# Opcodes.  Names say the operand kinds: plain = tensor(s) only, _C = tensor with the scalar
-# constant p.  Elementwise rules are in ``partials``, the others in ``reverse_sweep``.
+# Traits: what the sweeps need to know of an opcode beyond its rule.
 # ---------------------------------------------------------------------------------------------
-OP_LEAF = 0  # value of a leaf that requires grad; its adjoint goes to the leaf's .grad
-OP_CONST = 1  # a constant operand (copied in); never gets an adjoint
-# binary elementwise: a (op) b
-OP_ADD = 2
-OP_SUB = 3
-OP_MUL = 4
-OP_DIV = 5
-OP_POW = 6
-OP_ARCTAN2 = 7
-OP_HYPOT = 8
-# tensor (op) constant p
-OP_ADD_C = 9  # a + p   (a - c is recorded as a + (-c): exact in IEEE arithmetic)
-OP_MUL_C = 10  # a * p   (-a is a * -1)
-OP_RSUB_C = 11  # p - a
-OP_DIV_C = 12  # a / p
-OP_RDIV_C = 13  # p / a
-OP_POW_C = 14  # a ** p
-OP_RPOW_C = 15  # p ** a
-# unary
-OP_EXP = 16
-OP_LOG = 17
-OP_SQRT = 18
-OP_SIN = 19
-OP_COS = 20
-OP_TAN = 21
-OP_TANH = 22
-OP_SIGMOID = 23
-OP_RELU = 24
-OP_ABS = 25
-OP_LOG1P = 26
-OP_EXPM1 = 27
-OP_SINH = 28
-OP_COSH = 29
-OP_ARCSIN = 30
-OP_ARCCOS = 31
-OP_ARCTAN = 32
-OP_LOG2 = 33
-OP_LOG10 = 34
-OP_EXP2 = 35
-OP_SOFTPLUS = 36
-LAST_ELEMENTWISE = OP_SOFTPLUS
-# layout, selection, reductions and scans
-OP_RESTRIDE = 37  # strided gather / sum: slicing, broadcasting, transposes, axis sums
-OP_GATHER = 38  # out[k] = a[idx[k]]: advanced indexing, repeat, roll
-OP_SCATTER = 39  # out = 0; out[idx[k]] += a[k]: functional index updates
-OP_WHERE = 40  # out = a where w else b; weights w (1, 0, or 1/2 at ties) in a META_INPUTS slot
-OP_CONCAT = 41  # inputs listed in meta, joined along an axis
-OP_PROD = 42  # strided product reduction (OP_RESTRIDE's layout)
-OP_CUMSUM = 43  # running sum along an axis
-OP_CUMPROD = 44  # running product along an axis
-OP_EXTREME = 45  # strided max (p = 1) or min (p = -1) reduction; ties share the adjoint
-# data-dependent records, never differentiated
-OP_CMP = 46  # a (cmp) b as 0/1 (p = CMP_*); the tie weights of maximum/minimum give 1/2
-OP_GUARD = 47  # replay stops unless slot a still equals constant b (a value Python looked at)
-# rules run by the Python driver (NumPy calls)
-OP_MATMUL = 48  # batched (b, m, k) @ (b, k, n) through BLAS
-OP_CAST = 49  # a value of the other arena kind (float32 <-> float64)
-LAST_OPCODE = OP_CAST
-META_INPUTS = (OP_WHERE, OP_CONCAT)
-PYTHON_RULES = (OP_MATMUL, OP_CAST)
-# Replay hands the forward rule of these back to NumPy on arrays of at least ``BIG``
-# elements: NumPy's SIMD loops beat a scalar libm call per element by more than a hand-back
-# costs (e.g. tanh: ~0.8 ns/element against ~9), and give NumPy's values exactly.
-# (``forward_sweep`` tests the same set as a range: keep the two in step.)
-UFUNC_RULES = tuple(o for o in range(OP_EXP, OP_EXP2 + 1)
-                    if o not in (OP_SIGMOID, OP_RELU, OP_ABS))
-BIG = 2048
+ELEMENTWISE = 1  # fwd/adj rules of scalars over y[k], x[k & ma], z[k & mb]
+ONE_INPUT = 2  # elementwise with one tensor input (a unary rule, or one with a constant p)
+LINEAR_C = 4  # elementwise with a constant slope d out/d a = adj(1, ., ., ., p)
+WRITES_ONCE = 8  # each element of a full-size input gets its adjoint from one output element
+META_INPUTS = 16  # further input slots listed in the side table
+NO_GRADIENT = 32  # data-dependent records no adjoint flows through
+PYTHON_RULE = 64  # rules the Python driver runs (NumPy calls)
 
-# OP_CMP's parameter: which comparison.
-CMP_GT = 0
-CMP_GE = 1
-CMP_LT = 2
-CMP_LE = 3
-CMP_EQ = 4
-CMP_NE = 5
-CMP_NOT_LT = 6  # not (a < b): 1 where a is NaN (clip keeps a NaN)
-CMP_NOT_GT = 7
-CMP_MAX_WEIGHT = 8  # maximum's share for a: 1 where a > b, 1/2 at a tie, 0 below; a NaN wins
-CMP_MIN_WEIGHT = 9
+_TRAITS: list = []
 
-# Name of each opcode as shown in reprs (grad_fn=<MulBackward0>).
-OPCODES = {
-    OP_LEAF: "Leaf", OP_CONST: "Const", OP_ADD: "Add", OP_SUB: "Sub", OP_MUL: "Mul",
-    OP_DIV: "Div", OP_POW: "Pow", OP_ARCTAN2: "Atan2", OP_HYPOT: "Hypot", OP_ADD_C: "Add",
-    OP_MUL_C: "Mul", OP_RSUB_C: "Rsub", OP_DIV_C: "Div", OP_RDIV_C: "Div", OP_POW_C: "Pow",
-    OP_RPOW_C: "Pow", OP_EXP: "Exp", OP_LOG: "Log", OP_SQRT: "Sqrt", OP_SIN: "Sin",
-    OP_COS: "Cos", OP_TAN: "Tan", OP_TANH: "Tanh", OP_SIGMOID: "Sigmoid", OP_RELU: "Relu",
-    OP_ABS: "Abs", OP_LOG1P: "Log1P", OP_EXPM1: "Expm1", OP_SINH: "Sinh", OP_COSH: "Cosh",
-    OP_ARCSIN: "Asin", OP_ARCCOS: "Acos", OP_ARCTAN: "Atan", OP_LOG2: "Log2",
-    OP_LOG10: "Log10", OP_EXP2: "Exp2", OP_SOFTPLUS: "Softplus", OP_RESTRIDE: "View",
-    OP_GATHER: "Index", OP_SCATTER: "IndexPut", OP_WHERE: "Where", OP_CONCAT: "Cat",
-    OP_PROD: "Prod", OP_CUMSUM: "Cumsum", OP_CUMPROD: "Cumprod", OP_EXTREME: "Amax",
-    OP_CMP: "Compare", OP_GUARD: "Guard", OP_MATMUL: "Mm", OP_CAST: "ToCopy",
-}
+
+def _opcode(traits: int = 0) -> int:
+    """The next opcode, with its traits (see ``TRAITS``)."""
+    _TRAITS.append(traits)
+    return len(_TRAITS) - 1
+
+
+BINARY_RULE = ELEMENTWISE | WRITES_ONCE  # the traits of an elementwise rule of two tensors
+UNARY_RULE = ELEMENTWISE | WRITES_ONCE | ONE_INPUT  # ... of one tensor (and the parameter)
 
 KIND_F64 = 0
 KIND_F32 = 1
@@ -155,231 +93,683 @@ UNKNOWN_OPCODE = -2
 
 _LN2 = math.log(2.0)
 _LN10 = math.log(10.0)
+_2_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+rule = njit(inline="always", nogil=True, error_model="numpy")
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: values the sweeps never compute.
+# ---------------------------------------------------------------------------------------------
+OP_LEAF = _opcode()  # value of a leaf that requires grad; its adjoint goes to the leaf's .grad
+OP_CONST = _opcode()  # a constant operand (copied in); never gets an adjoint
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise primitives: tensor (op) tensor.
+# ---------------------------------------------------------------------------------------------
+OP_ADD = _opcode(BINARY_RULE)  # a + b
+
+
+@rule
+def fwd_add(x, z, c):
+    return x + z
+
+
+@rule
+def adj_add(g, x, z, y, c):
+    return g, g
+
+
+OP_SUB = _opcode(BINARY_RULE)  # a - b
+
+
+@rule
+def fwd_sub(x, z, c):
+    return x - z
+
+
+@rule
+def adj_sub(g, x, z, y, c):
+    return g, -g
+
+
+OP_MUL = _opcode(BINARY_RULE)  # a * b
+
+
+@rule
+def fwd_mul(x, z, c):
+    return x * z
+
+
+@rule
+def adj_mul(g, x, z, y, c):
+    return g * z, g * x
+
+
+OP_DIV = _opcode(BINARY_RULE)  # a / b
+
+
+@rule
+def fwd_div(x, z, c):
+    return x / z
+
+
+@rule
+def adj_div(g, x, z, y, c):  # d/da = 1/b, d/db = -(a/b)/b
+    return g / z, -g * y / z
+
+
+OP_POW = _opcode(BINARY_RULE)  # a ** b
+
+
+@rule
+def fwd_pow(x, z, c):
+    return x ** z
+
+
+@rule
+def adj_pow(g, x, z, y, c):
+    # d/da = b a^(b-1) (0 where b == 0); d/db = a^b log a (0 where a == 0 and b >= 0)
+    da = 0.0 if z == 0.0 else g * z * x ** (z - 1.0)
+    db = 0.0 if (x == 0.0 and z >= 0.0) else g * y * math.log(x)
+    return da, db
+
+
+OP_ARCTAN2 = _opcode(BINARY_RULE)  # atan2(a, b)
+
+
+@rule
+def fwd_arctan2(x, z, c):
+    return math.atan2(x, z)
+
+
+@rule
+def adj_arctan2(g, x, z, y, c):  # (b, -a) / (a^2 + b^2)
+    r = x * x + z * z
+    return g * z / r, -g * x / r
+
+
+OP_HYPOT = _opcode(BINARY_RULE)  # sqrt(a^2 + b^2)
+
+
+@rule
+def fwd_hypot(x, z, c):
+    return math.hypot(x, z)
+
+
+@rule
+def adj_hypot(g, x, z, y, c):  # (a, b) / y
+    return g * x / y, g * z / y
 
 
 # ---------------------------------------------------------------------------------------------
-# Elementwise reverse rules: (g * d out/d a, g * d out/d b) from g (the output's adjoint),
-# x, z (the inputs' values; z unused by unary rules), y (the output's value) and c (the
-# record's parameter).  ``partials_hot`` holds the rules that have specialised array loops
-# in the sweep; keeping it small lets LLVM inline and fold it into each of those loops.
+# Elementwise primitives: tensor (op) the constant parameter c.
+# ---------------------------------------------------------------------------------------------
+OP_ADD_C = _opcode(UNARY_RULE | LINEAR_C)  # a + c   (a - c is recorded as a + (-c): exact)
+
+
+@rule
+def fwd_add_c(x, z, c):
+    return x + c
+
+
+@rule
+def adj_add_c(g, x, z, y, c):
+    return g, 0.0
+
+
+OP_MUL_C = _opcode(UNARY_RULE | LINEAR_C)  # a * c   (-a is a * -1)
+
+
+@rule
+def fwd_mul_c(x, z, c):
+    return x * c
+
+
+@rule
+def adj_mul_c(g, x, z, y, c):
+    return g * c, 0.0
+
+
+OP_RSUB_C = _opcode(UNARY_RULE | LINEAR_C)  # c - a
+
+
+@rule
+def fwd_rsub_c(x, z, c):
+    return c - x
+
+
+@rule
+def adj_rsub_c(g, x, z, y, c):
+    return -g, 0.0
+
+
+OP_DIV_C = _opcode(UNARY_RULE | LINEAR_C)  # a / c
+
+
+@rule
+def fwd_div_c(x, z, c):
+    return x / c
+
+
+@rule
+def adj_div_c(g, x, z, y, c):
+    return g / c, 0.0
+
+
+OP_RDIV_C = _opcode(UNARY_RULE)  # c / a
+
+
+@rule
+def fwd_rdiv_c(x, z, c):
+    return c / x
+
+
+@rule
+def adj_rdiv_c(g, x, z, y, c):  # d(c/a)/da = -(c/a)/a
+    return -g * y / x, 0.0
+
+
+OP_POW_C = _opcode(UNARY_RULE)  # a ** c
+
+
+@rule
+def fwd_pow_c(x, z, c):  # x * x is pow(x, 2) exactly, and much cheaper
+    return x * x if c == 2.0 else x ** c
+
+
+@rule
+def adj_pow_c(g, x, z, y, c):  # c a^(c-1), 0 where c == 0
+    if c == 2.0:
+        return 2.0 * g * x, 0.0
+    if c == 3.0:
+        return 3.0 * g * (x * x), 0.0
+    return (0.0 if c == 0.0 else g * c * x ** (c - 1.0)), 0.0
+
+
+OP_RPOW_C = _opcode(UNARY_RULE)  # c ** a
+
+
+@rule
+def fwd_rpow_c(x, z, c):
+    return c ** x
+
+
+@rule
+def adj_rpow_c(g, x, z, y, c):  # c^a log c
+    return g * y * math.log(c), 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise primitives: unary functions.  Numba's math functions give NumPy's results
+# outside their domains (nan, -inf) without checks.
+# ---------------------------------------------------------------------------------------------
+OP_EXP = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_exp(x, z, c):
+    return math.exp(x)
+
+
+@rule
+def adj_exp(g, x, z, y, c):  # d/dx e^x = y
+    return g * y, 0.0
+
+
+OP_LOG = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_log(x, z, c):
+    return math.log(x)
+
+
+@rule
+def adj_log(g, x, z, y, c):
+    return g / x, 0.0
+
+
+OP_SQRT = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_sqrt(x, z, c):
+    return math.sqrt(x)
+
+
+@rule
+def adj_sqrt(g, x, z, y, c):  # 1 / (2 sqrt x)
+    return g * 0.5 / y, 0.0
+
+
+OP_SIN = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_sin(x, z, c):
+    return math.sin(x)
+
+
+@rule
+def adj_sin(g, x, z, y, c):
+    return g * math.cos(x), 0.0
+
+
+OP_COS = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_cos(x, z, c):
+    return math.cos(x)
+
+
+@rule
+def adj_cos(g, x, z, y, c):
+    return -g * math.sin(x), 0.0
+
+
+OP_TAN = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_tan(x, z, c):
+    return math.tan(x)
+
+
+@rule
+def adj_tan(g, x, z, y, c):  # 1 + tan^2
+    return g * (1.0 + y * y), 0.0
+
+
+OP_TANH = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_tanh(x, z, c):
+    return math.tanh(x)
+
+
+@rule
+def adj_tanh(g, x, z, y, c):  # 1 - tanh^2
+    return g * (1.0 - y * y), 0.0
+
+
+OP_SIGMOID = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_sigmoid(x, z, c):  # never overflows: 1/(1+e) for x >= 0, e/(1+e) below
+    e = math.exp(-abs(x))
+    return (1.0 if x >= 0.0 else e) / (1.0 + e)
+
+
+@rule
+def adj_sigmoid(g, x, z, y, c):  # s (1 - s)
+    return g * y * (1.0 - y), 0.0
+
+
+OP_RELU = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_relu(x, z, c):  # NaN stays NaN
+    return x if x > 0.0 or x != x else 0.0
+
+
+@rule
+def adj_relu(g, x, z, y, c):  # 0 at 0, as PyTorch
+    return (g if x > 0.0 else 0.0), 0.0
+
+
+OP_ABS = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_abs(x, z, c):
+    return abs(x)
+
+
+@rule
+def adj_abs(g, x, z, y, c):  # sign(x), 0 at 0 (PyTorch's subgradient)
+    return (g if x > 0.0 else (-g if x < 0.0 else 0.0)), 0.0
+
+
+OP_LOG1P = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_log1p(x, z, c):
+    return math.log1p(x)
+
+
+@rule
+def adj_log1p(g, x, z, y, c):
+    return g / (1.0 + x), 0.0
+
+
+OP_EXPM1 = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_expm1(x, z, c):
+    return math.expm1(x)
+
+
+@rule
+def adj_expm1(g, x, z, y, c):  # e^x = y + 1
+    return g * (y + 1.0), 0.0
+
+
+OP_SINH = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_sinh(x, z, c):
+    return math.sinh(x)
+
+
+@rule
+def adj_sinh(g, x, z, y, c):
+    return g * math.cosh(x), 0.0
+
+
+OP_COSH = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_cosh(x, z, c):
+    return math.cosh(x)
+
+
+@rule
+def adj_cosh(g, x, z, y, c):
+    return g * math.sinh(x), 0.0
+
+
+OP_ARCSIN = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_arcsin(x, z, c):
+    return math.asin(x)
+
+
+@rule
+def adj_arcsin(g, x, z, y, c):  # 1 / sqrt(1 - x^2)
+    return g / math.sqrt(1.0 - x * x), 0.0
+
+
+OP_ARCCOS = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_arccos(x, z, c):
+    return math.acos(x)
+
+
+@rule
+def adj_arccos(g, x, z, y, c):  # -1 / sqrt(1 - x^2)
+    return -g / math.sqrt(1.0 - x * x), 0.0
+
+
+OP_ARCTAN = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_arctan(x, z, c):
+    return math.atan(x)
+
+
+@rule
+def adj_arctan(g, x, z, y, c):  # 1 / (1 + x^2)
+    return g / (1.0 + x * x), 0.0
+
+
+OP_LOG2 = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_log2(x, z, c):
+    return math.log2(x)
+
+
+@rule
+def adj_log2(g, x, z, y, c):
+    return g / (x * _LN2), 0.0
+
+
+OP_LOG10 = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_log10(x, z, c):
+    return math.log10(x)
+
+
+@rule
+def adj_log10(g, x, z, y, c):
+    return g / (x * _LN10), 0.0
+
+
+OP_EXP2 = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_exp2(x, z, c):
+    return 2.0 ** x
+
+
+@rule
+def adj_exp2(g, x, z, y, c):  # 2^x ln 2
+    return g * y * _LN2, 0.0
+
+
+OP_SOFTPLUS = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_softplus(x, z, c):  # log(1 + e^x) without overflow
+    return (x if x > 0.0 else 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+@rule
+def adj_softplus(g, x, z, y, c):  # sigmoid(x) = 1 - exp(-softplus(x)), accurate via expm1
+    return -g * math.expm1(-y), 0.0
+
+
+OP_ERF = _opcode(UNARY_RULE)
+
+
+@rule
+def fwd_erf(x, z, c):
+    return math.erf(x)
+
+
+@rule
+def adj_erf(g, x, z, y, c):  # 2/sqrt(pi) e^(-x^2)
+    return g * _2_SQRT_PI * math.exp(-x * x), 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise dispatch (no maths here).  ``partials_hot``/``value_hot`` hold the rules with
+# specialised array loops in the sweeps; keeping them small lets LLVM inline and fold them
+# into each of those loops, where the opcode is a constant.
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
 def partials_hot(o, g, x, z, y, c):
     if o == OP_ADD:
-        return g, g
+        return adj_add(g, x, z, y, c)
     if o == OP_SUB:
-        return g, -g
+        return adj_sub(g, x, z, y, c)
     if o == OP_MUL:
-        return g * z, g * x
-    if o == OP_DIV:  # d/da = 1/b, d/db = -(a/b)/b
-        return g / z, -g * y / z
-    if o == OP_MUL_C:  # also ADD_C, RSUB_C, DIV_C with c = d out/d a (see reverse_sweep)
-        return g * c, 0.0
-    if o == OP_POW_C:  # c x^(c-1); squares and cubes are common enough to skip pow()
-        if c == 2.0:
-            return 2.0 * g * x, 0.0
-        if c == 3.0:
-            return 3.0 * g * (x * x), 0.0
-        return (0.0 if c == 0.0 else g * c * x ** (c - 1.0)), 0.0
+        return adj_mul(g, x, z, y, c)
+    if o == OP_DIV:
+        return adj_div(g, x, z, y, c)
+    if o == OP_MUL_C:  # also the other LINEAR_C rules, with c = their slope (reverse_sweep)
+        return adj_mul_c(g, x, z, y, c)
+    if o == OP_POW_C:
+        return adj_pow_c(g, x, z, y, c)
     if o == OP_EXP:
-        return g * y, 0.0
-    if o == OP_TANH:  # 1 - tanh^2
-        return g * (1.0 - y * y), 0.0
-    if o == OP_SIGMOID:  # s (1 - s)
-        return g * y * (1.0 - y), 0.0
-    if o == OP_RELU:  # 0 at 0, as PyTorch
-        return (g if x > 0.0 else 0.0), 0.0
+        return adj_exp(g, x, z, y, c)
+    if o == OP_TANH:
+        return adj_tanh(g, x, z, y, c)
+    if o == OP_SIGMOID:
+        return adj_sigmoid(g, x, z, y, c)
+    if o == OP_RELU:
+        return adj_relu(g, x, z, y, c)
     return math.nan, math.nan
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def partials(o, g, x, z, y, c):
-    """Every elementwise rule (the hot ones via ``partials_hot``)."""
-    if o == OP_POW:  # d/da = b a^(b-1) (0 where b == 0); d/db = a^b log a (0 where a == 0, b >= 0)
-        da = 0.0 if z == 0.0 else g * z * x ** (z - 1.0)
-        db = 0.0 if (x == 0.0 and z >= 0.0) else g * y * math.log(x)
-        return da, db
-    if o == OP_ARCTAN2:  # atan2(a, b): (b, -a) / (a^2 + b^2)
-        r = x * x + z * z
-        return g * z / r, -g * x / r
+    """Every elementwise reverse rule (the hot ones via ``partials_hot``)."""
+    if o == OP_POW:
+        return adj_pow(g, x, z, y, c)
+    if o == OP_ARCTAN2:
+        return adj_arctan2(g, x, z, y, c)
     if o == OP_HYPOT:
-        return g * x / y, g * z / y
+        return adj_hypot(g, x, z, y, c)
     if o == OP_ADD_C:
-        return g, 0.0
+        return adj_add_c(g, x, z, y, c)
     if o == OP_RSUB_C:
-        return -g, 0.0
+        return adj_rsub_c(g, x, z, y, c)
     if o == OP_DIV_C:
-        return g / c, 0.0
-    if o == OP_RDIV_C:  # d(c/a)/da = -(c/a)/a
-        return -g * y / x, 0.0
+        return adj_div_c(g, x, z, y, c)
+    if o == OP_RDIV_C:
+        return adj_rdiv_c(g, x, z, y, c)
     if o == OP_RPOW_C:
-        return g * y * math.log(c), 0.0
+        return adj_rpow_c(g, x, z, y, c)
     if o == OP_LOG:
-        return g / x, 0.0
+        return adj_log(g, x, z, y, c)
     if o == OP_SQRT:
-        return g * 0.5 / y, 0.0
+        return adj_sqrt(g, x, z, y, c)
     if o == OP_SIN:
-        return g * math.cos(x), 0.0
+        return adj_sin(g, x, z, y, c)
     if o == OP_COS:
-        return -g * math.sin(x), 0.0
-    if o == OP_TAN:  # 1 + tan^2
-        return g * (1.0 + y * y), 0.0
-    if o == OP_ABS:  # sign(x), 0 at 0
-        return (g if x > 0.0 else (-g if x < 0.0 else 0.0)), 0.0
+        return adj_cos(g, x, z, y, c)
+    if o == OP_TAN:
+        return adj_tan(g, x, z, y, c)
+    if o == OP_ABS:
+        return adj_abs(g, x, z, y, c)
     if o == OP_LOG1P:
-        return g / (1.0 + x), 0.0
+        return adj_log1p(g, x, z, y, c)
     if o == OP_EXPM1:
-        return g * (y + 1.0), 0.0
+        return adj_expm1(g, x, z, y, c)
     if o == OP_SINH:
-        return g * math.cosh(x), 0.0
+        return adj_sinh(g, x, z, y, c)
     if o == OP_COSH:
-        return g * math.sinh(x), 0.0
+        return adj_cosh(g, x, z, y, c)
     if o == OP_ARCSIN:
-        return g / math.sqrt(1.0 - x * x), 0.0
+        return adj_arcsin(g, x, z, y, c)
     if o == OP_ARCCOS:
-        return -g / math.sqrt(1.0 - x * x), 0.0
+        return adj_arccos(g, x, z, y, c)
     if o == OP_ARCTAN:
-        return g / (1.0 + x * x), 0.0
+        return adj_arctan(g, x, z, y, c)
     if o == OP_LOG2:
-        return g / (x * _LN2), 0.0
+        return adj_log2(g, x, z, y, c)
     if o == OP_LOG10:
-        return g / (x * _LN10), 0.0
+        return adj_log10(g, x, z, y, c)
     if o == OP_EXP2:
-        return g * y * _LN2, 0.0
-    if o == OP_SOFTPLUS:  # sigmoid(x) = 1 - exp(-softplus(x)), accurate through expm1
-        return -g * math.expm1(-y), 0.0
+        return adj_exp2(g, x, z, y, c)
+    if o == OP_SOFTPLUS:
+        return adj_softplus(g, x, z, y, c)
+    if o == OP_ERF:
+        return adj_erf(g, x, z, y, c)
     return partials_hot(o, g, x, z, y, c)
 
 
-# ---------------------------------------------------------------------------------------------
-# Elementwise forward rules: the value from x, z (the inputs) and c (the parameter), as the
-# recording path computes it with NumPy (``_tensor._UNARY``, the binary operators).  Replay
-# runs them; ``value_hot`` holds the ones with specialised array loops.
-# ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
 def value_hot(o, x, z, c):
     if o == OP_ADD:
-        return x + z
+        return fwd_add(x, z, c)
     if o == OP_SUB:
-        return x - z
+        return fwd_sub(x, z, c)
     if o == OP_MUL:
-        return x * z
+        return fwd_mul(x, z, c)
     if o == OP_DIV:
-        return x / z
+        return fwd_div(x, z, c)
     if o == OP_ADD_C:
-        return x + c
+        return fwd_add_c(x, z, c)
     if o == OP_MUL_C:
-        return x * c
+        return fwd_mul_c(x, z, c)
     if o == OP_EXP:
-        return math.exp(x)
+        return fwd_exp(x, z, c)
     if o == OP_TANH:
-        return math.tanh(x)
+        return fwd_tanh(x, z, c)
     return math.nan
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def value(o, x, z, c):
-    """Every elementwise forward rule (the hot ones via ``value_hot``).  Numba's math
-    functions give NumPy's results outside their domains (nan, -inf) without checks."""
+    """Every elementwise forward rule (the hot ones via ``value_hot``)."""
     if o == OP_POW:
-        return x ** z
+        return fwd_pow(x, z, c)
     if o == OP_ARCTAN2:
-        return math.atan2(x, z)
+        return fwd_arctan2(x, z, c)
     if o == OP_HYPOT:
-        return math.hypot(x, z)
+        return fwd_hypot(x, z, c)
     if o == OP_RSUB_C:
-        return c - x
+        return fwd_rsub_c(x, z, c)
     if o == OP_DIV_C:
-        return x / c
+        return fwd_div_c(x, z, c)
     if o == OP_RDIV_C:
-        return c / x
+        return fwd_rdiv_c(x, z, c)
     if o == OP_POW_C:
-        return x * x if c == 2.0 else x ** c
+        return fwd_pow_c(x, z, c)
     if o == OP_RPOW_C:
-        return c ** x
+        return fwd_rpow_c(x, z, c)
     if o == OP_LOG:
-        return math.log(x)
+        return fwd_log(x, z, c)
     if o == OP_SQRT:
-        return math.sqrt(x)
+        return fwd_sqrt(x, z, c)
     if o == OP_SIN:
-        return math.sin(x)
+        return fwd_sin(x, z, c)
     if o == OP_COS:
-        return math.cos(x)
+        return fwd_cos(x, z, c)
     if o == OP_TAN:
-        return math.tan(x)
+        return fwd_tan(x, z, c)
     if o == OP_SIGMOID:
-        return _sigmoid(x)
+        return fwd_sigmoid(x, z, c)
     if o == OP_RELU:
-        return x if x > 0.0 or x != x else 0.0
+        return fwd_relu(x, z, c)
     if o == OP_ABS:
-        return abs(x)
+        return fwd_abs(x, z, c)
     if o == OP_LOG1P:
-        return math.log1p(x)
+        return fwd_log1p(x, z, c)
     if o == OP_EXPM1:
-        return math.expm1(x)
+        return fwd_expm1(x, z, c)
     if o == OP_SINH:
-        return math.sinh(x)
+        return fwd_sinh(x, z, c)
     if o == OP_COSH:
-        return math.cosh(x)
+        return fwd_cosh(x, z, c)
     if o == OP_ARCSIN:
-        return math.asin(x)
+        return fwd_arcsin(x, z, c)
     if o == OP_ARCCOS:
-        return math.acos(x)
+        return fwd_arccos(x, z, c)
     if o == OP_ARCTAN:
-        return math.atan(x)
+        return fwd_arctan(x, z, c)
     if o == OP_LOG2:
-        return math.log2(x)
+        return fwd_log2(x, z, c)
     if o == OP_LOG10:
-        return math.log10(x)
+        return fwd_log10(x, z, c)
     if o == OP_EXP2:
-        return 2.0 ** x
+        return fwd_exp2(x, z, c)
     if o == OP_SOFTPLUS:
-        return _softplus(x)
+        return fwd_softplus(x, z, c)
+    if o == OP_ERF:
+        return fwd_erf(x, z, c)
     return value_hot(o, x, z, c)
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _sigmoid(x):  # never overflows: 1/(1+e) for x >= 0, e/(1+e) below
-    e = math.exp(-abs(x))
-    return (1.0 if x >= 0.0 else e) / (1.0 + e)
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _softplus(x):  # log(1 + e^x) without overflow
-    return (x if x > 0.0 else 0.0) + math.log1p(math.exp(-abs(x)))
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def compare(o, x, z):
-    """OP_CMP's rule: 1.0 where the comparison ``o`` holds, else 0.0 (tie weights 1/2)."""
-    if o == CMP_GT:
-        return 1.0 if x > z else 0.0
-    if o == CMP_GE:
-        return 1.0 if x >= z else 0.0
-    if o == CMP_LT:
-        return 1.0 if x < z else 0.0
-    if o == CMP_LE:
-        return 1.0 if x <= z else 0.0
-    if o == CMP_EQ:
-        return 1.0 if x == z else 0.0
-    if o == CMP_NE:
-        return 1.0 if x != z else 0.0
-    if o == CMP_NOT_LT:
-        return 0.0 if x < z else 1.0
-    if o == CMP_NOT_GT:
-        return 0.0 if x > z else 1.0
-    if x != x or x == z:  # the weights: a NaN operand is the result
-        return 1.0 if x != x else 0.5
-    if z != z:
-        return 0.0
-    if o == CMP_MAX_WEIGHT:
-        return 1.0 if x > z else 0.0
-    return 1.0 if x < z else 0.0
-
-
+# ---------------------------------------------------------------------------------------------
+# Elementwise array loops.  At the specialised call sites the opcode is a constant, so the
+# ``*_hot`` dispatch folds away and the loop vectorises; the ``*_any`` loops serve the rest,
+# with one loop for each common unary rule (whose libm call dominates: no dispatch per
+# element; compiled once, on first use) and the rarest through the dispatch per element.
+# ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _vector_value(o, val, oo, oa, ob, nn, ma, mb, c, generic=False):
-    """Forward counterpart of ``_vector_rule``: y[k] = rule(x[k & ma], z[k & mb])."""
+    """y[k] = fwd(x[k & ma], z[k & mb]) over a record of nn elements."""
     y = val[oo:oo + nn]
     x = val[oa:]
     z = val[ob:]
@@ -392,69 +782,58 @@ def _vector_value(o, val, oo, oa, ob, nn, ma, mb, c, generic=False):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _vector_value_any(o, val, oo, oa, ob, nn, ma, mb, c):
-    """``_vector_value`` for the other rules: one loop per common unary rule (no dispatch per
-    element; compiled once, on the first replay), the rarest through ``value``."""
+    """``_vector_value`` for the rules without a specialised loop in ``forward_sweep``."""
     y = val[oo:oo + nn]
     x = val[oa:oa + nn] if ma else val[oa:oa + 1]
     if o == OP_LOG:
         for k in range(nn):
-            y[k] = math.log(x[k & ma])
+            y[k] = fwd_log(x[k & ma], 0.0, c)
     elif o == OP_SQRT:
         for k in range(nn):
-            y[k] = math.sqrt(x[k & ma])
+            y[k] = fwd_sqrt(x[k & ma], 0.0, c)
     elif o == OP_SIN:
         for k in range(nn):
-            y[k] = math.sin(x[k & ma])
+            y[k] = fwd_sin(x[k & ma], 0.0, c)
     elif o == OP_COS:
         for k in range(nn):
-            y[k] = math.cos(x[k & ma])
+            y[k] = fwd_cos(x[k & ma], 0.0, c)
     elif o == OP_SIGMOID:
         for k in range(nn):
-            y[k] = _sigmoid(x[k & ma])
+            y[k] = fwd_sigmoid(x[k & ma], 0.0, c)
     elif o == OP_RELU:
         for k in range(nn):
-            v = x[k & ma]
-            y[k] = v if v > 0.0 or v != v else 0.0
+            y[k] = fwd_relu(x[k & ma], 0.0, c)
     elif o == OP_ABS:
         for k in range(nn):
-            y[k] = abs(x[k & ma])
+            y[k] = fwd_abs(x[k & ma], 0.0, c)
     elif o == OP_LOG1P:
         for k in range(nn):
-            y[k] = math.log1p(x[k & ma])
+            y[k] = fwd_log1p(x[k & ma], 0.0, c)
     elif o == OP_SOFTPLUS:
         for k in range(nn):
-            y[k] = _softplus(x[k & ma])
+            y[k] = fwd_softplus(x[k & ma], 0.0, c)
     elif o == OP_RSUB_C:
         for k in range(nn):
-            y[k] = c - x[k & ma]
+            y[k] = fwd_rsub_c(x[k & ma], 0.0, c)
     elif o == OP_DIV_C:
         for k in range(nn):
-            y[k] = x[k & ma] / c
+            y[k] = fwd_div_c(x[k & ma], 0.0, c)
     elif o == OP_RDIV_C:
         for k in range(nn):
-            y[k] = c / x[k & ma]
-    elif o == OP_POW_C and c == 2.0:
+            y[k] = fwd_rdiv_c(x[k & ma], 0.0, c)
+    elif o == OP_POW_C and c == 2.0:  # the exponent fwd_pow_c singles out, as a constant
         for k in range(nn):
-            v = x[k & ma]
-            y[k] = v * v
-    elif o == OP_POW_C and c == 3.0:
-        for k in range(nn):
-            v = x[k & ma]
-            y[k] = v * v * v
-    elif o == OP_POW_C and c == -1.0:
-        for k in range(nn):
-            y[k] = 1.0 / x[k & ma]
+            y[k] = fwd_pow_c(x[k & ma], 0.0, 2.0)
     else:
         _vector_value(o, val, oo, oa, ob, nn, ma, mb, c, True)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, generic=False):
-    """A rule over a record of nn > 1 elements.  At the specialised call sites ``o`` is a
-    constant and ``generic`` False, so ``partials_hot``'s branches fold away and the loop
-    vectorises; ``generic`` runs any rule through ``partials``, one call per element.  A
-    size-1 operand is read with mask 0; its adjoint accumulates all nn contributions.
-    ``fa``/``fb``: first touch of a full-size input, whose adjoint is assigned, not added."""
+    """A reverse rule over a record of nn > 1 elements (``generic``: any rule, through
+    ``partials``, one call per element).  A size-1 operand is read with mask 0; its adjoint
+    accumulates all nn contributions.  ``fa``/``fb``: first touch of a full-size input,
+    whose adjoint is assigned, not added."""
     g = adj[oo:oo + nn]
     y = val[oo:oo + nn]
     x = val[oa:]
@@ -477,12 +856,6 @@ def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, generic
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _gets_adjoint(op, flag, s):
-    """Whether slot ``s`` receives adjoints: not a constant, nor flagged as one."""
-    return op[s] != OP_CONST and not flag[s] & FLAG_CONSTANT
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _put(da, k, ma, pa, fa):
     if fa:
         da[k] = pa
@@ -492,48 +865,50 @@ def _put(da, k, ma, pa, fa):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
-    """``_vector_rule`` for the other rules, compiled once: one loop per common unary rule
-    (whose libm calls dominate; no dispatch per element), the rarest through ``partials``."""
-    if ob == oa and ga and not gb and o > OP_HYPOT:  # a unary rule (or a constant operand)
+    """``_vector_rule`` for the rules without a specialised loop in ``reverse_sweep``."""
+    if ob == oa and ga and not gb and TRAITS[o] & ONE_INPUT:  # a unary rule
         g = adj[oo:oo + nn]
         y = val[oo:oo + nn]
         x = val[oa:]
         da = adj[oa:]
         if o == OP_LOG:
             for k in range(nn):
-                _put(da, k, ma, g[k] / x[k & ma], fa)
+                _put(da, k, ma, adj_log(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
             return
         if o == OP_SQRT:
             for k in range(nn):
-                _put(da, k, ma, g[k] * 0.5 / y[k], fa)
+                _put(da, k, ma, adj_sqrt(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
             return
         if o == OP_SIN:
             for k in range(nn):
-                _put(da, k, ma, g[k] * math.cos(x[k & ma]), fa)
+                _put(da, k, ma, adj_sin(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
             return
         if o == OP_COS:
             for k in range(nn):
-                _put(da, k, ma, -g[k] * math.sin(x[k & ma]), fa)
+                _put(da, k, ma, adj_cos(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
             return
         if o == OP_ABS:
             for k in range(nn):
-                v = x[k & ma]
-                _put(da, k, ma, g[k] if v > 0.0 else (-g[k] if v < 0.0 else 0.0), fa)
+                _put(da, k, ma, adj_abs(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
             return
         if o == OP_LOG1P:
             for k in range(nn):
-                _put(da, k, ma, g[k] / (1.0 + x[k & ma]), fa)
+                _put(da, k, ma, adj_log1p(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
             return
         if o == OP_SOFTPLUS:
             for k in range(nn):
-                _put(da, k, ma, -g[k] * math.expm1(-y[k]), fa)
+                _put(da, k, ma, adj_softplus(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
             return
     _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, True)
 
 
 # ---------------------------------------------------------------------------------------------
-# Layout, selection, reductions, scans
+# Layout: OP_RESTRIDE, a strided gather (slicing, broadcasting, transposes) or sum (axis sums,
+# the adjoint of a broadcast).  Its adjoint is the one place broadcasts are summed back.
 # ---------------------------------------------------------------------------------------------
+OP_RESTRIDE = _opcode()
+
+
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _advance(idx, shp, st, base, last):
     """Step the multi-index ``idx`` (dimensions 0..last, C order) and return the new input
@@ -552,7 +927,7 @@ def _advance(idx, shp, st, base, last):
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _layout(meta, m):
-    """A restride payload (see ``restride_adjoint``) as (ndim, start, R, shape, strides,
+    """A restride payload (see ``adj_restride``) as (ndim, start, R, shape, strides,
     number of elements iterated)."""
     d = meta[m + 1]
     shp = meta[m + 4:m + 4 + d]
@@ -563,7 +938,7 @@ def _layout(meta, m):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def restride_adjoint(meta, m, adj, oo, oa):
+def adj_restride(meta, m, adj, oo, oa):
     """adj_in[pos(k)] += adj_out[k // R] over the record's strided iteration space.
 
     Payload at meta[m+1:]: ndim, start, R, shape[ndim], strides[ndim] (in elements of the
@@ -604,8 +979,8 @@ def restride_adjoint(meta, m, adj, oo, oa):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def restride_value(meta, m, val, oo, oa, nn):
-    """Forward of ``restride_adjoint``: out[k // R] (+)= in[pos(k)], in the same strided
+def fwd_restride(meta, m, val, oo, oa, nn):
+    """Forward of ``adj_restride``: out[k // R] (+)= in[pos(k)], in the same strided
     iteration (no position array)."""
     d, start, r, shp, st, total = _layout(meta, m)
     inner = shp[d - 1]
@@ -653,8 +1028,14 @@ def restride_positions(meta, m):
     return pos
 
 
+# ---------------------------------------------------------------------------------------------
+# Reductions beyond sums: product, max/min (restride layouts with R > 1).
+# ---------------------------------------------------------------------------------------------
+OP_PROD = _opcode()  # product over groups of R elements
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def prod_adjoint(meta, m, val, adj, oo, oa, nn):
+def adj_prod(meta, m, val, adj, oo, oa, nn):
     """Product over groups of R elements: d/dx_i = g * prod_{j != i} x_j, from exclusive
     prefix and suffix products, so zeros in the group are handled exactly."""
     r = meta[m + 3]
@@ -676,8 +1057,8 @@ def prod_adjoint(meta, m, val, adj, oo, oa, nn):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def prod_value(meta, m, val, oo, oa, nn):
-    """Forward of ``prod_adjoint``: the product of each group of R elements."""
+def fwd_prod(meta, m, val, oo, oa, nn):
+    """Forward of ``adj_prod``: the product of each group of R elements."""
     r = meta[m + 3]
     pos = restride_positions(meta, m)
     x = val[oa:]
@@ -688,8 +1069,11 @@ def prod_value(meta, m, val, oo, oa, nn):
         val[oo + j] = acc
 
 
+OP_EXTREME = _opcode()  # max (p = 1) or min (p = -1) over groups; ties share the adjoint
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def extreme_value(meta, m, val, oo, oa, nn, sign):
+def fwd_extreme(meta, m, val, oo, oa, nn, sign):
     """Max (sign 1) or min (sign -1) of each group of R elements; NaN wins, as in NumPy."""
     r = meta[m + 3]
     pos = restride_positions(meta, m)
@@ -707,7 +1091,7 @@ def extreme_value(meta, m, val, oo, oa, nn, sign):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def extreme_adjoint(meta, m, val, adj, oo, oa, nn):
+def adj_extreme(meta, m, val, adj, oo, oa, nn):
     """The adjoint of a group's extreme goes to the elements equal to it, in equal shares."""
     r = meta[m + 3]
     pos = restride_positions(meta, m)
@@ -728,9 +1112,16 @@ def extreme_adjoint(meta, m, val, adj, oo, oa, nn):
                 a[q] += g
 
 
+# ---------------------------------------------------------------------------------------------
+# Scans along the middle axis of (outer, length, inner): payload outer, length, inner.
+# ---------------------------------------------------------------------------------------------
+OP_CUMSUM = _opcode()
+OP_CUMPROD = _opcode()
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def scan_value(o, meta, m, val, oo, oa):
-    """Forward of ``scan_adjoint``: running sum or product along the middle axis."""
+def fwd_scan(o, meta, m, val, oo, oa):
+    """Forward of ``adj_scan``: running sum or product along the middle axis."""
     outer = meta[m + 1]
     ln = meta[m + 2]
     inner = meta[m + 3]
@@ -749,7 +1140,7 @@ def scan_value(o, meta, m, val, oo, oa):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def scan_adjoint(o, meta, m, val, adj, oo, oa):
+def adj_scan(o, meta, m, val, adj, oo, oa):
     """Reverse rules of cumsum and cumprod along the middle axis of (outer, length, inner)."""
     outer = meta[m + 1]
     ln = meta[m + 2]
@@ -777,8 +1168,20 @@ def scan_adjoint(o, meta, m, val, adj, oo, oa):
                 a[b + i * inner] += acc * (1.0 if i == 0 else y[b + (i - 1) * inner])
 
 
+# ---------------------------------------------------------------------------------------------
+# Joins: OP_CONCAT, inputs listed in the side table, joined along an axis.
+# ---------------------------------------------------------------------------------------------
+OP_CONCAT = _opcode(META_INPUTS)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _gets_adjoint(op, flag, s):
+    """Whether slot ``s`` receives adjoints: not a constant, nor flagged as one."""
+    return op[s] != OP_CONST and not flag[s] & FLAG_CONSTANT
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def concat_adjoint(meta, m, op, off, n, flag, adj, oo, touched):
+def adj_concat(meta, m, op, off, n, flag, adj, oo, touched):
     """Hand each input of a concatenation its part of the output's adjoint.
 
     Payload: count k, slots[k], outer.  In C order the output is (outer, row) and input j
@@ -812,8 +1215,8 @@ def concat_adjoint(meta, m, op, off, n, flag, adj, oo, touched):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def concat_value(meta, m, off, n, val, oo):
-    """Forward of ``concat_adjoint``: each input's rows placed side by side."""
+def fwd_concat(meta, m, off, n, val, oo):
+    """Forward of ``adj_concat``: each input's rows placed side by side."""
     k = meta[m + 1]
     outer = meta[m + 2 + k]
     if outer == 0:
@@ -833,8 +1236,119 @@ def concat_value(meta, m, off, n, val, oo):
         col += w
 
 
+# ---------------------------------------------------------------------------------------------
+# Selection: gathers and scatters through an index payload, where.
+# ---------------------------------------------------------------------------------------------
+OP_GATHER = _opcode()  # out[k] = a[idx[k]]: advanced indexing, repeat, roll; payload idx
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def fwd_gather(meta, m, val, oo, oa, nn):
+    for k in range(nn):
+        val[oo + k] = val[oa + meta[m + 1 + k]]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def adj_gather(meta, m, adj, oo, oa, nn):  # adj_a[idx[k]] += g[k]: repeats accumulate
+    for k in range(nn):
+        adj[oa + meta[m + 1 + k]] += adj[oo + k]
+
+
+OP_SCATTER = _opcode()  # out = 0; out[idx[k]] += a[k]: functional index updates
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def fwd_scatter(meta, m, val, oo, oa, nn, na):
+    val[oo:oo + nn] = 0.0
+    for k in range(na):
+        val[oo + meta[m + 1 + k]] += val[oa + k]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def adj_scatter(meta, m, adj, oo, oa, na):  # adj_a[k] += g[idx[k]]
+    for k in range(na):
+        adj[oa + k] += adj[oo + meta[m + 1 + k]]
+
+
+# out = a where the weight w is set (1, or 1/2 at a tie), else b; w is the slot listed in the
+# payload (a constant, or an OP_CMP record that replay recomputes)
+OP_WHERE = _opcode(META_INPUTS | WRITES_ONCE)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def fwd_where(val, w, mw, oo, oa, ob, nn, ma, mb):
+    for k in range(nn):
+        val[oo + k] = val[oa + (k & ma)] if w[k & mw] >= 0.5 else val[ob + (k & mb)]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def adj_where(adj, w, mw, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb):  # a: g w, b: g (1 - w)
+    g = adj[oo:oo + nn]
+    da = adj[oa:]
+    db = adj[ob:]
+    for k in range(nn):
+        wk = w[k & mw]
+        if fa:
+            da[k] = g[k] * wk
+        elif ga:
+            da[k & ma] += g[k] * wk
+        if fb:
+            db[k] = g[k] * (1.0 - wk)
+        elif gb:
+            db[k & mb] += g[k] * (1.0 - wk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-dependent records, never differentiated.
+# ---------------------------------------------------------------------------------------------
+OP_CMP = _opcode(NO_GRADIENT)  # a (cmp) b as 0/1 (p = CMP_*); maximum/minimum's tie weights
+
+# OP_CMP's parameter: which comparison.
+CMP_GT = 0
+CMP_GE = 1
+CMP_LT = 2
+CMP_LE = 3
+CMP_EQ = 4
+CMP_NE = 5
+CMP_NOT_LT = 6  # not (a < b): 1 where a is NaN (clip keeps a NaN)
+CMP_NOT_GT = 7
+CMP_MAX_WEIGHT = 8  # maximum's share for a: 1 where a > b, 1/2 at a tie, 0 below; a NaN wins
+CMP_MIN_WEIGHT = 9
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def guard_holds(val, oa, ob, nn):
+def fwd_compare(o, x, z):
+    """OP_CMP's rule: 1.0 where the comparison ``o`` holds, else 0.0 (tie weights 1/2)."""
+    if o == CMP_GT:
+        return 1.0 if x > z else 0.0
+    if o == CMP_GE:
+        return 1.0 if x >= z else 0.0
+    if o == CMP_LT:
+        return 1.0 if x < z else 0.0
+    if o == CMP_LE:
+        return 1.0 if x <= z else 0.0
+    if o == CMP_EQ:
+        return 1.0 if x == z else 0.0
+    if o == CMP_NE:
+        return 1.0 if x != z else 0.0
+    if o == CMP_NOT_LT:
+        return 0.0 if x < z else 1.0
+    if o == CMP_NOT_GT:
+        return 0.0 if x > z else 1.0
+    if x != x or x == z:  # the weights: a NaN operand is the result
+        return 1.0 if x != x else 0.5
+    if z != z:
+        return 0.0
+    if o == CMP_MAX_WEIGHT:
+        return 1.0 if x > z else 0.0
+    return 1.0 if x < z else 0.0
+
+
+OP_GUARD = _opcode(NO_GRADIENT)  # replay stops unless slot a still equals constant b
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def fwd_guard(val, oa, ob, nn):
     """Whether a guarded value is still the one seen when recording: NaN matches NaN, and
     -0.0 does not match 0.0 (Python can tell them apart, e.g. with math.copysign)."""
     for k in range(nn):
@@ -848,6 +1362,17 @@ def guard_holds(val, oa, ob, nn):
     return True
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules the Python driver runs with NumPy (``Tape._python_value`` / ``Tape._python_rule``).
+# ---------------------------------------------------------------------------------------------
+OP_MATMUL = _opcode(PYTHON_RULE)  # batched (b, m, k) @ (b, k, n) through BLAS; payload b m k n
+OP_CAST = _opcode(PYTHON_RULE)  # a value of the other arena kind (float32 <-> float64)
+
+#: ``TRAITS[op]``: the trait bits of each opcode (a constant array in the compiled sweeps).
+TRAITS = np.array(_TRAITS, np.int64)
+NUM_OPCODES = len(_TRAITS)
 # ---------------------------------------------------------------------------------------------
 # The sweep
 # ---------------------------------------------------------------------------------------------
@@ -862,7 +1387,7 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
     reached are appended to ``leaf_slots`` (count in ``nleaf[0]``).
 
     Returns ``SWEEP_DONE``; or the index of a record the Python driver must handle (another
-    kind, or a rule in ``PYTHON_RULES``) before resuming below it; ``UNKNOWN_OPCODE``; or
+    kind, or a ``PYTHON_RULE``) before resuming below it; ``UNKNOWN_OPCODE``; or
     ``-3 - i`` when released record i is reached.  No flag is changed here.
     """
     for i in range(start, -1, -1):
@@ -875,11 +1400,12 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
             leaf_slots[nleaf[0]] = i
             nleaf[0] += 1
             continue
-        if o < 0 or o > LAST_OPCODE:
+        if o < 0 or o >= NUM_OPCODES:
             return UNKNOWN_OPCODE
-        if dt[i] != kind or o == OP_MATMUL or o == OP_CAST:
+        tr = TRAITS[o]
+        if dt[i] != kind or tr & PYTHON_RULE:
             return i
-        if o == OP_CMP or o == OP_GUARD:  # no gradient flows through a comparison
+        if tr & NO_GRADIENT:  # no gradient flows through a comparison
             continue
         a = ia[i]
         b = ib[i]
@@ -887,7 +1413,7 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
         nn = n[i]
         c = p[i]
         if o == OP_CONCAT:
-            concat_adjoint(meta, mi[i], op, off, n, flag, adj, oo, touched)
+            adj_concat(meta, mi[i], op, off, n, flag, adj, oo, touched)
             continue
         # (_gets_adjoint written out: a call here, even inlined, costs ~12 ns per record)
         ga = a >= 0 and op[a] != OP_CONST and not flag[a] & FLAG_CONSTANT
@@ -896,7 +1422,7 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
             continue
         oa = off[a] if a >= 0 else oo
         ob = off[b] if b >= 0 else oa
-        if nn == 1 and o <= LAST_ELEMENTWISE:
+        if nn == 1 and tr & ELEMENTWISE:
             # scalar record: one rule evaluation, first touch assigns
             pa, pb = partials(o, adj[oo], val[oa], val[ob], val[oo], c)
             if ga:
@@ -912,15 +1438,15 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
                     adj[ob] = pb
                     touched[b] = 1
             continue
-        # First touch: a full-size input of an elementwise rule (or where) is assigned,
-        # any other is zeroed first.  When b is a, a's first touch has happened: b adds.
-        same_a = a >= 0 and n[a] == nn and (o <= LAST_ELEMENTWISE or o == OP_WHERE)
-        fa = ga and touched[a] == 0 and same_a
+        # First touch: a full-size input of a WRITES_ONCE rule is assigned, any other is
+        # zeroed first.  When b is a, a's first touch has happened: b adds.
+        once = tr & WRITES_ONCE
+        fa = ga and touched[a] == 0 and n[a] == nn and once
         if ga and touched[a] == 0:
             if not fa:
                 adj[oa:oa + n[a]] = 0.0
             touched[a] = 1
-        fb = gb and touched[b] == 0 and n[b] == nn and (o <= LAST_ELEMENTWISE or o == OP_WHERE)
+        fb = gb and touched[b] == 0 and n[b] == nn and once
         if gb and touched[b] == 0:
             if not fb:
                 adj[ob:ob + n[b]] = 0.0
@@ -932,7 +1458,7 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
         # element); the rare ones share one loop, which keeps compile time down (each
         # specialised loop adds ~0.3 s to a cold compile).
         if o == OP_RESTRIDE:
-            restride_adjoint(meta, mi[i], adj, oo, oa)
+            adj_restride(meta, mi[i], adj, oo, oa)
         elif o == OP_ADD:
             _vector_rule(OP_ADD, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_SUB:
@@ -941,9 +1467,8 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
             _vector_rule(OP_MUL, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_DIV:
             _vector_rule(OP_DIV, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif OP_ADD_C <= o <= OP_DIV_C:  # ADD_C, MUL_C, RSUB_C, DIV_C: d/da is a constant k
-            k = 1.0 if o == OP_ADD_C else (c if o == OP_MUL_C else (-1.0 if o == OP_RSUB_C
-                                                                      else 1.0 / c))
+        elif tr & LINEAR_C:  # d/da is a constant: MUL_C's loop with the slope
+            k = partials(o, 1.0, 0.0, 0.0, 0.0, c)[0]
             _vector_rule(OP_MUL_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, k)
         elif o == OP_POW_C:
             _vector_rule(OP_POW_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
@@ -955,61 +1480,46 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
             _vector_rule(OP_SIGMOID, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_RELU:
             _vector_rule(OP_RELU, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o <= LAST_ELEMENTWISE:
+        elif tr & ELEMENTWISE:
             _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o == OP_GATHER:  # adj_a[idx[k]] += g[k]: repeated indices accumulate
-            m = mi[i] + 1
-            for k in range(nn):
-                adj[oa + meta[m + k]] += adj[oo + k]
-        elif o == OP_SCATTER:  # adj_a[k] += g[idx[k]]
-            m = mi[i] + 1
-            for k in range(n[a]):
-                adj[oa + k] += adj[oo + meta[m + k]]
-        elif o == OP_WHERE:  # weights w: a gets g w, b gets g (1 - w)
+        elif o == OP_GATHER:
+            adj_gather(meta, mi[i], adj, oo, oa, nn)
+        elif o == OP_SCATTER:
+            adj_scatter(meta, mi[i], adj, oo, oa, n[a])
+        elif o == OP_WHERE:
             ws = meta[mi[i] + 2]
-            w = val[off[ws]:]
-            mw = -1 if n[ws] == nn else 0
-            g = adj[oo:oo + nn]
-            da = adj[oa:]
-            db = adj[ob:]
-            for k in range(nn):
-                wk = w[k & mw]
-                if fa:
-                    da[k] = g[k] * wk
-                elif ga:
-                    da[k & ma] += g[k] * wk
-                if fb:
-                    db[k] = g[k] * (1.0 - wk)
-                elif gb:
-                    db[k & mb] += g[k] * (1.0 - wk)
+            adj_where(adj, val[off[ws]:], -1 if n[ws] == nn else 0, oo, oa, ob, nn, ma, mb,
+                      ga, gb, fa, fb)
         elif o == OP_EXTREME:
-            extreme_adjoint(meta, mi[i], val, adj, oo, oa, nn)
+            adj_extreme(meta, mi[i], val, adj, oo, oa, nn)
         elif o == OP_PROD:
-            prod_adjoint(meta, mi[i], val, adj, oo, oa, nn)
+            adj_prod(meta, mi[i], val, adj, oo, oa, nn)
         elif o == OP_CUMSUM or o == OP_CUMPROD:
-            scan_adjoint(o, meta, mi[i], val, adj, oo, oa)
+            adj_scan(o, meta, mi[i], val, adj, oo, oa)
         else:
             return UNKNOWN_OPCODE
     return SWEEP_DONE
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, big):
+def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, big,
+                  to_numpy):
     """Recompute the values of ``kind`` records ``start`` .. ``stop - 1`` from their inputs.
 
     Leaves and constants keep the values in the arena (the caller writes new inputs first).
     Returns ``SWEEP_DONE``; or the index of a record the Python driver must run (another
-    kind, a rule in ``PYTHON_RULES``, or one in ``UFUNC_RULES`` of at least ``big``
-    elements) before resuming after it; ``UNKNOWN_OPCODE``; or ``-3 - i`` when guard record
-    i fails: a value Python looked at while recording changed.
+    kind, a ``PYTHON_RULE``, or a record of at least ``big`` elements whose opcode is set in
+    ``to_numpy``, an array over opcodes) before resuming after it; ``UNKNOWN_OPCODE``; or
+    ``-3 - i`` when guard record i fails: a value Python looked at while recording changed.
     """
     for i in range(start, stop):
         o = op[i]
         if o == OP_LEAF or o == OP_CONST:
             continue
-        if o < 0 or o > LAST_OPCODE:
+        if o < 0 or o >= NUM_OPCODES:
             return UNKNOWN_OPCODE
-        if dt[i] != kind or o == OP_MATMUL or o == OP_CAST:
+        tr = TRAITS[o]
+        if dt[i] != kind or tr & PYTHON_RULE:
             return i
         a = ia[i]
         b = ib[i]
@@ -1019,19 +1529,18 @@ def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, b
         oa = off[a] if a >= 0 else oo
         ob = off[b] if b >= 0 else oa
         if o == OP_GUARD:
-            if not guard_holds(val, oa, ob, n[a]):
+            if not fwd_guard(val, oa, ob, n[a]):
                 return -3 - i
             continue
-        if nn == 1 and o <= LAST_ELEMENTWISE:
+        if nn == 1 and tr & ELEMENTWISE:
             val[oo] = value(o, val[oa], val[ob], c)
             continue
-        if nn >= big and OP_EXP <= o <= OP_EXP2 and o != OP_SIGMOID and o != OP_RELU \
-                and o != OP_ABS:
-            return i  # one of UFUNC_RULES: NumPy's loop
+        if nn >= big and to_numpy[o]:
+            return i  # NumPy's loop
         ma = -1 if a >= 0 and n[a] == nn else 0
         mb = -1 if b >= 0 and n[b] == nn else 0
         if o == OP_RESTRIDE:
-            restride_value(meta, mi[i], val, oo, oa, nn)
+            fwd_restride(meta, mi[i], val, oo, oa, nn)
         elif o == OP_ADD:
             _vector_value(OP_ADD, val, oo, oa, ob, nn, ma, mb, c)
         elif o == OP_SUB:
@@ -1048,7 +1557,7 @@ def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, b
             _vector_value(OP_EXP, val, oo, oa, ob, nn, ma, mb, c)
         elif o == OP_TANH:
             _vector_value(OP_TANH, val, oo, oa, ob, nn, ma, mb, c)
-        elif o <= LAST_ELEMENTWISE:
+        elif tr & ELEMENTWISE:
             _vector_value_any(o, val, oo, oa, ob, nn, ma, mb, c)
         elif o == OP_CMP:
             y = val[oo:oo + nn]
@@ -1056,30 +1565,22 @@ def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, b
             z = val[ob:]
             cm = int(c)
             for k in range(nn):
-                y[k] = compare(cm, x[k & ma], z[k & mb])
+                y[k] = fwd_compare(cm, x[k & ma], z[k & mb])
         elif o == OP_GATHER:
-            m = mi[i] + 1
-            for k in range(nn):
-                val[oo + k] = val[oa + meta[m + k]]
+            fwd_gather(meta, mi[i], val, oo, oa, nn)
         elif o == OP_SCATTER:
-            m = mi[i] + 1
-            val[oo:oo + nn] = 0.0
-            for k in range(n[a]):
-                val[oo + meta[m + k]] += val[oa + k]
-        elif o == OP_WHERE:  # a where the weight is set (1, or 1/2 at a tie), else b
+            fwd_scatter(meta, mi[i], val, oo, oa, nn, n[a])
+        elif o == OP_WHERE:
             ws = meta[mi[i] + 2]
-            w = val[off[ws]:]
-            mw = -1 if n[ws] == nn else 0
-            for k in range(nn):
-                val[oo + k] = val[oa + (k & ma)] if w[k & mw] >= 0.5 else val[ob + (k & mb)]
+            fwd_where(val, val[off[ws]:], -1 if n[ws] == nn else 0, oo, oa, ob, nn, ma, mb)
         elif o == OP_CONCAT:
-            concat_value(meta, mi[i], off, n, val, oo)
+            fwd_concat(meta, mi[i], off, n, val, oo)
         elif o == OP_PROD:
-            prod_value(meta, mi[i], val, oo, oa, nn)
+            fwd_prod(meta, mi[i], val, oo, oa, nn)
         elif o == OP_EXTREME:
-            extreme_value(meta, mi[i], val, oo, oa, nn, c)
+            fwd_extreme(meta, mi[i], val, oo, oa, nn, c)
         elif o == OP_CUMSUM or o == OP_CUMPROD:
-            scan_value(o, meta, mi[i], val, oo, oa)
+            fwd_scan(o, meta, mi[i], val, oo, oa)
         else:
             return UNKNOWN_OPCODE
     return SWEEP_DONE
@@ -1087,12 +1588,13 @@ def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, b
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def replay_sweeps(top, root, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, adj,
-                  touched, leaf_slots, nleaf):
+                  touched, leaf_slots, nleaf, to_numpy):
     """Replay in one call: the forward sweep over records 0 .. top - 1, then the reverse
     sweep from the scalar ``root`` (if >= 0) seeded with 1.  For tapes of one arena kind
-    without Python rules (``UFUNC_RULES`` stay in the compiled loops here).  Returns
+    without Python rules (records ``to_numpy`` would hand back stay in the compiled loops).  Returns
     ``-3 - i`` when guard i fails, else the reverse sweep's code."""
-    r = forward_sweep(0, top, kind, op, ia, ib, off, n, p, mi, dt, meta, val, 1 << 62)
+    r = forward_sweep(0, top, kind, op, ia, ib, off, n, p, mi, dt, meta, val, 1 << 62,
+                      to_numpy)
     if r != SWEEP_DONE or root < 0:
         return r
     touched[:root + 1] = 0
@@ -1106,7 +1608,7 @@ def replay_sweeps(top, root, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, va
 @njit(cache=True, nogil=True, error_model="numpy")
 def _meta_inputs(o, meta, m):
     """Number of input slots listed in the meta block of a record with opcode ``o``."""
-    if m >= 0 and (o == OP_WHERE or o == OP_CONCAT):
+    if m >= 0 and TRAITS[o] & META_INPUTS:
         return meta[m + 1]
     return 0
 
@@ -1120,7 +1622,7 @@ def mark_constant(top, op, ia, ib, mi, flag, meta):
         o = op[i]
         if o == OP_LEAF or o == OP_CONST:
             continue
-        const = o == OP_CMP or o == OP_GUARD
+        const = TRAITS[o] & NO_GRADIENT != 0
         if not const:
             a = ia[i]
             b = ib[i]

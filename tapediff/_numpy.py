@@ -10,13 +10,17 @@ values.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
 from . import _kernels as K
 from . import _ops as O
-from ._tensor import Tensor, _norm, _observe, _wrap
+from . import _primitives as P
+from ._guards import observe
+from ._record import constant
+from ._tensor import Tensor
 
 
 def _values(x: Any, what: str | None = None) -> Any:
@@ -24,7 +28,7 @@ def _values(x: Any, what: str | None = None) -> Any:
     for a replay guard (None: only shapes and dtypes are read)."""
     if isinstance(x, Tensor):
         if what is not None:
-            _observe(x, what)
+            observe(x, what)
         return np.asarray(x._v)
     if isinstance(x, (list, tuple)):
         return type(x)(_values(v, what) for v in x)
@@ -42,7 +46,7 @@ def _on_values(fn: Any) -> Any:
     def run(*args: Any, **kwargs: Any) -> Any:
         r = fn(*_values(args, what), **{k: _values(v, what) for k, v in kwargs.items()})
         if isinstance(r, np.ndarray) or isinstance(r, np.generic) and not isinstance(r, np.bool_):
-            return _wrap(_norm(np.asarray(r)))
+            return constant(np.asarray(r))
         return r
     return run
 
@@ -51,8 +55,13 @@ def _logaddexp(a: Any, b: Any) -> Tensor:
     # max + log1p(exp(-|a - b|)), with NumPy's exactly rounded value (the final addition's
     # reverse rule does not read its value)
     m = O.maximum(a, b)
-    out = m + O._u("log1p")(O.exp(-O.abs_(O._t(a) - b)))
-    return O._set_value(out, np.logaddexp(O._raw(a), O._raw(b)))
+    out = m + O.log1p(O.exp(-O.abs_(O.as_tensor(a) - b)))
+    return O.set_value(out, np.logaddexp(O.operand_value(a), O.operand_value(b)))
+
+
+def _fabs(x: Any) -> Tensor:
+    x = O.as_tensor(x)  # abs that makes ints float, as np.fabs does
+    return O.abs_(x if x.dtype.kind == "f" else O.astype(x, np.float64))
 
 
 def _matmul(a: Any, b: Any) -> Tensor:
@@ -60,28 +69,45 @@ def _matmul(a: Any, b: Any) -> Tensor:
 
 
 UFUNCS: dict = {
-    np.add: lambda a, b: O._t(a) + b,
-    np.subtract: lambda a, b: O._t(a) - b,
-    np.multiply: lambda a, b: O._t(a) * b,
-    np.true_divide: lambda a, b: O._t(a) / b,
-    np.power: lambda a, b: O._t(a) ** b,
-    np.negative: lambda a: -O._t(a),
-    np.positive: lambda a: O._t(a),
-    np.absolute: O.abs_,
+    np.add: lambda a, b: O.as_tensor(a) + b,
+    np.subtract: lambda a, b: O.as_tensor(a) - b,
+    np.multiply: lambda a, b: O.as_tensor(a) * b,
+    np.true_divide: lambda a, b: O.as_tensor(a) / b,
+    np.power: lambda a, b: O.as_tensor(a) ** b,
+    np.negative: lambda a: -O.as_tensor(a),
+    np.positive: lambda a: O.as_tensor(a),
     np.square: O.square,
+    np.fabs: _fabs,
     np.reciprocal: O.reciprocal,
-    **{getattr(np, name): O._u(name) for name in (
-        "exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh", "arcsin", "arccos",
-        "arctan", "log1p", "expm1", "log2", "log10", "exp2")},
-    np.arctan2: O.arctan2, np.hypot: O.hypot, np.maximum: O.maximum, np.minimum: O.minimum,
+    np.maximum: O.maximum, np.minimum: O.minimum,
     np.logaddexp: _logaddexp, np.matmul: _matmul, np.sign: O.sign,
 }
+# ufuncs that dispatch to a primitive, from its row of the table; those of modules not loaded
+# yet (scipy.special) are looked up once the module is (``_late_ufunc``)
+_LATE: dict = {}
+for _p in P.PUBLIC:
+    for _name in _p.ufuncs:
+        _mod, _attr = _name.rsplit(".", 1)
+        if _mod == "numpy":
+            UFUNCS[getattr(np, _attr)] = O.ELEMENTWISE[_p.name]
+        else:
+            _LATE[_name] = O.ELEMENTWISE[_p.name]
+
+
+def _late_ufunc(ufunc: np.ufunc) -> Any:
+    """The rule of a ufunc from a module imported after tapediff (scipy.special.erf)."""
+    for name in list(_LATE):
+        mod, attr = name.rsplit(".", 1)
+        module = sys.modules.get(mod)  # None where a program hid the module
+        if module is not None:
+            UFUNCS[getattr(module, attr)] = _LATE.pop(name)
+    return UFUNCS.get(ufunc)
 _SWAPPED = {np.greater: np.less, np.less: np.greater, np.greater_equal: np.less_equal,
             np.less_equal: np.greater_equal, np.equal: np.equal, np.not_equal: np.not_equal}
 # ufuncs whose results have no gradient (or a zero one almost everywhere)
 for _uf in (np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.not_equal):
-    UFUNCS[_uf] = (lambda uf: lambda a, b: O._t(a)._compare(b, uf) if isinstance(a, Tensor)
-                   else O._t(b)._compare(a, _SWAPPED[uf]))(_uf)
+    UFUNCS[_uf] = (lambda uf: lambda a, b: O.as_tensor(a)._compare(b, uf) if isinstance(a, Tensor)
+                   else O.as_tensor(b)._compare(a, _SWAPPED[uf]))(_uf)
 for _uf in (np.logical_and, np.logical_or, np.logical_xor, np.logical_not, np.isnan, np.isinf,
             np.isfinite, np.signbit, np.floor, np.ceil, np.trunc, np.rint, np.floor_divide,
             np.remainder, np.bitwise_and, np.bitwise_or, np.invert):
@@ -101,7 +127,9 @@ def array_ufunc(ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> An
         return REDUCTIONS[ufunc](*inputs, **kwargs)
     if method == "accumulate" and ufunc in (np.add, np.multiply):
         return (O.cumsum if ufunc is np.add else O.cumprod)(*inputs, **kwargs)
-    fn = UFUNCS.get(ufunc) if method == "__call__" else None
+    fn = None
+    if method == "__call__":
+        fn = UFUNCS.get(ufunc) or (_late_ufunc(ufunc) if _LATE else None)
     if fn is None:
         raise TypeError(f"tapediff has no rule for numpy.{ufunc.__name__}"
                         f"{'' if method == '__call__' else '.' + method} on tensors; convert "
@@ -113,33 +141,33 @@ def array_ufunc(ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> An
 
 
 def _copy(x: Any, order: str = "K") -> Tensor:
-    return O._view(O._t(x), lambda a: a[...])
+    return O.record_view(O.as_tensor(x), lambda a: a[...])
 
 
 def _like(fn: Any) -> Any:
     def run(x: Any, *args: Any, **kwargs: Any) -> Tensor:  # reads the shape and dtype only
-        return _wrap(_norm(fn(np.empty(np.shape(x), O._t(x).dtype), *args, **kwargs)))
+        return constant(fn(np.empty(np.shape(x), O.as_tensor(x).dtype), *args, **kwargs))
     return run
 
 
 def _sort(x: Any, axis: int = -1, kind: Any = None, order: Any = None) -> Tensor:
-    x = O._t(x)
+    x = O.as_tensor(x)
     if axis is None:
         x, axis = O.ravel(x), -1
-    a = O._arr(x)
-    s = O._index_gather(x, lambda v: np.take_along_axis(v, np.argsort(a, axis, kind=kind),
+    a = O.array_of(x)
+    s = O.index_gather(x, lambda v: np.take_along_axis(v, np.argsort(a, axis, kind=kind),
                                                         axis))
-    tape = O._guarding(s)
+    tape = O.guarding_tape(s)
     if tape is not None and s.shape[axis] > 1:  # replay: the order holds while still sorted
         sv = O.moveaxis(s, axis, -1)
         lo, hi = sv[..., :-1], sv[..., 1:]
-        ok = O._arr(lo) <= O._arr(hi)
-        O._guard(tape, O._compare(lo, hi, K.CMP_LE, ok, a.dtype), "np.sort()")
+        ok = O.array_of(lo) <= O.array_of(hi)
+        O.guard(tape, O.record_compare(lo, hi, K.CMP_LE, ok, a.dtype), "np.sort()")
     return s
 
 
 def _take_along_axis(x: Any, indices: Any, axis: Any) -> Tensor:
-    return O._index_gather(O._t(x), lambda v: np.take_along_axis(v, _values(indices), axis))
+    return O.index_gather(O.as_tensor(x), lambda v: np.take_along_axis(v, _values(indices), axis))
 
 
 FUNCTIONS: dict = {

@@ -1,8 +1,9 @@
 """Operations beyond elementwise arithmetic, built on few primitives.
 
 Each function computes its value with NumPy and, when recording, appends records through
-``_tensor._emit``.  Views of any kind (slicing, transposes, broadcasting, diagonals, flips)
-are one primitive: ``_view`` reads the strides NumPy chose and records an ``OP_RESTRIDE``.
+``_record.emit``.  Views of any kind (slicing, transposes, broadcasting, diagonals, flips)
+are one primitive: ``record_view`` reads the strides NumPy chose and records an
+``OP_RESTRIDE``.
 Reshapes alias the input's slot (values are flat, so no record is needed).  Everything
 else is either a primitive of its own (gather/scatter for advanced indexing, where,
 concatenation, product, scans, matmul) or composed: mean, var, std, logsumexp, softmax,
@@ -16,26 +17,29 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _kernels as K
-from ._tensor import (
-    _F64, _RAW_V, _UNARY, BroadcastError, Tensor, _c_strides, _check_dtype, _const, _dtype_of,
-    _emit, _Flag, _guard, _kind, _norm, _nsize, _register, _restride_payload, _shape_of,
-    _slot_on, _strong, _tls, _unary, _wrap,
+from . import _primitives as P
+from ._guards import RAW_VALUE, RecordedComparison, guard
+from ._record import (
+    F64, arena_kind, as_constant, c_strides, check_dtype, constant, dtype_of, emit, register,
+    restride_payload, shape_of, size_of, slot_on, strong, unary,
 )
+from ._tape import thread_state
+from ._tensor import BroadcastError, Tensor
 
 
-def _t(x: Any) -> Tensor:
-    return x if isinstance(x, Tensor) else _const(x)
+def as_tensor(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else as_constant(x)
 
 
-def _raw(x: Any) -> Any:
+def operand_value(x: Any) -> Any:
     """An operand as NumPy should see it: a Python number stays a weak scalar (NEP 50: it
     does not promote a float32 tensor), a tensor's value becomes strongly typed."""
     if isinstance(x, Tensor):
-        return _strong(x._v)
+        return strong(x._v)
     if type(x) in (float, int, bool):
         return x
     a = np.asarray(x)
-    _check_dtype(a.dtype)  # complex, strings, objects: TypeError
+    check_dtype(a.dtype)  # complex, strings, objects: TypeError
     return a
 
 
@@ -49,25 +53,25 @@ def _broadcastable(*xs: Any) -> None:
                              + " and ".join(str(s) for s in shapes)) from None
 
 
-def _as_tensor(x: Any, dtype: np.dtype) -> Tensor:
+def _typed_tensor(x: Any, dtype: np.dtype) -> Tensor:
     """An operand as a tensor for recording; a Python number takes the result's dtype."""
     if isinstance(x, Tensor):
         return x
-    return _const(np.asarray(x, dtype) if type(x) in (float, int, bool) else x)
+    return as_constant(np.asarray(x, dtype) if type(x) in (float, int, bool) else x)
 
 
-def _arr(x: Tensor) -> np.ndarray:
+def array_of(x: Tensor) -> np.ndarray:
     v = x._v
     return np.asarray(v) if type(v) is float else v
 
 
 def _recording(*xs: Tensor) -> bool:
-    return _tls.grad_enabled and any(x._rg for x in xs)
+    return thread_state.grad_enabled and any(x._rg for x in xs)
 
 
 def _float(x: Tensor) -> Tensor:
     """``x`` itself if floating, else a float64 constant copy (for mean, var, ...)."""
-    return x if _dtype_of(x._v).kind == "f" else _wrap(_norm(_arr(x).astype(_F64)))
+    return x if dtype_of(x._v).kind == "f" else constant(array_of(x).astype(F64))
 
 
 def _norm_axes(axis: Any, ndim: int) -> tuple:
@@ -110,12 +114,12 @@ def _copy_of(value: Any) -> Any:
     return fill
 
 
-def _set_value(t: Tensor, v: Any) -> Tensor:
+def set_value(t: Tensor, v: Any) -> Tensor:
     """Overwrite a just-recorded tensor's value with the exact NumPy result (used where a
     composition is exact in gradient but not bit-for-bit in value, e.g. max); the reverse
     rules of the records involved do not read it."""
     if t._tape is None:
-        return _wrap(_norm(np.array(v, dtype=_dtype_of(t._v))))
+        return constant(np.array(v, dtype=dtype_of(t._v)))
     view = t._tape.value_view(t._slot, t.shape)
     view.flags.writeable = True
     view[...] = v
@@ -128,14 +132,14 @@ def _set_value(t: Tensor, v: Any) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # views and reshapes
 # ---------------------------------------------------------------------------------------------
-def _view(x: Tensor, fn: Any) -> Tensor:
+def record_view(x: Tensor, fn: Any) -> Tensor:
     """Apply ``fn``, a NumPy function returning a view of its argument (a transpose, basic
     slice, broadcast, diagonal, flip...), and record it as an OP_RESTRIDE from the strides
     NumPy chose.  The value is a copy (tensor values are C-contiguous)."""
-    a = _arr(x)
+    a = array_of(x)
     w = fn(a)
     if not _recording(x):
-        return _wrap(_norm(np.array(w)))
+        return constant(np.array(w))
     if not isinstance(w, np.ndarray):  # NumPy returns a scalar for some 0-d views
         if a.size != 1:
             raise AssertionError(f"{fn} did not return a view")
@@ -143,23 +147,23 @@ def _view(x: Tensor, fn: Any) -> Tensor:
     size = a.itemsize
     start = (w.__array_interface__["data"][0] - a.__array_interface__["data"][0]) // size
     strides = [s // size for s in w.strides]
-    payload = _restride_payload(a.size, w.shape, strides, start, 1)
-    return _emit(K.OP_RESTRIDE, (x,), w.shape, a.dtype, _copy_of(w), meta=lambda sl: payload,
+    payload = restride_payload(a.size, w.shape, strides, start, 1)
+    return emit(K.OP_RESTRIDE, (x,), w.shape, a.dtype, _copy_of(w), meta=lambda sl: payload,
                  nmeta=len(payload))
 
 
 def _alias(x: Tensor, shape: tuple) -> Tensor:
     """``x`` with a new shape of the same size: recorded tensors (and leaves, through their
     record) share the slot; no copy and no record."""
-    a = _arr(x)
+    a = array_of(x)
     if not _recording(x):
-        return _wrap(_norm(a.reshape(shape).copy()))  # never a view of a leaf or an arena
-    tape = _tls.tape
+        return constant(a.reshape(shape).copy())  # never a view of a leaf or an arena
+    tape = thread_state.tape
     if x._tape is not tape:  # a leaf: alias its LEAF record
-        tape.reserve(1, a.size if a.dtype == _F64 else 0, 0, a.size if a.dtype != _F64 else 0)
-    s = _slot_on(x, tape, _kind(a.dtype))
+        tape.reserve(1, a.size if a.dtype == F64 else 0, 0, a.size if a.dtype != F64 else 0)
+    s = slot_on(x, tape, arena_kind(a.dtype))
     value = tape.value_view(s, shape)
-    return _register(tape, s, float(value[()]) if a.dtype == _F64 and shape == () else value)
+    return register(tape, s, float(value[()]) if a.dtype == F64 and shape == () else value)
 
 
 def reshape(x: Any, *shape: Any, order: str = "C", **kwargs: Any) -> Tensor:
@@ -172,66 +176,66 @@ def reshape(x: Any, *shape: Any, order: str = "C", **kwargs: Any) -> Tensor:
             shape = (kwargs.pop(key),)
     if kwargs:
         raise TypeError(f"reshape got an unexpected keyword argument {next(iter(kwargs))!r}")
-    x = _t(x)
+    x = as_tensor(x)
     if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
         shape = tuple(shape[0])
-    out_shape = np.empty(_shape_of(x._v), np.int8).reshape(shape).shape
+    out_shape = np.empty(shape_of(x._v), np.int8).reshape(shape).shape
     return _alias(x, out_shape)
 
 
 def ravel(x: Any) -> Tensor:
     """``x`` flattened to one dimension."""
-    x = _t(x)
-    return _alias(x, (_nsize(x._v),))
+    x = as_tensor(x)
+    return _alias(x, (size_of(x._v),))
 
 
 def squeeze(x: Any, axis: Any = None) -> Tensor:
     """``x`` without its size-1 dimensions (or only ``axis``)."""
-    x = _t(x)
-    return _alias(x, np.squeeze(np.empty(_shape_of(x._v), np.int8), axis).shape)
+    x = as_tensor(x)
+    return _alias(x, np.squeeze(np.empty(shape_of(x._v), np.int8), axis).shape)
 
 
 def expand_dims(x: Any, axis: Any) -> Tensor:
     """``x`` with new size-1 dimensions at ``axis``."""
-    x = _t(x)
-    return _alias(x, np.expand_dims(np.empty(_shape_of(x._v), np.int8), axis).shape)
+    x = as_tensor(x)
+    return _alias(x, np.expand_dims(np.empty(shape_of(x._v), np.int8), axis).shape)
 
 
 def transpose(x: Any, axes: Any = None) -> Tensor:
     """``x`` with its axes permuted (reversed by default), as ``np.transpose``."""
-    return _view(_t(x), lambda a: np.transpose(a, axes))
+    return record_view(as_tensor(x), lambda a: np.transpose(a, axes))
 
 
 def swapaxes(x: Any, axis1: int, axis2: int) -> Tensor:
     """``x`` with two axes interchanged."""
-    return _view(_t(x), lambda a: np.swapaxes(a, axis1, axis2))
+    return record_view(as_tensor(x), lambda a: np.swapaxes(a, axis1, axis2))
 
 
 def moveaxis(x: Any, source: Any, destination: Any) -> Tensor:
     """``x`` with axes moved to new positions, as ``np.moveaxis``."""
-    return _view(_t(x), lambda a: np.moveaxis(a, source, destination))
+    return record_view(as_tensor(x), lambda a: np.moveaxis(a, source, destination))
 
 
 def broadcast_to(x: Any, shape: Any) -> Tensor:
     """``x`` broadcast to ``shape``; its gradient sums back over the broadcast dimensions."""
-    return _view(_t(x), lambda a: np.broadcast_to(a, shape))
+    return record_view(as_tensor(x), lambda a: np.broadcast_to(a, shape))
 
 
 def flip(x: Any, axis: Any = None) -> Tensor:
     """``x`` with the order of elements reversed along ``axis`` (all axes by default)."""
-    return _view(_t(x), lambda a: np.flip(a, axis))
+    return record_view(as_tensor(x), lambda a: np.flip(a, axis))
 
 
 def diagonal(x: Any, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
     """The diagonal of ``x`` over ``axis1`` and ``axis2``, as ``np.diagonal``."""
-    return _view(_t(x), lambda a: np.diagonal(a, offset, axis1, axis2))
+    return record_view(as_tensor(x), lambda a: np.diagonal(a, offset, axis1, axis2))
 
 
 def trace(x: Any, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
     """Sum along a diagonal, as ``np.trace``."""
-    x = _t(x)
+    x = as_tensor(x)
     if not _recording(x):
-        return _wrap(_norm(np.asarray(np.trace(_raw(x), offset, axis1, axis2))))
+        return constant(np.asarray(np.trace(operand_value(x), offset, axis1, axis2)))
     return sum_(diagonal(x, offset, axis1, axis2), axis=-1)
 
 
@@ -241,9 +245,9 @@ def trace(x: Any, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
 def _index_key(key: Any) -> Any:
     """Tensors inside an index are used by value (they are never differentiated)."""
     if isinstance(key, Tensor):
-        return _arr(key)
+        return array_of(key)
     if isinstance(key, tuple):
-        return tuple(_arr(k) if isinstance(k, Tensor) else k for k in key)
+        return tuple(array_of(k) if isinstance(k, Tensor) else k for k in key)
     return key
 
 
@@ -256,7 +260,7 @@ def _is_basic(key: Any) -> bool:
 def _gather(x: Tensor, idx: np.ndarray, shape: tuple, value: np.ndarray) -> Tensor:
     """Record out[k] = x.flat[idx[k]] (reverse: scatter-add, so repeats accumulate)."""
     idx = np.ascontiguousarray(idx, dtype=np.int64).ravel()
-    return _emit(K.OP_GATHER, (x,), shape, _arr(x).dtype, _copy_of(value), meta=lambda sl: idx,
+    return emit(K.OP_GATHER, (x,), shape, array_of(x).dtype, _copy_of(value), meta=lambda sl: idx,
                  nmeta=idx.size)
 
 
@@ -268,59 +272,59 @@ def getitem(x: Tensor, key: Any) -> Tensor:
         keys = key if isinstance(key, tuple) else (key,)
         if not any(k is Ellipsis for k in keys):
             keys = keys + (Ellipsis,)  # so NumPy returns a (possibly 0-d) view, never a copy
-        return _view(x, lambda a: a[keys])
-    a = _arr(x)
+        return record_view(x, lambda a: a[keys])
+    a = array_of(x)
     value = a[key]
     if not _recording(x):
-        return _wrap(_norm(np.array(value)))
+        return constant(np.array(value))
     idx = np.arange(a.size).reshape(a.shape)[key]
     return _gather(x, idx, value.shape, value)
 
 
 def take(x: Any, indices: Any, axis: Any = None) -> Tensor:
     """Elements of ``x`` at ``indices`` (along ``axis``, flattened when None), as ``np.take``."""
-    x = _t(x)
-    a = _arr(x)
-    ind = _arr(indices) if isinstance(indices, Tensor) else np.asarray(indices)
+    x = as_tensor(x)
+    a = array_of(x)
+    ind = array_of(indices) if isinstance(indices, Tensor) else np.asarray(indices)
     value = np.take(a, ind, axis)
     if not _recording(x):
-        return _wrap(_norm(value))
+        return constant(value)
     return _gather(x, np.take(np.arange(a.size).reshape(a.shape), ind, axis), value.shape,
                    value)
 
 
-def _index_gather(x: Tensor, build: Any) -> Tensor:
+def index_gather(x: Tensor, build: Any) -> Tensor:
     """Record a rearrangement of ``x`` that NumPy's ``build(array)`` does, as a gather."""
-    a = _arr(x)
+    a = array_of(x)
     value = build(a)
     if not _recording(x):
-        return _wrap(_norm(np.array(value)))
+        return constant(np.array(value))
     return _gather(x, build(np.arange(a.size).reshape(a.shape)), value.shape, value)
 
 
 def roll(x: Any, shift: Any, axis: Any = None) -> Tensor:
     """Elements rolled along ``axis``, as ``np.roll``."""
-    return _index_gather(_t(x), lambda a: np.roll(a, shift, axis))
+    return index_gather(as_tensor(x), lambda a: np.roll(a, shift, axis))
 
 
 def repeat(x: Any, repeats: Any, axis: Any = None) -> Tensor:
     """Elements repeated, as ``np.repeat``."""
-    return _index_gather(_t(x), lambda a: np.repeat(a, repeats, axis))
+    return index_gather(as_tensor(x), lambda a: np.repeat(a, repeats, axis))
 
 
 def tile(x: Any, reps: Any) -> Tensor:
     """``x`` repeated ``reps`` times along each axis, as ``np.tile``."""
-    return _index_gather(_t(x), lambda a: np.tile(a, reps))
+    return index_gather(as_tensor(x), lambda a: np.tile(a, reps))
 
 
 def _scatter(v: Tensor, idx: np.ndarray, shape: tuple, value: np.ndarray) -> Tensor:
     """Record out = 0; out.flat[idx[k]] += v.flat[k] (reverse: gather)."""
     idx = np.ascontiguousarray(idx, dtype=np.int64).ravel()
-    return _emit(K.OP_SCATTER, (v,), shape, value.dtype, _copy_of(value), meta=lambda sl: idx,
+    return emit(K.OP_SCATTER, (v,), shape, value.dtype, _copy_of(value), meta=lambda sl: idx,
                  nmeta=idx.size)
 
 
-class _AtIndexer:
+class AtIndexer:
     """``x.at[key]``: functional updates that return a new tensor and record correctly."""
 
     def __init__(self, x: Tensor) -> None:
@@ -342,15 +346,15 @@ class _At:
         """``x`` and ``v`` in the result's dtype, promoted as NumPy does (a Python number is
         a weak scalar, so it keeps a float32 ``x`` float32)."""
         x = self._x
-        dt = np.result_type(_arr(x), _raw(v))
-        v = _as_tensor(v, dt)
-        x, v = (t if _dtype_of(t._v) == dt else astype(t, dt) for t in (x, v))
+        dt = np.result_type(array_of(x), operand_value(v))
+        v = _typed_tensor(v, dt)
+        x, v = (t if dtype_of(t._v) == dt else astype(t, dt) for t in (x, v))
         return x, v
 
     def _positions(self, x: Tensor, v: Tensor) -> tuple:
-        a = _arr(x)
+        a = array_of(x)
         pos = np.arange(a.size).reshape(a.shape)[self._key]
-        vb = broadcast_to(v, pos.shape) if _shape_of(v._v) != pos.shape else v
+        vb = broadcast_to(v, pos.shape) if shape_of(v._v) != pos.shape else v
         return a, pos.ravel(), vb
 
     def add(self, v: Any) -> Tensor:
@@ -359,13 +363,13 @@ class _At:
         x, v = self._operands(v)
         a, pos, vb = self._positions(x, v)
         value = a.copy()
-        np.add.at(value.reshape(-1), pos, _arr(vb).reshape(-1))
+        np.add.at(value.reshape(-1), pos, array_of(vb).reshape(-1))
         if not _recording(x, v):
-            return _wrap(_norm(value))
+            return constant(value)
         moved = np.zeros(a.size, value.dtype)
-        np.add.at(moved, pos, _arr(vb).reshape(-1))
+        np.add.at(moved, pos, array_of(vb).reshape(-1))
         delta = _scatter(ravel(vb), pos, (a.size,), moved)
-        return _set_value(x + reshape(delta, a.shape), value)
+        return set_value(x + reshape(delta, a.shape), value)
 
     def set(self, v: Any) -> Tensor:
         """A copy of ``x`` with ``v`` written at ``key``; with repeated indices the last write
@@ -373,15 +377,15 @@ class _At:
         x, v = self._operands(v)
         a, pos, vb = self._positions(x, v)
         value = a.copy()
-        value.reshape(-1)[pos] = _arr(vb).reshape(-1)
+        value.reshape(-1)[pos] = array_of(vb).reshape(-1)
         if not _recording(x, v):
-            return _wrap(_norm(value))
+            return constant(value)
         # the last occurrence of each position writes
         rev = pos[::-1]
         uniq, first_in_rev = np.unique(rev, return_index=True)
         last = pos.size - 1 - first_in_rev
         moved = np.zeros(a.size, value.dtype)
-        moved[uniq] = _arr(vb).reshape(-1)[last]
+        moved[uniq] = array_of(vb).reshape(-1)[last]
         src = take(ravel(vb), last)
         scattered = reshape(_scatter(src, uniq, (a.size,), moved), a.shape)
         w = np.zeros(a.size)
@@ -395,26 +399,26 @@ class _At:
 def _reduce_layout(a: np.ndarray, axes: tuple) -> list:
     """Restride payload of a reduction over ``axes``: kept axes iterate first, reduced axes
     last, so out[k // R] collects x[pos(k)] with R the number of reduced elements."""
-    st = _c_strides(a.shape)
+    st = c_strides(a.shape)
     order = [d for d in range(a.ndim) if d not in axes] + list(axes)
     r = math.prod(a.shape[d] for d in axes)
-    return _restride_payload(a.size, [a.shape[d] for d in order], [st[d] for d in order], 0,
+    return restride_payload(a.size, [a.shape[d] for d in order], [st[d] for d in order], 0,
                              max(r, 1))
 
 
 def _reduce(op: int, fn: Any, x: Any, axis: Any, keepdims: bool) -> Tensor:
     """``fn`` (np.sum or np.prod) over ``axis``, recorded as ``op`` with a reduction layout."""
-    x = _t(x)
-    a = _arr(x)
+    x = as_tensor(x)
+    a = array_of(x)
     axes = _norm_axes(axis, a.ndim)
     value = fn(a, axis=axes if a.ndim else None, keepdims=keepdims)
     if not _recording(x):
-        return _wrap(_norm(value))
+        return constant(value)
     if op == K.OP_PROD and math.prod(a.shape[d] for d in axes) == 0:
         # an empty product is 1 and has nothing to reverse (the kernel needs a non-empty group)
-        return _set_value(_reduce(K.OP_RESTRIDE, np.sum, x, axis, keepdims) * 0.0 + 1.0, value)
+        return set_value(_reduce(K.OP_RESTRIDE, np.sum, x, axis, keepdims) * 0.0 + 1.0, value)
     payload = _reduce_layout(a, axes)
-    return _emit(op, (x,), np.shape(value), value.dtype, _copy_of(value),
+    return emit(op, (x,), np.shape(value), value.dtype, _copy_of(value),
                  meta=lambda sl: payload, nmeta=len(payload))
 
 
@@ -436,9 +440,9 @@ def _count(shape: tuple, axis: Any) -> int:
 def mean(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Mean over ``axis``, as ``np.mean`` (ints average as float64)."""
     axis, keepdims = _axis_args(axis, keepdims, aliases)
-    x = _float(_t(x))
+    x = _float(as_tensor(x))
     with np.errstate(invalid="ignore", divide="ignore"):  # NumPy warns on empty means
-        return sum_(x, axis, keepdims) / _count(_shape_of(x._v), axis)
+        return sum_(x, axis, keepdims) / _count(shape_of(x._v), axis)
 
 
 def var(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False,
@@ -447,10 +451,10 @@ def var(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False,
     if "correction" in aliases:
         ddof = aliases.pop("correction")
     axis, keepdims = _axis_args(axis, keepdims, aliases)
-    x = _float(_t(x))
+    x = _float(as_tensor(x))
     d = x - mean(x, axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return sum_(d * d, axis, keepdims) / max(_count(_shape_of(x._v), axis) - ddof, 0)
+        return sum_(d * d, axis, keepdims) / max(_count(shape_of(x._v), axis) - ddof, 0)
 
 
 def std(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False,
@@ -461,14 +465,14 @@ def std(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False,
 
 def _extreme(x: Any, axis: Any, keepdims: bool, aliases: dict, fn: Any) -> Tensor:
     axis, keepdims = _axis_args(axis, keepdims, aliases)
-    x = _t(x)
-    a = _arr(x)
+    x = as_tensor(x)
+    a = array_of(x)
     value = fn(a, axis=axis, keepdims=keepdims)
     if not _recording(x):
-        return _wrap(_norm(value))
+        return constant(value)
     # ties share the gradient equally (as PyTorch's amax)
     payload = _reduce_layout(a, _norm_axes(axis, a.ndim))
-    return _emit(K.OP_EXTREME, (x,), np.shape(value), value.dtype, _copy_of(value),
+    return emit(K.OP_EXTREME, (x,), np.shape(value), value.dtype, _copy_of(value),
                  p=1.0 if fn is np.max else -1.0, meta=lambda sl: payload, nmeta=len(payload))
 
 
@@ -485,23 +489,23 @@ def min_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Te
 def argmax(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Indices of the maxima (an int64 tensor, never differentiated)."""
     axis, keepdims = _axis_args(axis, keepdims, aliases)
-    x = _t(x)
+    x = as_tensor(x)
     _guard_extremes(x, axis, np.max, "argmax")
-    return _wrap(_norm(np.asarray(np.argmax(_arr(x), axis=axis, keepdims=keepdims))))
+    return constant(np.asarray(np.argmax(array_of(x), axis=axis, keepdims=keepdims)))
 
 
 def argmin(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Indices of the minima (an int64 tensor, never differentiated)."""
     axis, keepdims = _axis_args(axis, keepdims, aliases)
-    x = _t(x)
+    x = as_tensor(x)
     _guard_extremes(x, axis, np.min, "argmin")
-    return _wrap(_norm(np.asarray(np.argmin(_arr(x), axis=axis, keepdims=keepdims))))
+    return constant(np.asarray(np.argmin(array_of(x), axis=axis, keepdims=keepdims)))
 
 
-def _guarding(*xs: Any) -> Tensor | None:
+def guarding_tape(*xs: Any) -> Tensor | None:
     """The tape when it records for replay and one of ``xs`` depends on its inputs."""
-    tape = _tls.rec
-    if tape is None or tape._guards is None or not _recording(
+    tape = thread_state.rec
+    if tape is None or not tape.records_for_replay or not _recording(
             *[x for x in xs if isinstance(x, Tensor)]):
         return None
     return tape
@@ -509,23 +513,23 @@ def _guarding(*xs: Any) -> Tensor | None:
 
 def _guard_extremes(x: Tensor, axis: Any, fn: Any, what: str) -> None:
     """Replay guard for an index choice: which elements are the extremes."""
-    tape = _guarding(x)
-    if tape is None or _dtype_of(x._v).kind != "f" or _nsize(x._v) == 0:
+    tape = guarding_tape(x)
+    if tape is None or dtype_of(x._v).kind != "f" or size_of(x._v) == 0:
         return
-    a = _arr(x)
+    a = array_of(x)
     hit = a == fn(a, axis=axis, keepdims=True)
     m = _extreme(x, axis, True, {}, fn)
-    _guard(tape, _compare(x, m, K.CMP_EQ, hit, a.dtype), f"{what}()")
+    guard(tape, record_compare(x, m, K.CMP_EQ, hit, a.dtype), f"{what}()")
 
 
 def _guard_signs(x: Tensor, what: str) -> None:
     """Replay guard for a result that depends on the signs of ``x``."""
-    tape = _guarding(x)
+    tape = guarding_tape(x)
     if tape is None:
         return
-    a = _arr(x)
+    a = array_of(x)
     for code, hit in ((K.CMP_GT, a > 0), (K.CMP_LT, a < 0)):
-        _guard(tape, _compare(x, 0.0, code, hit, a.dtype), what)
+        guard(tape, record_compare(x, 0.0, code, hit, a.dtype), what)
 
 
 def prod(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
@@ -535,18 +539,18 @@ def prod(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Te
 
 
 def _scan(x: Any, axis: Any, op: int, fn: Any) -> Tensor:
-    x = _t(x)
+    x = as_tensor(x)
     if axis is None:  # NumPy scans the flattened array
         x, axis = ravel(x), 0
-    a = _arr(x)
+    a = array_of(x)
     value = fn(a, axis=axis)
     if not _recording(x):
-        return _wrap(_norm(value))
+        return constant(value)
     (ax,) = _norm_axes(axis, a.ndim)
     outer = math.prod(a.shape[:ax])
     inner = math.prod(a.shape[ax + 1:])
     payload = [outer, a.shape[ax], inner]
-    return _emit(op, (x,), value.shape, value.dtype, _copy_of(value),
+    return emit(op, (x,), value.shape, value.dtype, _copy_of(value),
                  meta=lambda sl: payload, nmeta=3)
 
 
@@ -570,8 +574,8 @@ def logsumexp(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) 
     1000.6931471805599
     """
     axis, keepdims = _axis_args(axis, keepdims, aliases)
-    x = _float(_t(x))
-    a = _arr(x)
+    x = _float(as_tensor(x))
+    a = array_of(x)
     m = _shift(x, a, axis)
     with np.errstate(divide="ignore"):
         out = log(sum_(exp(x - m), axis, keepdims=True)) + m
@@ -586,18 +590,18 @@ def _shift(x: Tensor, a: np.ndarray, axis: Any) -> Any:
     m = np.max(a, axis=axis, keepdims=True) if a.size else np.zeros((1,) * a.ndim, a.dtype)
     fin = np.isfinite(m)
     m = np.where(fin, m, 0).astype(a.dtype)
-    if a.size == 0 or _guarding(x) is None:
+    if a.size == 0 or guarding_tape(x) is None:
         return m
     top = _extreme(x, axis, True, {}, np.max)
-    finite = _compare(top - top, 0.0, K.CMP_EQ, fin, a.dtype)  # inf - inf and NaN are not 0
-    return _where_weighted(finite, top, _as_tensor(0.0, a.dtype), m)
+    finite = record_compare(top - top, 0.0, K.CMP_EQ, fin, a.dtype)  # inf - inf and NaN are not 0
+    return _where_weighted(finite, top, _typed_tensor(0.0, a.dtype), m)
 
 
 def softmax(x: Any, axis: Any = -1, **aliases: Any) -> Tensor:
     """exp(x) / sum(exp(x)) along ``axis`` (default last), without overflow."""
     axis, _ = _axis_args(axis, False, aliases)
-    x = _float(_t(x))
-    m = _shift(x, _arr(x), axis)
+    x = _float(as_tensor(x))
+    m = _shift(x, array_of(x), axis)
     e = exp(x - m)
     return e / sum_(e, axis, keepdims=True)
 
@@ -605,15 +609,15 @@ def softmax(x: Any, axis: Any = -1, **aliases: Any) -> Tensor:
 def log_softmax(x: Any, axis: Any = -1, **aliases: Any) -> Tensor:
     """x - logsumexp(x) along ``axis`` (default last), without overflow."""
     axis, _ = _axis_args(axis, False, aliases)
-    x = _float(_t(x))
+    x = _float(as_tensor(x))
     return x - logsumexp(x, axis, keepdims=True)
 
 
 def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Tensor:
     """Vector or matrix norm, as ``np.linalg.norm``: vectors 2 (default), 1, inf, -inf, p;
     matrices 'fro' (default), 1, inf."""
-    x = _float(_t(x))
-    nd = len(_shape_of(x._v))
+    x = _float(as_tensor(x))
+    nd = len(shape_of(x._v))
     if axis is None and (ord is None or ord == "fro"):
         return sqrt(sum_(x * x, None, keepdims))
     if axis is None:
@@ -635,7 +639,7 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
     if ord is None or ord == 2:
         return sqrt(sum_(x * x, axes, keepdims))
     if ord == np.inf:  # NumPy's is 0 over an empty axis (a max with initial 0)
-        if _count(_shape_of(x._v), axes) == 0:
+        if _count(shape_of(x._v), axes) == 0:
             return sum_(abs_(x), axes, keepdims)
         return max_(abs_(x), axes, keepdims)
     if ord == -np.inf:
@@ -643,10 +647,11 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
     if ord == 1:
         return sum_(abs_(x), axes, keepdims)
     if ord == 0:
-        tape = _guarding(x)
+        tape = guarding_tape(x)
         if tape is not None:  # a count of nonzeros: replay checks which elements are zero
-            _guard(tape, _compare(x, 0.0, K.CMP_NE, _arr(x) != 0, _arr(x).dtype), "norm(ord=0)")
-        return _wrap(_norm(np.sum(_arr(x) != 0, axis=axes, keepdims=keepdims).astype(_F64)))
+            a = array_of(x)
+            guard(tape, record_compare(x, 0.0, K.CMP_NE, a != 0, a.dtype), "norm(ord=0)")
+        return constant(np.sum(array_of(x) != 0, axis=axes, keepdims=keepdims).astype(F64))
     if isinstance(ord, str):
         raise ValueError(f"invalid norm order {ord!r} for vectors")
     return sum_(abs_(x) ** ord, axes, keepdims) ** (1.0 / ord)
@@ -657,28 +662,28 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
 # ---------------------------------------------------------------------------------------------
 def concatenate(xs: Sequence[Any], axis: Any = 0) -> Tensor:
     """Join tensors along an existing axis, as ``np.concatenate`` (axis None: flattened)."""
-    xs = [_t(x) for x in xs]
+    xs = [as_tensor(x) for x in xs]
     if not xs:
         raise ValueError("need at least one array to concatenate")
     if axis is None:
         xs, axis = [ravel(x) for x in xs], 0
-    arrs = [_arr(x) for x in xs]
+    arrs = [array_of(x) for x in xs]
     value = np.concatenate(arrs, axis=axis)
     if not _recording(*xs):
-        return _wrap(_norm(value))
+        return constant(value)
     (ax,) = _norm_axes(axis, value.ndim)
     outer = math.prod(value.shape[:ax])
-    return _emit(K.OP_CONCAT, xs, value.shape, value.dtype,
+    return emit(K.OP_CONCAT, xs, value.shape, value.dtype,
                  _copy_of(value),
                  meta=lambda sl: [len(sl), *sl, outer], nmeta=len(xs) + 2)
 
 
 def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
     """Join tensors along a new axis, as ``np.stack``."""
-    xs = [_t(x) for x in xs]
+    xs = [as_tensor(x) for x in xs]
     if not xs:
         raise ValueError("need at least one array to stack")
-    shapes = {_shape_of(x._v) for x in xs}
+    shapes = {shape_of(x._v) for x in xs}
     if len(shapes) != 1:
         raise ValueError(f"all input arrays must have the same shape, got {sorted(shapes)}")
     nd = len(shapes.pop()) + 1
@@ -689,7 +694,7 @@ def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
 def hstack(xs: Sequence[Any]) -> Tensor:
     """Stack horizontally (along axis 1, or 0 for 1-d inputs), as ``np.hstack``."""
     xs = [atleast_1d(x) for x in xs]
-    return concatenate(xs, axis=0 if len(_shape_of(xs[0]._v)) == 1 else 1)
+    return concatenate(xs, axis=0 if len(shape_of(xs[0]._v)) == 1 else 1)
 
 
 def vstack(xs: Sequence[Any]) -> Tensor:
@@ -699,21 +704,21 @@ def vstack(xs: Sequence[Any]) -> Tensor:
 
 def atleast_1d(x: Any) -> Tensor:
     """``x`` with at least one dimension."""
-    x = _t(x)
-    return x if len(_shape_of(x._v)) >= 1 else reshape(x, (1,))
+    x = as_tensor(x)
+    return x if len(shape_of(x._v)) >= 1 else reshape(x, (1,))
 
 
 def atleast_2d(x: Any) -> Tensor:
     """``x`` with at least two dimensions (a 1-d ``x`` becomes a row)."""
-    x = _t(x)
-    s = _shape_of(x._v)
+    x = as_tensor(x)
+    s = shape_of(x._v)
     return x if len(s) >= 2 else reshape(x, (1, -1) if s else (1, 1))
 
 
 def array_split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
     """Split into sub-tensors (sections may differ in size), as ``np.array_split``."""
-    x = _t(x)
-    shape = _shape_of(x._v)
+    x = as_tensor(x)
+    shape = shape_of(x._v)
     (ax,) = _norm_axes(axis, len(shape))
     n = shape[ax]
     if isinstance(indices_or_sections, (int, np.integer)):
@@ -731,9 +736,9 @@ def array_split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]
 
 def split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
     """Split into equal sub-tensors (or at indices), as ``np.split``."""
-    x = _t(x)
+    x = as_tensor(x)
     if isinstance(indices_or_sections, (int, np.integer)):
-        n = _shape_of(x._v)[_norm_axes(axis, len(_shape_of(x._v)))[0]]
+        n = shape_of(x._v)[_norm_axes(axis, len(shape_of(x._v)))[0]]
         if n % indices_or_sections:
             raise ValueError("array split does not result in an equal division")
     return array_split(x, indices_or_sections, axis)
@@ -743,11 +748,11 @@ def pad(x: Any, pad_width: Any, mode: str = "constant", constant_values: Any = 0
     """``x`` padded with a constant, as ``np.pad(..., mode='constant')``."""
     if mode != "constant":
         raise ValueError(f"only mode='constant' is supported, got {mode!r}")
-    x = _t(x)
-    a = _arr(x)
+    x = as_tensor(x)
+    a = array_of(x)
     value = np.pad(a, pad_width, mode="constant", constant_values=constant_values)
     if not _recording(x):
-        return _wrap(_norm(value))
+        return constant(value)
     pos = np.pad(np.arange(a.size).reshape(a.shape) + 1, pad_width, mode="constant")
     inside = pos.ravel() > 0
     moved = np.zeros(value.size, value.dtype)
@@ -755,7 +760,7 @@ def pad(x: Any, pad_width: Any, mode: str = "constant", constant_values: Any = 0
     placed = reshape(_scatter(ravel(x), np.flatnonzero(inside)[np.argsort(
         pos.ravel()[inside])], (value.size,), moved), value.shape)
     rest = np.where(inside.reshape(value.shape), 0, value).astype(value.dtype)
-    return _set_value(placed + rest, value) if np.any(rest) else placed
+    return set_value(placed + rest, value) if np.any(rest) else placed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -763,63 +768,63 @@ def pad(x: Any, pad_width: Any, mode: str = "constant", constant_values: Any = 0
 # ---------------------------------------------------------------------------------------------
 def _where_weighted(w: Any, a: Tensor, b: Tensor, value: np.ndarray) -> Tensor:
     """Record value (= a where w, else b) with gradient g w to a and g (1 - w) to b; ``w``
-    is an array of weights (a constant) or a tensor recorded by ``_compare``."""
+    is an array of weights (a constant) or a tensor recorded by ``record_compare``."""
     shape = value.shape
     if isinstance(w, Tensor):
         wt = w
     else:
-        wt = _wrap(_norm(np.ascontiguousarray(np.broadcast_to(w, shape), dtype=value.dtype)))
-    return _emit(K.OP_WHERE, (a, b, wt), shape, value.dtype, _copy_of(value),
+        wt = constant(np.ascontiguousarray(np.broadcast_to(w, shape), dtype=value.dtype))
+    return emit(K.OP_WHERE, (a, b, wt), shape, value.dtype, _copy_of(value),
                  meta=lambda sl: [1, sl[2]], nmeta=2, bcast=True)
 
 
-def _compare(a: Any, b: Any, code: int, w: np.ndarray, dtype: np.dtype) -> Tensor:
+def record_compare(a: Any, b: Any, code: int, w: np.ndarray, dtype: np.dtype) -> Tensor:
     """Record the comparison ``code`` (``K.CMP_*``) of a and b, whose values are ``w``, as
     a tensor of 0/1 (or tie 1/2) weights: replay recomputes it from the inputs."""
     shape = np.shape(w)
-    return _emit(K.OP_CMP, (_as_tensor(a, dtype), _as_tensor(b, dtype)), shape, dtype,
+    return emit(K.OP_CMP, (_typed_tensor(a, dtype), _typed_tensor(b, dtype)), shape, dtype,
                  _copy_of(w), p=float(code), bcast=True)
 
 
 def where(condition: Any, x: Any = None, y: Any = None) -> Tensor:
     """Elements of ``x`` where ``condition`` holds, else of ``y`` (``np.where``); the
     condition is never differentiated.  With one argument: the indices where it holds."""
-    src = _flag_source(condition)
+    src = _comparison_source(condition)
     if src is not None:  # a recorded comparison: replay re-evaluates it
-        c = np.asarray(_RAW_V.__get__(condition))
+        c = np.asarray(RAW_VALUE.__get__(condition))
     else:
-        c = _arr(condition) if isinstance(condition, Tensor) else np.asarray(condition)
+        c = array_of(condition) if isinstance(condition, Tensor) else np.asarray(condition)
     if x is None and y is None:
-        return tuple(_wrap(_norm(i)) for i in np.nonzero(c))  # type: ignore[return-value]
-    _broadcastable(c, _raw(x), _raw(y))
-    value = np.asarray(np.where(c, _raw(x), _raw(y)))
+        return tuple(constant(i) for i in np.nonzero(c))  # type: ignore[return-value]
+    _broadcastable(c, operand_value(x), operand_value(y))
+    value = np.asarray(np.where(c, operand_value(x), operand_value(y)))
     xs = [v for v in (x, y) if isinstance(v, Tensor)]
     if not _recording(*xs):
-        return _wrap(_norm(value))
+        return constant(value)
     w = c.astype(bool).astype(value.dtype) if src is None else src
-    return _where_weighted(w, _as_tensor(x, value.dtype), _as_tensor(y, value.dtype), value)
+    return _where_weighted(w, _typed_tensor(x, value.dtype), _typed_tensor(y, value.dtype), value)
 
 
-def _flag_source(c: Any) -> Tensor | None:
+def _comparison_source(c: Any) -> Tensor | None:
     """The OP_CMP record behind a comparison recorded on the current tape, if ``c`` is one."""
-    if type(c) is _Flag and c._src is not None and c._src._tape is _tls.rec:
+    if type(c) is RecordedComparison and c._src is not None and c._src._tape is thread_state.rec:
         return c._src
     return None
 
 
 def _pick(a: Any, b: Any, fn: Any, sign: float) -> Tensor:
-    av, bv = _raw(a), _raw(b)
+    av, bv = operand_value(a), operand_value(b)
     _broadcastable(av, bv)
     value = np.asarray(fn(av, bv))
     if not _recording(*[v for v in (a, b) if isinstance(v, Tensor)]):
-        return _wrap(_norm(value))
+        return constant(value)
     gt = (av > bv) if sign > 0 else (av < bv)
     # ties share the gradient; a NaN operand is the result and gets it
     w = np.where(np.isnan(av), 1.0, np.where(np.isnan(bv), 0.0,
                                              np.where(np.equal(av, bv), 0.5, gt)))
-    wt = _compare(a, b, K.CMP_MAX_WEIGHT if sign > 0 else K.CMP_MIN_WEIGHT,
+    wt = record_compare(a, b, K.CMP_MAX_WEIGHT if sign > 0 else K.CMP_MIN_WEIGHT,
                   np.broadcast_to(w, value.shape), value.dtype)
-    return _where_weighted(wt, _as_tensor(a, value.dtype), _as_tensor(b, value.dtype), value)
+    return _where_weighted(wt, _typed_tensor(a, value.dtype), _typed_tensor(b, value.dtype), value)
 
 
 def maximum(a: Any, b: Any) -> Tensor:
@@ -836,81 +841,82 @@ def clip(x: Any, a_min: Any = None, a_max: Any = None) -> Tensor:
     """``x`` limited to [a_min, a_max], as ``np.clip``.  As PyTorch's clamp: ``x`` gets the
     gradient where a_min <= x <= a_max (bounds included), a bound where it is active; tensor
     bounds that require grad receive it."""
-    x = _t(x)
+    x = as_tensor(x)
     if a_min is None and a_max is None:
         raise ValueError("One of max or min must be given")
-    xv = _strong(x._v)
-    lo = None if a_min is None else _raw(a_min)
-    hi = None if a_max is None else _raw(a_max)
+    xv = strong(x._v)
+    lo = None if a_min is None else operand_value(a_min)
+    hi = None if a_max is None else operand_value(a_max)
     value = np.asarray(np.clip(xv, lo, hi))
     if not _recording(x, *[b for b in (a_min, a_max) if isinstance(b, Tensor)]):
-        return _wrap(_norm(value))
+        return constant(value)
     out, cur = x, np.asarray(xv)  # clip = minimum(maximum(x, lo), hi), one where per bound
     if lo is not None:
         below = cur < lo
         cur = np.asarray(np.where(below, lo, cur), value.dtype)
-        keep = _compare(out, a_min, K.CMP_NOT_LT, np.broadcast_to(~below, cur.shape), value.dtype)
-        out = _where_weighted(keep, out, _as_tensor(a_min, value.dtype), cur)
+        keep = record_compare(out, a_min, K.CMP_NOT_LT, np.broadcast_to(~below, cur.shape),
+                              value.dtype)
+        out = _where_weighted(keep, out, _typed_tensor(a_min, value.dtype), cur)
     if hi is not None:
         above = cur > hi
-        keep = _compare(out, a_max, K.CMP_NOT_GT, np.broadcast_to(~above, value.shape),
+        keep = record_compare(out, a_max, K.CMP_NOT_GT, np.broadcast_to(~above, value.shape),
                         value.dtype)
-        out = _where_weighted(keep, out, _as_tensor(a_max, value.dtype), value)
+        out = _where_weighted(keep, out, _typed_tensor(a_max, value.dtype), value)
     return out
 
 
 def sign(x: Any) -> Tensor:
     """Elementwise sign (-1, 0, 1); its gradient is zero, so it is never recorded."""
-    x = _t(x)
+    x = as_tensor(x)
     _guard_signs(x, "sign()")
-    return _wrap(_norm(np.sign(_strong(x._v))))
+    return constant(np.sign(strong(x._v)))
 
 
 # ---------------------------------------------------------------------------------------------
 # math beyond the core
 # ---------------------------------------------------------------------------------------------
-def _u(name: str) -> Any:
-    spec = _UNARY[name]
+def _elementwise(p: P.Primitive) -> Any:
+    """``td.<name>`` of a public elementwise primitive (a row of ``_primitives.PUBLIC``)."""
+    if p.arity == 1:
+        spec = P.UNARY[p.name]
 
-    def fn(x: Any) -> Tensor:
-        return _unary(spec, _t(x))
-
-    fn.__name__ = name
+        def fn(x: Any) -> Tensor:
+            return unary(spec, as_tensor(x))
+    else:
+        def fn(a: Any, b: Any) -> Tensor:  # type: ignore[misc]
+            return _binary_primitive(p.op, p.array, a, b)
+    fn.__name__ = fn.__qualname__ = p.name
+    fn.__doc__ = p.doc
     return fn
 
 
-exp, log, sqrt, abs_ = _u("exp"), _u("log"), _u("sqrt"), _u("abs")
+def _binary_primitive(op: int, uf: Any, a: Any, b: Any) -> Tensor:
+    av, bv = operand_value(a), operand_value(b)
+    _broadcastable(av, bv)
+    value = np.asarray(uf(av, bv))
+    if not _recording(*[v for v in (a, b) if isinstance(v, Tensor)]):
+        return constant(value)
+    return emit(op, (_typed_tensor(a, value.dtype), _typed_tensor(b, value.dtype)), value.shape,
+                 value.dtype, _copy_of(value), bcast=True)
+
+
+#: ``td.<name>`` (and ``Tensor.<name>``) of every public elementwise primitive
+ELEMENTWISE: dict[str, Any] = {p.name: _elementwise(p) for p in P.PUBLIC}
+exp, log, log1p, sqrt, abs_ = (ELEMENTWISE[k] for k in ("exp", "log", "log1p", "sqrt", "abs"))
+arctan2, hypot = ELEMENTWISE["arctan2"], ELEMENTWISE["hypot"]
 
 
 def square(x: Any) -> Tensor:
     """Elementwise x * x."""
-    x = _t(x)
+    x = as_tensor(x)
     return x * x
 
 
 def reciprocal(x: Any) -> Tensor:
     """Elementwise 1 / x."""
-    return 1.0 / _t(x)
+    return 1.0 / as_tensor(x)
 
 
-def _binary_primitive(op: int, uf: Any, a: Any, b: Any) -> Tensor:
-    av, bv = _raw(a), _raw(b)
-    _broadcastable(av, bv)
-    value = np.asarray(uf(av, bv))
-    if not _recording(*[v for v in (a, b) if isinstance(v, Tensor)]):
-        return _wrap(_norm(value))
-    return _emit(op, (_as_tensor(a, value.dtype), _as_tensor(b, value.dtype)), value.shape,
-                 value.dtype, _copy_of(value), bcast=True)
-
-
-def arctan2(y: Any, x: Any) -> Tensor:
-    """Elementwise angle of the point (x, y), as ``np.arctan2``."""
-    return _binary_primitive(K.OP_ARCTAN2, np.arctan2, y, x)
-
-
-def hypot(a: Any, b: Any) -> Tensor:
-    """Elementwise sqrt(a**2 + b**2) without overflow, as ``np.hypot``."""
-    return _binary_primitive(K.OP_HYPOT, np.hypot, a, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -923,16 +929,16 @@ def matmul(a: Any, b: Any) -> Tensor:
     >>> td.matmul(td.ones(2, 3), td.ones(3))
     tensor([3., 3.])
     """
-    a, b = _t(a), _t(b)
-    av, bv = _arr(a), _arr(b)
+    a, b = as_tensor(a), as_tensor(b)
+    av, bv = array_of(a), array_of(b)
     if av.ndim == 0 or bv.ndim == 0:
         raise ValueError("matmul: Input operand does not have enough dimensions (use * to "
                          "multiply by a scalar)")
     if not _recording(a, b):
-        return _wrap(_norm(np.matmul(_strong(a._v), _strong(b._v))))
+        return constant(np.matmul(strong(a._v), strong(b._v)))
     a2 = reshape(a, (1, -1)) if av.ndim == 1 else a
     b2 = reshape(b, (-1, 1)) if bv.ndim == 1 else b
-    sa, sb = _shape_of(a2._v), _shape_of(b2._v)
+    sa, sb = shape_of(a2._v), shape_of(b2._v)
     if sa[-1] != sb[-2]:
         raise ValueError(f"matmul: shapes {av.shape} and {bv.shape} are not aligned: "
                          f"{sa[-1]} (last dimension of the first) != {sb[-2]} (second-to-last "
@@ -949,8 +955,8 @@ def matmul(a: Any, b: Any) -> Tensor:
     if sb[:-2] != batch:
         b2 = broadcast_to(b2, batch + (k, n))
     a3, b3 = reshape(a2, (bs, m, k)), reshape(b2, (bs, k, n))
-    x3, y3 = _arr(a3), _arr(b3)
-    out = _emit(K.OP_MATMUL, (a3, b3), (bs, m, n), np.result_type(x3, y3),
+    x3, y3 = array_of(a3), array_of(b3)
+    out = emit(K.OP_MATMUL, (a3, b3), (bs, m, n), np.result_type(x3, y3),
                 lambda o: np.matmul(x3, y3, out=o), meta=lambda sl: [bs, m, k, n], nmeta=4)
     shape = batch + ((m,) if av.ndim > 1 else ()) + ((n,) if bv.ndim > 1 else ())
     return reshape(out, shape)
@@ -959,10 +965,10 @@ def matmul(a: Any, b: Any) -> Tensor:
 def dot(a: Any, b: Any) -> Tensor:
     """``np.dot``: inner product of vectors, matrix product, sum over the last axis of a and
     the second-to-last of b for n-d inputs, and scaling by 0-d inputs."""
-    a, b = _t(a), _t(b)
+    a, b = as_tensor(a), as_tensor(b)
     if not _recording(a, b):
-        return _wrap(_norm(np.asarray(np.dot(_raw(a), _raw(b)))))
-    na, nb = len(_shape_of(a._v)), len(_shape_of(b._v))
+        return constant(np.asarray(np.dot(operand_value(a), operand_value(b))))
+    na, nb = len(shape_of(a._v)), len(shape_of(b._v))
     if na == 0 or nb == 0:
         return a * b
     if nb == 1 or (na <= 2 and nb <= 2):
@@ -977,28 +983,28 @@ def vdot(a: Any, b: Any) -> Tensor:
 
 def inner(a: Any, b: Any) -> Tensor:
     """Sum product over the last axes, as ``np.inner``."""
-    a, b = _t(a), _t(b)
+    a, b = as_tensor(a), as_tensor(b)
     if not _recording(a, b):
-        return _wrap(_norm(np.asarray(np.inner(_raw(a), _raw(b)))))
-    if not _shape_of(a._v) or not _shape_of(b._v):
+        return constant(np.asarray(np.inner(operand_value(a), operand_value(b))))
+    if not shape_of(a._v) or not shape_of(b._v):
         return a * b
     return tensordot(a, b, axes=([-1], [-1]))
 
 
 def outer(a: Any, b: Any) -> Tensor:
     """Outer product of the flattened inputs, as ``np.outer``."""
-    a, b = _t(a), _t(b)
+    a, b = as_tensor(a), as_tensor(b)
     if not _recording(a, b):
-        return _wrap(_norm(np.outer(_raw(a), _raw(b))))
+        return constant(np.outer(operand_value(a), operand_value(b)))
     return reshape(ravel(a), (-1, 1)) * reshape(ravel(b), (1, -1))
 
 
 def tensordot(a: Any, b: Any, axes: Any = 2) -> Tensor:
     """Sum products over the given axes, as ``np.tensordot``, through one matrix product."""
-    a, b = _t(a), _t(b)
+    a, b = as_tensor(a), as_tensor(b)
     if not _recording(a, b):
-        return _wrap(_norm(np.asarray(np.tensordot(_raw(a), _raw(b), axes))))
-    sa, sb = _shape_of(a._v), _shape_of(b._v)
+        return constant(np.asarray(np.tensordot(operand_value(a), operand_value(b), axes)))
+    sa, sb = shape_of(a._v), shape_of(b._v)
     if isinstance(axes, (int, np.integer)):
         ax_a = list(range(len(sa) - axes, len(sa)))
         ax_b = list(range(axes))
@@ -1021,12 +1027,12 @@ def einsum(subscripts: str, *operands: Any) -> Tensor:
     """Einstein summation, as ``np.einsum`` without ellipses: e.g. ``'ij,jk->ik'``,
     ``'bij,bjk->bik'``, ``'ii->i'``, ``'ij->'``, any number of operands.  Operands are
     contracted left to right, each pair through one matrix product."""
-    ops = [_t(x) for x in operands]
+    ops = [as_tensor(x) for x in operands]
     spec = subscripts.replace(" ", "")
     if "..." in spec:
         raise ValueError("einsum with '...' is not supported yet: name the dimensions")
     if not _recording(*ops):  # values only: NumPy's own einsum (and its dtypes)
-        return _wrap(_norm(np.asarray(np.einsum(subscripts, *(_raw(x) for x in ops)))))
+        return constant(np.asarray(np.einsum(subscripts, *(operand_value(x) for x in ops))))
     if "->" in spec:
         lhs, out = spec.split("->")
     else:  # implicit form: output labels are those used once, sorted
@@ -1043,7 +1049,7 @@ def einsum(subscripts: str, *operands: Any) -> Tensor:
     dims: dict = {}
     cur = []
     for term, x in zip(terms, ops):
-        shape = _shape_of(x._v)
+        shape = shape_of(x._v)
         if len(term) != len(shape):
             raise ValueError(f"einsum: subscripts {term!r} do not match a {len(shape)}-d "
                              "operand")
@@ -1055,7 +1061,7 @@ def einsum(subscripts: str, *operands: Any) -> Tensor:
     for i, (x, term) in enumerate(cur):
         if len(set(term)) != len(term):
             uniq = "".join(dict.fromkeys(term))
-            st = _c_strides(_shape_of(x._v))
+            st = c_strides(shape_of(x._v))
 
             def diag(a, term=term, uniq=uniq, st=st):
                 size = a.itemsize
@@ -1063,7 +1069,7 @@ def einsum(subscripts: str, *operands: Any) -> Tensor:
                     a, shape=[dims[c] for c in uniq],
                     strides=[size * sum(s for t, s in zip(term, st) if t == c) for c in uniq])
 
-            cur[i] = (_view(x, diag), uniq)
+            cur[i] = (record_view(x, diag), uniq)
     result_x, result_t = cur[0]
     for j in range(len(cur)):
         x, term = cur[j] if j else (result_x, result_t)
@@ -1100,12 +1106,12 @@ def astype(x: Any, dtype: Any) -> Tensor:
     """``x`` converted to ``dtype``.  Between float32 and float64 the conversion is recorded
     (an OP_CAST), so the gradient flows back in the input's dtype; other conversions give a
     constant."""
-    x = _t(x)
-    dt = _check_dtype(np.dtype(dtype))
-    a = _arr(x)
+    x = as_tensor(x)
+    dt = check_dtype(np.dtype(dtype))
+    a = array_of(x)
     if dt == a.dtype:
         return x
     value = a.astype(dt)
     if not _recording(x) or dt.kind != "f":
-        return _wrap(_norm(value))
-    return _emit(K.OP_CAST, (x,), value.shape, dt, lambda out: out.__setitem__(Ellipsis, a))
+        return constant(value)
+    return emit(K.OP_CAST, (x,), value.shape, dt, lambda out: out.__setitem__(Ellipsis, a))

@@ -40,9 +40,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import _kernels as K
+from . import _primitives as P
 from ._grad_mode import enable_grad
-from ._tape import Tape
-from ._tensor import _ERR_RELEASED, _F64, Tensor, _norm, _nsize, _observe, _wrap, tensor
+from ._tape import BIG, Tape
+from ._guards import observe
+from ._record import F64, constant, size_of
+from ._tensor import Tensor, tensor
 
 _ON_GUARD = ("rerecord", "raise")
 
@@ -130,10 +133,10 @@ def grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *, replay: bo
 # ---------------------------------------------------------------------------------------------
 def _values_of(x: Any) -> np.ndarray:
     if isinstance(x, Tensor):
-        _observe(x, "an argument of value_and_grad/grad")  # (nested in a replayed function)
+        observe(x, "an argument of value_and_grad/grad")  # (nested in a replayed function)
     v = np.asarray(x._v if isinstance(x, Tensor) else x)
     if v.dtype.kind in "iub":
-        v = v.astype(_F64)
+        v = v.astype(F64)
     return v
 
 
@@ -247,7 +250,7 @@ class _Recording:
             y = tensor(y)
         if y.dtype.kind != "f":
             raise TypeError(f"the function must return a float scalar, got dtype {y.dtype}")
-        if _nsize(y._v) != 1:
+        if size_of(y._v) != 1:
             raise RuntimeError("grad can be implicitly created only for scalar outputs; the "
                                f"function returned shape {y.shape}: reduce it (e.g. .sum())")
         self.shape = y.shape
@@ -273,8 +276,8 @@ class _Recording:
         # one compiled call per replay when the tape needs no Python rule
         ops = tape.op[:top]
         self.fast = guarded and top > 0 and bool((kinds == kinds[0]).all()) and not bool(
-            np.isin(ops, K.PYTHON_RULES).any() or (np.isin(ops, K.UFUNC_RULES)
-                                                   & (tape.n[:top] >= K.BIG)).any())
+            (K.TRAITS[ops] & K.PYTHON_RULE).any()
+            or (P.TO_NUMPY[ops].astype(bool) & (tape.n[:top] >= BIG)).any())
         self.touched = np.zeros(top, np.uint8)
         self.leaf_slots = np.empty(top, np.int64)
         self.nleaf = np.zeros(1, np.int64)
@@ -300,8 +303,8 @@ class _Recording:
 
     def slot(self, t: Tensor) -> int:
         """The slot of input ``t`` on the tape, or -1 when ``fn`` did not use it."""
-        c = t._lc
-        return c[1] if c is not None and c[0]() is self.tape else -1
+        c = t._leaf_record
+        return c.slot if c is not None and c.tape() is self.tape else -1
 
     def _sweep(self) -> tuple:
         """(value, gradients) from the values now in the arena."""
@@ -338,7 +341,7 @@ class _Recording:
             val, adj = tape.arena(kind)
             r = K.replay_sweeps(tape.top, self.root, kind, tape.op, tape.ia, tape.ib, tape.off,
                                 tape.n, tape.p, tape.mi, tape.flag, tape.dt, tape.meta, val,
-                                adj, self.touched, self.leaf_slots, self.nleaf)
+                                adj, self.touched, self.leaf_slots, self.nleaf, P.TO_NUMPY)
             if r < K.UNKNOWN_OPCODE:
                 return int(tape.p[-3 - r])
             if r != K.SWEEP_DONE:
@@ -354,8 +357,8 @@ class _Recording:
         """The call's result: Tensors when a differentiated argument is a Tensor."""
         value, grads = self.first if out is None else out
         if self.tensor_out if tensor_out is None else tensor_out:
-            grads = [_wrap(_norm(g)) for g in grads]
-            value = _wrap(_norm(value))
+            grads = [constant(g) for g in grads]
+            value = constant(value)
         else:  # 0-d results as NumPy scalars, as NumPy's own reductions give them
             value = value[()] if value.ndim == 0 else value
             grads = [g[()] if g.ndim == 0 else g for g in grads]
@@ -446,67 +449,3 @@ class Replayed:
 # ---------------------------------------------------------------------------------------------
 # Tape.gradient
 # ---------------------------------------------------------------------------------------------
-def tape_gradient(tape: Tape, y: Tensor, xs: Any, gradient: Any = None,
-                  retain_graph: bool = False) -> Any:
-    """See ``Tape.gradient``."""
-    if not isinstance(y, Tensor):
-        raise TypeError(f"gradient() needs a Tensor output, got {type(y).__name__}")
-    single = isinstance(xs, Tensor)
-    xs = [xs] if single else list(xs)
-    for x in xs:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"gradient() differentiates with respect to Tensors, got "
-                            f"{type(x).__name__}")
-        if not x._rg:
-            raise RuntimeError("One of the differentiated Tensors does not require grad")
-    if not y._rg:
-        raise RuntimeError("element 0 of tensors does not require grad and does not have a "
-                           "grad_fn")
-    if y._tape is not None and y._tape is not tape:
-        raise RuntimeError("the output was recorded on another tape; call gradient() on the "
-                           "tape that recorded it")
-    _check_not_replaying(tape)
-    if gradient is None:
-        if _nsize(y._v) != 1:
-            raise RuntimeError("grad can be implicitly created only for scalar outputs")
-        seed = np.ones(1)
-    else:
-        seed = np.asarray(gradient._v if isinstance(gradient, Tensor) else gradient, _F64)
-        if seed.shape != y.shape:
-            raise RuntimeError(f"Mismatch in shape: gradient has a shape of {seed.shape} "
-                               f"and output has a shape of {y.shape}.")
-    if y._tape is None:  # y is a leaf: d y / d y is the seed
-        return _pack([_wrap(_norm(seed.astype(x.dtype).reshape(x.shape))) if x is y else
-                      _wrap(_norm(np.zeros(x.shape, x.dtype))) for x in xs], single)
-    root = y._slot
-    touched = np.zeros(root + 1, np.uint8)
-    if tape.sweep(root, seed, retain_graph, touched) is None:
-        raise RuntimeError(_ERR_RELEASED)
-    records: dict = {}  # id of a tape-less tensor -> its (leaf) records on this tape
-    for s, r in tape._cached.items():
-        records.setdefault(id(r()), []).append(s)
-    out = []
-    for x in xs:
-        slots = [x._slot] if x._tape is tape else records.get(id(x), [])
-        g = np.zeros(x.shape, x.dtype)
-        for s in slots:  # a leaf recorded more than once gets the sum
-            if s <= root and touched[s]:
-                g += tape.adjoint_view(s).reshape(x.shape)
-        out.append(_wrap(_norm(g)))
-    return _pack(out, single)
-
-
-def _check_not_replaying(tape: Tape) -> None:
-    """A gradient inside a function being recorded for replay would be a constant of the
-    recording (replay has no derivative of a reverse sweep): refuse it."""
-    if tape._guards is not None:
-        raise RuntimeError(
-            "a function recorded for replay differentiates its own tape; its gradient would be "
-            "a constant of the recording.  Differentiate outside the function, or call it "
-            "without replay=True")
-
-
-def _pack(out: list, single: bool) -> Any:
-    return out[0] if single else tuple(out)
-
-

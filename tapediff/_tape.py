@@ -1,4 +1,4 @@
-"""The flat Wengert tape: record arrays, the value arena, reclamation, and the per-thread tape stack.
+"""The flat Wengert tape: record arrays, value arenas, sweeps, reclamation, per-thread state.
 
 A tape is a struct of arrays: record ``i`` (opcode, input slots, arena offset, size, scalar
 parameter, side-table offset, flags, arena kind) produces slot ``i``.  Values live in two
@@ -20,18 +20,32 @@ sit below live ones (the previous step's ``loss`` of a script-level loop) are re
 """
 from __future__ import annotations
 
-import functools
 import threading
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _kernels as K
+from . import _primitives as P
 
 _MIN_RECORDS = 4096
 _MIN_VALUES = 65536  # a minimum arena is 512 KB of float64 (virtual until written)
 _MIN_META = 1024
+# Replay hands the forward rule of a ``replay_numpy`` primitive back to NumPy on records of at
+# least ``BIG`` elements: NumPy's SIMD loops beat a scalar libm call per element by more than
+# a hand-back costs (e.g. tanh: ~0.8 ns/element against ~9), and give NumPy's values exactly.
+BIG = 2048
+
+
+class LeafRecord(NamedTuple):
+    """Where a tape-less tensor (a leaf or a constant) has its value recorded: its cache,
+    valid while the tape lives and the tensor's version and requires_grad are unchanged."""
+
+    tape: Any  # weakref to the tape: a constant used in many short-lived tapes keeps none
+    slot: int
+    version: int
+    requires_grad: bool
 
 
 class Tape:
@@ -235,8 +249,16 @@ class Tape:
         >>> t.gradient(y, x)
         tensor([2., 4.])
         """
-        from ._replay import tape_gradient
-        return tape_gradient(self, y, xs, gradient, retain_graph)
+        gradient_on = getattr(y, "_gradient_on", None)  # Tensor's: the storage knows no tensors
+        if gradient_on is None:
+            raise TypeError(f"gradient() needs a Tensor output, got {type(y).__name__}")
+        return gradient_on(self, xs, gradient, retain_graph)
+
+    @property
+    def records_for_replay(self) -> bool:
+        """Whether this tape records a function for replay: reads of values then record
+        guards, and differentiating or leaving grad mode inside it is refused."""
+        return self._guards is not None
 
     # -- replay ------------------------------------------------------------------------------
     def forward(self, start: int = 0) -> int:
@@ -251,14 +273,14 @@ class Tape:
             kind = int(self.dt[i])
             r = K.forward_sweep(i, top, kind, self.op, self.ia, self.ib, self.off, self.n,
                                 self.p, self.mi, self.dt, self.meta, self.arena(kind)[0],
-                                K.BIG)
+                                BIG, P.TO_NUMPY)
             if r == K.SWEEP_DONE:
                 return -1
             if r == K.UNKNOWN_OPCODE:
                 raise AssertionError("forward sweep met an opcode it has no rule for")
             if r < 0:
                 return -3 - r
-            if int(self.dt[r]) != kind and self.op[r] not in K.PYTHON_RULES:
+            if int(self.dt[r]) != kind and not K.TRAITS[self.op[r]] & K.PYTHON_RULE:
                 i = r  # resume on the other arena (a ufunc rule there yields again)
                 continue
             self._python_value(r)
@@ -270,7 +292,7 @@ class Tape:
         the transcendental functions on large arrays (NumPy's SIMD loops)."""
         a = int(self.ia[i])
         out = self.value_view(i, (int(self.n[i]),))
-        uf = _ufuncs().get(int(self.op[i]))
+        uf = P.NUMPY_RULES.get(int(self.op[i]))
         if uf is not None:
             uf(self.value_view(a, (int(self.n[a]),)), out=out)
             return
@@ -391,9 +413,9 @@ class Tape:
             t = r()
             if t is None:
                 continue
-            c = t._lc
-            here = c is not None and c[0]() is self and c[1] == s
-            if here and c[2] == t._ver:  # still the tensor's current value: worth keeping
+            c = t._leaf_record
+            here = c is not None and c.tape() is self and c.slot == s
+            if here and c.version == t._ver:  # still the tensor's current value: worth keeping
                 keep[s] = 1
             cached.append((s, r, here))
         K.mark_live(top, self.op, self.ia, self.ib, self.mi, self.flag, self.meta, keep)
@@ -439,7 +461,7 @@ class Tape:
             t._slot = s
             v = t._v
             if type(v) is np.ndarray:
-                t._v = _frozen(self.value_view(s, v.shape))
+                t._v = frozen(self.value_view(s, v.shape))
         self._live = live_refs
         # leaf/constant records that survive keep feeding .grad (their slot moved); a tensor
         # whose cached record was dropped records its value again when next used
@@ -453,20 +475,9 @@ class Tape:
             if ns >= 0:
                 self._cached[ns] = r
                 if here:
-                    c = t._lc
-                    t._lc = (me, ns, c[2], c[3])
+                    t._leaf_record = t._leaf_record._replace(tape=me, slot=ns)
             elif here:
-                t._lc = None
-
-
-@functools.cache
-def _ufuncs() -> dict:
-    """Opcode -> the NumPy function eager recording computes it with (``_tensor._UNARY``),
-    for the rules replay hands back to NumPy: the same function, so the same values."""
-    from ._tensor import _UNARY  # (_tensor imports this module)
-    table = {op: uf for op, uf, _ in _UNARY.values() if op in K.UFUNC_RULES}
-    assert set(table) == set(K.UFUNC_RULES)
-    return table
+                t._leaf_record = None
 
 
 def _accumulate(tape: Tape, slot: int, g: np.ndarray, touched: np.ndarray) -> None:
@@ -495,7 +506,7 @@ def _fit(cap: int, need: int, minimum: int, recent: int) -> int:
     return cap
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
+def frozen(a: np.ndarray) -> np.ndarray:
     a.flags.writeable = False
     return a
 
@@ -516,7 +527,7 @@ class _State(threading.local):
 
     @grad_enabled.setter
     def grad_enabled(self, mode: bool) -> None:
-        if not mode and self.tape._guards is not None:
+        if not mode and self.tape.records_for_replay:
             raise RuntimeError(
                 "no_grad() inside a function recorded for replay: what it computes would not "
                 "be recorded, so a replay would reuse the recorded values; compute it with "
@@ -530,11 +541,11 @@ class _State(threading.local):
         self.rec = tape if self._grad else None
 
 
-_tls = _State()
+thread_state = _State()
 
 
 def _state() -> _State:
-    return _tls
+    return thread_state
 
 
 def current_tape() -> Tape:
@@ -546,7 +557,7 @@ def current_tape() -> Tape:
     ...     td.current_tape() is t
     True
     """
-    return _tls.tape
+    return thread_state.tape
 
 
 def tape() -> Tape:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import functools
 import gc
+import math
 import os
 import pickle
 import signal
 import sys
 import traceback
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pytest
@@ -102,6 +103,32 @@ def check_grad(fn: Callable, inputs: Sequence[np.ndarray], *,
         np.testing.assert_allclose(g.numpy(), num, rtol=rtol, atol=atol,
                                    err_msg=f"gradient of input {i}")
     return leaves
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs inside a primitive's domain (tapediff._primitives)
+# ---------------------------------------------------------------------------------------------
+MARGIN = 0.05  # inputs keep this fraction of an interval's width away from either end
+
+
+def into_domain(u: Any, domain: tuple) -> Any:
+    """``u`` (values in [0, 1]; an ndarray or a tensor) mapped affinely, element by element,
+    strictly inside ``domain`` (a union of (lo, hi) intervals): element k goes into interval
+    k mod len(domain), ``MARGIN`` of its width away from either end.
+
+    A tensor stays a tensor of its dtype (the map records a multiplication and an addition,
+    by Python floats when the domain is one interval, so float32 stays float32).
+    """
+    if len(domain) == 1:
+        (lo, hi), = domain
+        w = hi - lo
+        return u * ((1 - 2 * MARGIN) * w) + (lo + MARGIN * w)
+    shape = np.shape(u)
+    k = np.arange(math.prod(shape)).reshape(shape) % len(domain)
+    lo = np.array([a for a, _ in domain])[k]
+    w = np.array([b - a for a, b in domain])[k]
+    dtype = u.dtype
+    return u * ((1 - 2 * MARGIN) * w).astype(dtype) + (lo + MARGIN * w).astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,38 +29,53 @@ def _positions(p):
     return start + (idx * strides[:, None]).sum(0)
 
 
+#: opcode -> (g, x, z, y, c) -> (d/da, d/db) of an elementwise record, as arrays (broadcast
+#: against g): g the output's adjoint, x and z the inputs' values, y the output's, c the
+#: record's parameter.  One line per elementwise opcode (``K.TRAITS[op] & K.ELEMENTWISE``).
+ELEMENTWISE_RULES = {
+    K.OP_ADD: lambda g, x, z, y, c: (g, g), K.OP_SUB: lambda g, x, z, y, c: (g, -g),
+    K.OP_MUL: lambda g, x, z, y, c: (g * z, g * x),
+    K.OP_DIV: lambda g, x, z, y, c: (g / z, -g * x / z ** 2),
+    K.OP_POW: lambda g, x, z, y, c: (np.where(z == 0, 0.0, g * z * x ** (z - 1)),
+                                     np.where((x == 0) & (z >= 0), 0.0, g * y * np.log(x))),
+    K.OP_ARCTAN2: lambda g, x, z, y, c: (g * z / (x * x + z * z), -g * x / (x * x + z * z)),
+    K.OP_HYPOT: lambda g, x, z, y, c: (g * x / y, g * z / y),
+    K.OP_ADD_C: lambda g, x, z, y, c: (g, 0), K.OP_MUL_C: lambda g, x, z, y, c: (g * c, 0),
+    K.OP_RSUB_C: lambda g, x, z, y, c: (-g, 0), K.OP_DIV_C: lambda g, x, z, y, c: (g / c, 0),
+    K.OP_RDIV_C: lambda g, x, z, y, c: (-g * c / x ** 2, 0),
+    K.OP_POW_C: lambda g, x, z, y, c: (g * c * x ** (c - 1) if c != 0 else 0 * g, 0),
+    K.OP_RPOW_C: lambda g, x, z, y, c: (g * np.log(c) * c ** x, 0),
+    K.OP_EXP: lambda g, x, z, y, c: (g * np.exp(x), 0),
+    K.OP_LOG: lambda g, x, z, y, c: (g / x, 0),
+    K.OP_SQRT: lambda g, x, z, y, c: (g / (2 * np.sqrt(x)), 0),
+    K.OP_SIN: lambda g, x, z, y, c: (g * np.cos(x), 0),
+    K.OP_COS: lambda g, x, z, y, c: (-g * np.sin(x), 0),
+    K.OP_TAN: lambda g, x, z, y, c: (g / np.cos(x) ** 2, 0),
+    K.OP_TANH: lambda g, x, z, y, c: (g / np.cosh(x) ** 2, 0),
+    K.OP_SIGMOID: lambda g, x, z, y, c: (g * np.exp(-x) / (1 + np.exp(-x)) ** 2, 0),
+    K.OP_RELU: lambda g, x, z, y, c: (g * (x > 0), 0),
+    K.OP_ABS: lambda g, x, z, y, c: (g * np.sign(x), 0),
+    K.OP_LOG1P: lambda g, x, z, y, c: (g / (1 + x), 0),
+    K.OP_EXPM1: lambda g, x, z, y, c: (g * np.exp(x), 0),
+    K.OP_SINH: lambda g, x, z, y, c: (g * np.cosh(x), 0),
+    K.OP_COSH: lambda g, x, z, y, c: (g * np.sinh(x), 0),
+    K.OP_ARCSIN: lambda g, x, z, y, c: (g / np.sqrt(1 - x * x), 0),
+    K.OP_ARCCOS: lambda g, x, z, y, c: (-g / np.sqrt(1 - x * x), 0),
+    K.OP_ARCTAN: lambda g, x, z, y, c: (g / (1 + x * x), 0),
+    K.OP_LOG2: lambda g, x, z, y, c: (g / (x * np.log(2)), 0),
+    K.OP_LOG10: lambda g, x, z, y, c: (g / (x * np.log(10)), 0),
+    K.OP_EXP2: lambda g, x, z, y, c: (g * np.log(2) * 2.0 ** x, 0),
+    K.OP_SOFTPLUS: lambda g, x, z, y, c: (g / (1 + np.exp(-x)), 0),
+    K.OP_ERF: lambda g, x, z, y, c: (g * 2 / np.sqrt(np.pi) * np.exp(-x * x), 0),
+}
+
+
 def _elementwise(op, g, x, z, y, c):
     """(d/da, d/db) of one elementwise record, as arrays (broadcast against g)."""
+    if op not in ELEMENTWISE_RULES:
+        raise AssertionError(f"reference sweep: no rule for elementwise opcode {op}")
     with np.errstate(all="ignore"):
-        rules = {
-            K.OP_ADD: lambda: (g, g), K.OP_SUB: lambda: (g, -g),
-            K.OP_MUL: lambda: (g * z, g * x), K.OP_DIV: lambda: (g / z, -g * x / z ** 2),
-            K.OP_POW: lambda: (np.where(z == 0, 0.0, g * z * x ** (z - 1)),
-                               np.where((x == 0) & (z >= 0), 0.0, g * y * np.log(x))),
-            K.OP_ARCTAN2: lambda: (g * z / (x * x + z * z), -g * x / (x * x + z * z)),
-            K.OP_HYPOT: lambda: (g * x / y, g * z / y),
-            K.OP_ADD_C: lambda: (g, 0), K.OP_MUL_C: lambda: (g * c, 0),
-            K.OP_RSUB_C: lambda: (-g, 0), K.OP_DIV_C: lambda: (g / c, 0),
-            K.OP_RDIV_C: lambda: (-g * c / x ** 2, 0),
-            K.OP_POW_C: lambda: (g * c * x ** (c - 1) if c != 0 else 0 * g, 0),
-            K.OP_RPOW_C: lambda: (g * np.log(c) * c ** x, 0),
-            K.OP_EXP: lambda: (g * np.exp(x), 0), K.OP_LOG: lambda: (g / x, 0),
-            K.OP_SQRT: lambda: (g / (2 * np.sqrt(x)), 0), K.OP_SIN: lambda: (g * np.cos(x), 0),
-            K.OP_COS: lambda: (-g * np.sin(x), 0), K.OP_TAN: lambda: (g / np.cos(x) ** 2, 0),
-            K.OP_TANH: lambda: (g / np.cosh(x) ** 2, 0),
-            K.OP_SIGMOID: lambda: (g * np.exp(-x) / (1 + np.exp(-x)) ** 2, 0),
-            K.OP_RELU: lambda: (g * (x > 0), 0), K.OP_ABS: lambda: (g * np.sign(x), 0),
-            K.OP_LOG1P: lambda: (g / (1 + x), 0), K.OP_EXPM1: lambda: (g * np.exp(x), 0),
-            K.OP_SINH: lambda: (g * np.cosh(x), 0), K.OP_COSH: lambda: (g * np.sinh(x), 0),
-            K.OP_ARCSIN: lambda: (g / np.sqrt(1 - x * x), 0),
-            K.OP_ARCCOS: lambda: (-g / np.sqrt(1 - x * x), 0),
-            K.OP_ARCTAN: lambda: (g / (1 + x * x), 0),
-            K.OP_LOG2: lambda: (g / (x * np.log(2)), 0),
-            K.OP_LOG10: lambda: (g / (x * np.log(10)), 0),
-            K.OP_EXP2: lambda: (g * np.log(2) * 2.0 ** x, 0),
-            K.OP_SOFTPLUS: lambda: (g / (1 + np.exp(-x)), 0),
-        }
-        return rules[op]()
+        return ELEMENTWISE_RULES[op](g, x, z, y, c)
 
 
 def reference_grads(tape, root, seed):
@@ -84,7 +99,7 @@ def reference_grads(tape, root, seed):
         a, b, c = int(tape.ia[i]), int(tape.ib[i]), float(tape.p[i])
         if op in (K.OP_LEAF, K.OP_CONST):
             continue
-        if op <= K.LAST_ELEMENTWISE:
+        if K.TRAITS[op] & K.ELEMENTWISE:
             x = _value(tape, a)
             z = _value(tape, b) if b >= 0 else x
             y = _value(tape, i)

@@ -3,7 +3,12 @@
 The sweep is a hand-written dispatch (see tapediff/_kernels.py): this table names, for each
 opcode, an expression that records it; the test checks the table covers every opcode, that
 the expression really records that opcode, that its backward runs and matches finite
-differences, and that the forward sweep recomputes the values it recorded.  An opcode added without a rule or without a row here fails.
+differences, and that the forward sweep recomputes the values it recorded.  An opcode added
+without a rule or without a row here fails.
+
+The rows of the public elementwise primitives (``td.exp`` ...) are derived from the table of
+primitives (``tapediff._primitives.PUBLIC``), their input mapped into the row's domain; only
+the operators, constants and structural opcodes have hand-written rows.
 """
 from __future__ import annotations
 
@@ -12,13 +17,33 @@ import pytest
 
 import tapediff as td
 from tapediff import _kernels as K
+from tapediff import _primitives as P
+from tapediff._tape import BIG
 
-from helpers import check_grad
+from helpers import check_grad, into_domain
 
 X = np.array([[0.7, 1.3, 0.4], [1.1, 0.6, 0.9]])
 
-# opcode -> (function of one tensor, input); inputs kept inside every domain
-RECORDERS = {
+SRC = 1.5  # the inputs recorded below (X, 0.9 * X, uniform(0.1, 0.9)) lie in (0, SRC)
+
+
+def in_domain(domain: tuple):
+    """A tensor x with values in (0, SRC), mapped strictly inside ``domain``."""
+    return lambda x: into_domain(x * (1 / SRC), domain)
+
+
+def _public_row(p: P.Primitive):
+    """td.<name> of a public elementwise primitive, on x (and x[0]) mapped into its domain."""
+    fn = getattr(td, p.name)
+    to = [in_domain(d) for d in p.domain]
+    if p.arity == 1:
+        return lambda x: fn(to[0](x))
+    return lambda x: fn(to[0](x), to[1](x[0]))
+
+
+# opcode -> function of one tensor (values in (0, SRC)) that records it: the operators,
+# constants and structural opcodes by hand, the public elementwise primitives from the table
+_BY_HAND = {
     K.OP_LEAF: lambda x: x.reshape(-1),
     K.OP_CONST: lambda x: x * np.ones(3),
     K.OP_ADD: lambda x: x + x[0],
@@ -26,8 +51,6 @@ RECORDERS = {
     K.OP_MUL: lambda x: x * x[0],
     K.OP_DIV: lambda x: x / x[0],
     K.OP_POW: lambda x: x ** x[0],
-    K.OP_ARCTAN2: lambda x: td.arctan2(x, x[0]),
-    K.OP_HYPOT: lambda x: td.hypot(x, x[0]),
     K.OP_ADD_C: lambda x: x + 2.0,
     K.OP_MUL_C: lambda x: x * 3.0,
     K.OP_RSUB_C: lambda x: 2.0 - x,
@@ -35,13 +58,6 @@ RECORDERS = {
     K.OP_RDIV_C: lambda x: 3.0 / x,
     K.OP_POW_C: lambda x: x ** 3.0,
     K.OP_RPOW_C: lambda x: 3.0 ** x,
-    K.OP_EXP: td.exp, K.OP_LOG: td.log, K.OP_SQRT: td.sqrt, K.OP_SIN: td.sin,
-    K.OP_COS: td.cos, K.OP_TAN: td.tan, K.OP_TANH: td.tanh, K.OP_SIGMOID: td.sigmoid,
-    K.OP_RELU: td.relu, K.OP_ABS: td.abs, K.OP_LOG1P: td.log1p, K.OP_EXPM1: td.expm1,
-    K.OP_SINH: td.sinh, K.OP_COSH: td.cosh, K.OP_ARCTAN: td.arctan, K.OP_LOG2: td.log2,
-    K.OP_LOG10: td.log10, K.OP_EXP2: td.exp2, K.OP_SOFTPLUS: td.softplus,
-    K.OP_ARCSIN: lambda x: td.arcsin(x * 0.5),
-    K.OP_ARCCOS: lambda x: td.arccos(x * 0.5),
     K.OP_RESTRIDE: lambda x: x.T,
     K.OP_GATHER: lambda x: x[[1, 0, 1]],
     K.OP_SCATTER: lambda x: x.at[0, [0, 2, 0]].add(x[1]),
@@ -56,21 +72,22 @@ RECORDERS = {
     K.OP_MATMUL: lambda x: x @ x.T,
     K.OP_CAST: lambda x: x.astype(np.float32).astype(np.float64),
 }
+RECORDERS = {**_BY_HAND, **{p.op: _public_row(p) for p in P.PUBLIC}}
 
 
 def test_every_opcode_has_a_row():
-    assert set(RECORDERS) == set(K.OPCODES), set(K.OPCODES) ^ set(RECORDERS)
-    assert max(K.OPCODES) == K.LAST_OPCODE
+    assert set(RECORDERS) == set(range(K.NUM_OPCODES)), set(P.GRAD_FN) ^ set(RECORDERS)
+    assert not set(_BY_HAND) & {p.op for p in P.PUBLIC}, "a public primitive written by hand"
 
 
-@pytest.mark.parametrize("op", sorted(K.OPCODES), ids=lambda o: K.OPCODES[o])
+@pytest.mark.parametrize("op", sorted(P.GRAD_FN), ids=lambda o: P.GRAD_FN[o])
 def test_opcode_is_recorded_and_swept(op):
     fn = RECORDERS[op]
     with td.tape() as t:
         t._guards = []  # record as for replay (guards included)
         x = td.tensor(X, requires_grad=True)
         fn(x)
-        assert op in set(t.op[:len(t)].tolist()), f"{K.OPCODES[op]} was not recorded"
+        assert op in set(t.op[:len(t)].tolist()), f"{P.GRAD_FN[op]} was not recorded"
     if op == K.OP_CAST:  # a float32 round trip: finite differences would see its rounding
         x = td.tensor(X, requires_grad=True)
         (fn(x) * 2.0).sum().backward()
@@ -84,13 +101,13 @@ def test_an_unknown_opcode_is_an_internal_error_not_a_wrong_gradient():
     with td.tape() as t:
         x = td.tensor(X, requires_grad=True)
         y = (x * 2.0).sum()
-        t.op[y._slot - 1] = K.LAST_OPCODE + 1  # corrupt the record of x * 2
+        t.op[y._slot - 1] = K.NUM_OPCODES  # corrupt the record of x * 2
         with pytest.raises(AssertionError, match="no rule"):
             y.backward()
     assert x.grad is None
 
 
-@pytest.mark.parametrize("op", sorted(K.OPCODES), ids=lambda o: K.OPCODES[o])
+@pytest.mark.parametrize("op", sorted(P.GRAD_FN), ids=lambda o: P.GRAD_FN[o])
 def test_forward_sweep_recomputes_every_recorded_value(op):
     with td.tape() as t:
         t._guards = []
@@ -104,7 +121,7 @@ def test_forward_sweep_recomputes_every_recorded_value(op):
     assert t.forward() == -1  # no guard fails at the same inputs
     for s in computed:
         np.testing.assert_allclose(t.value_view(s, (int(t.n[s]),)), recorded[s], rtol=1e-6,
-                                   err_msg=f"record {s} ({K.OPCODES[int(t.op[s])]})")
+                                   err_msg=f"record {s} ({P.GRAD_FN[int(t.op[s])]})")
     assert y is not None
 
 
@@ -113,19 +130,19 @@ def test_a_guard_fails_when_its_value_changes():
         t._guards = []
         x = td.tensor(X, requires_grad=True)
         RECORDERS[K.OP_GUARD](x)
-    leaf = x._lc[1]
+    leaf = x._leaf_record.slot
     assert t.forward() == -1
     t.value_view(leaf, X.shape)[...] = -X  # x[0, 0] > 0.5 no longer holds
     g = t.forward()
     assert t.op[g] == K.OP_GUARD and "comparison" in t._guards[int(t.p[g])]
 
 
-@pytest.mark.parametrize("op", K.UFUNC_RULES, ids=lambda o: K.OPCODES[o])
+@pytest.mark.parametrize("op", sorted(P.NUMPY_RULES), ids=lambda o: P.GRAD_FN[o])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_forward_sweep_runs_large_transcendental_records_through_numpy(op, dtype):
-    """At >= K.BIG elements the forward rule is NumPy's own loop: the exact eager value."""
-    fn = RECORDERS[op]
-    x0 = np.random.default_rng(op).uniform(0.1, 0.9, K.BIG + 3).astype(dtype)
+    """At >= BIG elements the forward rule is NumPy's own loop: the exact eager value."""
+    fn = RECORDERS[op]  # the row derived from the table: x0 mapped into the op's domain
+    x0 = np.random.default_rng(op).uniform(0.1, 0.9, BIG + 3).astype(dtype)
     with td.tape() as t:
         x = td.tensor(x0, requires_grad=True)
         y = fn(x)
@@ -133,5 +150,27 @@ def test_forward_sweep_runs_large_transcendental_records_through_numpy(op, dtype
     assert t.op[s] == op
     expected = t.value_view(s, y.shape).copy()
     t.value_view(s, y.shape)[...] = np.nan
-    assert t.forward() == -1
+    assert t.forward(s) == -1  # from s: its input keeps the value recorded (float32 included)
     np.testing.assert_array_equal(t.value_view(s, y.shape), expected)
+
+
+@pytest.mark.parametrize("p", [p for p in P.PRIMITIVES if p.domain and p.array is not None],
+                         ids=lambda p: p.grad_fn)
+def test_every_domain_lies_where_the_forward_is_finite(p):
+    """Tests draw inputs anywhere in a row's domain (its intervals, ends included): the row's
+    eager NumPy forward must be finite there, without a floating-point warning, and so must
+    the gradient the primitive records."""
+    grids = [np.concatenate([np.linspace(lo, hi, 33) for lo, hi in d]) for d in p.domain]
+    points = [g.ravel() for g in np.meshgrid(*grids, indexing="ij")]
+    with np.errstate(all="raise"):
+        value = p.array(*points)
+    assert np.isfinite(value).all()
+    # td.<name> for the public primitives; the operators' NumPy ufuncs dispatch to them
+    fn = getattr(td, p.name) if p in P.PUBLIC else p.array
+    xs = [td.tensor(a, requires_grad=True) for a in points]
+    with np.errstate(all="raise"):
+        y = fn(*xs)
+        assert isinstance(y, td.Tensor) and y.grad_fn == f"<{p.grad_fn}Backward0>"
+        y.sum().backward()
+    for x in xs:
+        assert np.isfinite(x.grad.numpy()).all()

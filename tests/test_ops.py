@@ -3,7 +3,9 @@
 ``OPS`` is the specification: one row per operation, giving the function applied to tensors,
 its NumPy reference, the kind of each operand and the domain its values are drawn from.
 The tests below are parametrized over (subsets of) the rows and draw shapes and values with
-hypothesis, so adding an operation means adding a row:
+hypothesis, so adding an operation means adding a row (a public elementwise primitive of
+``tapediff._primitives`` gets its rows from its row there, ``primitive_rows``: it only needs
+an independent NumPy reference in ``REFERENCES``):
 
 * values: results equal NumPy's, with NumPy's dtype (float64, float32, ints, mixed dtypes);
   where NumPy rejects the drawn input (an index out of range, the max of an empty array),
@@ -29,6 +31,7 @@ writing out of bounds then fails one test instead of killing the whole run.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import operator
 import re
@@ -43,28 +46,36 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tapediff as td
+from tapediff import _primitives as P
 from helpers import check_grad, crash_guard, note, projection
 
 AxisError = getattr(np, "exceptions", np).AxisError
 
 
 # ---------------------------------------------------------------------------------------------
-# Domains: element strategies.  Bounded so that finite differences are accurate (no overflow,
-# no huge curvature) and bounded away from kinks and poles (0 for abs/relu/log/sqrt/1/x,
-# pi/2 for tan), where a central difference straddles a non-differentiable point.
+# Domains: element strategies, from the intervals of the table of primitives.  Bounded so that
+# finite differences are accurate (no overflow, no huge curvature) and bounded away from kinks
+# and poles (0 for abs/relu/log/sqrt/1/x, pi/2 for tan), where a central difference straddles
+# a non-differentiable point.
 # ---------------------------------------------------------------------------------------------
 def _floats(lo: float, hi: float) -> st.SearchStrategy:
     return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
 
 
-ANY = _floats(-2.0, 2.0)
-WIDE = _floats(-6.0, 6.0)  # sigmoid: both branches of its overflow-free formula
-EXP = _floats(-3.0, 3.0)
-POS = _floats(0.25, 3.0)  # log, sqrt, and pow bases
-NONZERO = st.one_of(_floats(-2.0, -0.25), _floats(0.25, 2.0))  # denominators, abs/relu kinks
-TAN = _floats(-1.2, 1.2)  # inside (-pi/2, pi/2) with room to spare
-LOG1P = _floats(-0.5, 2.0)  # log1p: away from its pole at -1
-ARC = _floats(-0.9, 0.9)  # arcsin, arccos: inside (-1, 1), away from the infinite slopes
+def domain(intervals: tuple) -> st.SearchStrategy:
+    """Elements from a domain of the table of primitives: a union of (lo, hi) intervals."""
+    return st.one_of(*(_floats(lo, hi) for lo, hi in intervals))
+
+
+# the table's named domains (tapediff._primitives says what each is for)
+ANY = domain(P.ANY)
+WIDE = domain(P.WIDE)  # sigmoid: both branches of its overflow-free formula
+EXP = domain(P.EXP)
+POS = domain(P.POS)  # log, sqrt, and pow bases
+NONZERO = domain(P.NONZERO)  # denominators, abs/relu kinks
+TAN = domain(P.TAN)  # inside (-pi/2, pi/2) with room to spare
+LOG1P = domain(P.LOG1P)  # log1p: away from its pole at -1
+ARC = domain(P.ARC)  # arcsin, arccos: inside (-1, 1), away from the infinite slopes
 
 
 def grid(offset: float, step: float = 1 / 8, n: int = 20) -> st.SearchStrategy:
@@ -331,6 +342,43 @@ def np_sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
+def np_erf(x):
+    """``math.erf`` elementwise; floats keep their dtype and ints become float64 (as in
+    np.exp)."""
+    x = np.asarray(x)
+    return np.vectorize(math.erf, otypes=[np.float64])(x).astype(_flt(x).dtype)
+
+
+# An independent NumPy reference for each public elementwise primitive (P.PUBLIC), which get
+# their rows from the table: see ``primitive_rows``.
+REFERENCES: dict[str, Callable] = {
+    "arctan2": np.arctan2,
+    "hypot": np.hypot,
+    "exp": np.exp,
+    "log": np.log,
+    "sqrt": np.sqrt,
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "tanh": np.tanh,
+    "sigmoid": np_sigmoid,
+    "relu": lambda x: np.maximum(x, 0),
+    "abs": np.abs,
+    "log1p": np.log1p,
+    "expm1": np.expm1,
+    "sinh": np.sinh,
+    "cosh": np.cosh,
+    "arcsin": np.arcsin,
+    "arccos": np.arccos,
+    "arctan": np.arctan,
+    "log2": np.log2,
+    "log10": np.log10,
+    "exp2": np.exp2,
+    "softplus": lambda x: np.logaddexp(0, x),
+    "erf": np_erf,
+}
+
+
 def _weighted(parts: list, join: Callable) -> object:
     """The parts of a split scaled by 1, 2, 3, ... and joined again: a gradient routed to the
     wrong part changes the result."""
@@ -359,6 +407,36 @@ def ufunc(name: str, domain=ANY, args: str = "t", **kw) -> Op:
     """``np.name(x, ...)``: NumPy's own ufunc on tensors (NEP 13)."""
     uf = getattr(np, name)
     return Op(f"np.{name}", uf, uf, args, domain=(domain,) * len(args), **kw)
+
+
+def _ufunc(path: str) -> Callable | None:
+    """The ufunc a table row names ("numpy.exp", "scipy.special.erf"); None when its module
+    is not installed."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        return None
+
+
+def primitive_rows(p: P.Primitive) -> list[Op]:
+    """The rows of a public elementwise primitive, from its row in the table: ``x.name(...)``
+    and ``td.name(...)``, both checked in full (the method is the function, bound; a method
+    defined apart would not be), and an alias row for each ufunc that dispatches to it
+    (``np.exp``, ``scipy.special.erf``), checked against that ufunc on ndarrays.  Operands
+    are drawn from the row's domain; the reference is ``REFERENCES[name]`` (no reference, no
+    rows: ``test_every_public_primitive_has_rows`` fails)."""
+    if p.name not in REFERENCES:
+        return []
+    ref, args = REFERENCES[p.name], "t" * p.arity
+    dom = tuple(domain(d) for d in p.domain)
+    rows = [Op(p.name, lambda x, *ys: getattr(x, p.name)(*ys), ref, args, dom),
+            Op(f"td.{p.name}", getattr(td, p.name), ref, args, dom)]
+    for path in p.ufuncs:
+        uf = _ufunc(path)
+        if uf is not None:
+            rows.append(Op(path.replace("numpy.", "np.", 1), uf, uf, args, dom, alias=True))
+    return rows
 
 
 def reductions(name: str) -> list[Op]:
@@ -463,44 +541,14 @@ OPS: list[Op] = [
     # elementwise unary
     Op("neg", operator.neg, np.negative),
     Op("abs(x)", abs, np.abs, domain=(NONZERO,)),
-    *unary("abs", np.abs, NONZERO),
-    *unary("exp", np.exp, EXP),
-    *unary("log", np.log, POS),
-    *unary("sqrt", np.sqrt, POS),
-    *unary("sin", np.sin, ANY),
-    *unary("cos", np.cos, ANY),
-    *unary("tan", np.tan, TAN),
-    *unary("tanh", np.tanh, EXP),
-    *unary("sigmoid", np_sigmoid, WIDE),
-    *unary("relu", lambda x: np.maximum(x, 0), NONZERO),
-    *unary("log1p", np.log1p, LOG1P),
-    *unary("expm1", np.expm1, EXP),
+    # the public elementwise primitives (unary, arctan2, hypot): from the table
+    *(row for p in P.PUBLIC for row in primitive_rows(p)),
     *unary("square", np.square, ANY),
     *unary("sign", np.sign, SIGNS, grad=False),
-    function("log2", np.log2, POS),
-    function("log10", np.log10, POS),
-    function("exp2", np.exp2, EXP),
     function("reciprocal", lambda x: np.true_divide(1, x), NONZERO),  # not np.reciprocal: ints
-    function("sinh", np.sinh, EXP),
-    function("cosh", np.cosh, EXP),
-    function("arcsin", np.arcsin, ARC),
-    function("arccos", np.arccos, ARC),
-    function("arctan", np.arctan, WIDE),
-    function("softplus", lambda x: np.logaddexp(0, x), WIDE),
     # NumPy's ufuncs on tensors (the rest are in test_numpy_api.py)
-    ufunc("exp", EXP, alias=True),
-    ufunc("tanh", EXP, alias=True),
-    ufunc("log", POS, alias=True),
-    ufunc("sqrt", POS, alias=True),
-    ufunc("abs", NONZERO, alias=True),
     ufunc("sign", SIGNS, grad=False, alias=True),
-    ufunc("arcsin", ARC, alias=True),
-    ufunc("log1p", LOG1P, alias=True),
     # elementwise binary beyond arithmetic
-    Op("td.arctan2", td.arctan2, np.arctan2, "tt", (NONZERO, ANY)),  # y != 0: no branch cut
-    Op("td.hypot", td.hypot, np.hypot, "tt", (NONZERO, ANY)),
-    ufunc("arctan2", NONZERO, "tt", alias=True),
-    ufunc("hypot", NONZERO, "tt", alias=True),
     ufunc("logaddexp", ANY, "tt"),
     # piecewise: where (the condition is a constant), maximum/minimum, clip
     Op("td.where(c,x,y)", lambda c, x, y: td.where(_a(c) > 0, x, y),
@@ -900,6 +948,18 @@ def test_table_names_are_unique():
     assert len(names) == len(set(names)), {n for n in names if names.count(n) > 1}
 
 
+def test_every_public_primitive_has_rows():
+    # a primitive added to the table gets its rows here once REFERENCES has its reference
+    public = {p.name for p in P.PUBLIC}
+    missing = sorted(public - set(REFERENCES))
+    assert not missing, f"add a NumPy reference to REFERENCES for {missing}"
+    assert set(REFERENCES) <= public, sorted(set(REFERENCES) - public)
+    names = set(_ids(OPS))
+    for p in P.PUBLIC:
+        assert {p.name, f"td.{p.name}"} <= names, p.name
+        assert len(p.domain) == p.arity, p.name
+
+
 # ---------------------------------------------------------------------------------------------
 # drawing inputs
 # ---------------------------------------------------------------------------------------------
@@ -981,8 +1041,9 @@ def _check_values(row: Op, arrays: list[np.ndarray], rg: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # values and dtypes
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("row", OPS, ids=_ids(OPS))
+@pytest.mark.parametrize("row,dtype", [
+    pytest.param(row, dtype, id=f"{row.name}-{d}")
+    for row in OPS for d, dtype in (("f64", np.float64), ("f32", np.float32))])
 @settings(max_examples=4, deadline=None,
           suppress_health_check=[*settings.default.suppress_health_check,
                                  HealthCheck.filter_too_much])
@@ -1853,3 +1914,18 @@ def test_other_bad_arguments(call, exc, match):
     x = td.tensor(np.ones((2, 3)), requires_grad=True)
     with pytest.raises(exc, match=match):
         call(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# dtypes the table's eager forwards once got wrong
+# ---------------------------------------------------------------------------------------------
+def test_erf_of_float32_is_float32():
+    x = np.array([0.5, 1.0], np.float32)
+    assert td.erf(td.tensor(x, requires_grad=True)).dtype == np.float32  # recorded: right
+    assert td.erf(td.tensor(x)).dtype == np.float32  # not recorded
+
+
+def test_np_fabs_of_ints_gives_floats():
+    a = np.array([1, -2])
+    assert np.fabs(a).dtype == np.float64
+    assert np.fabs(td.tensor(a)).dtype == np.float64

@@ -35,6 +35,7 @@ never released; a backward that reaches a released record fails before changing 
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 from typing import Any, Callable
 
@@ -48,6 +49,7 @@ from hypothesis.stateful import (
 )
 
 import tapediff as td
+from tapediff import _primitives as P
 from tapediff.testing import strategies as tst
 
 ERR_SECOND = "Trying to backward through the graph a second time"
@@ -86,21 +88,41 @@ def _all(cond: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], bool]:
     return lambda a: bool(np.all(cond(a)))
 
 
-# name: (tapediff call, NumPy value, d/da given (g, a, y), domain of a)
-UNARY: dict[str, tuple] = {
-    "neg": (operator.neg, np.negative, lambda g, a, y: -g, None),
-    "exp": (td.exp, np.exp, lambda g, a, y: g * y, _all(lambda a: a <= 6.0)),
-    "log": (td.log, np.log, lambda g, a, y: g / a, _all(lambda a: a >= 0.1)),
-    "sqrt": (lambda x: x.sqrt(), np.sqrt, lambda g, a, y: g * 0.5 / y, _all(lambda a: a >= 0.1)),
-    "sin": (td.sin, np.sin, lambda g, a, y: g * np.cos(a), None),
-    "cos": (lambda x: x.cos(), np.cos, lambda g, a, y: -g * np.sin(a), None),
-    "tan": (td.tan, np.tan, lambda g, a, y: g * (1.0 + y * y), _all(lambda a: abs(a) <= 1.3)),
-    "tanh": (lambda x: x.tanh(), np.tanh, lambda g, a, y: g * (1.0 - y * y), None),
-    "sigmoid": (td.sigmoid, _sigmoid, lambda g, a, y: g * y * (1.0 - y), None),
-    # the derivative at the kink is 0, as in PyTorch
-    "relu": (td.relu, lambda a: np.maximum(a, 0.0), lambda g, a, y: g * (a > 0), None),
-    "abs": (abs, np.abs, lambda g, a, y: g * np.sign(a), None),
+def _erf(a: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(a)
+
+
+def _domain(name: str) -> Callable[[np.ndarray], bool] | None:
+    """Whether every element of an operand lies in the domain of the primitive ``name`` in the
+    table of primitives (a union of intervals); None (anything goes) for an operation that
+    is not a primitive of the table."""
+    p = next((p for p in P.PUBLIC if p.name == name and p.arity == 1), None)
+    if p is None:
+        return None
+    (intervals,) = p.domain
+    return _all(lambda a: np.any([(lo <= a) & (a <= hi) for lo, hi in intervals], axis=0))
+
+
+# name: (tapediff call, NumPy value, d/da given (g, a, y)); the operand's domain is the
+# primitive's in the table (``_domain``)
+_UNARY: dict[str, tuple] = {
+    "neg": (operator.neg, np.negative, lambda g, a, y: -g),
+    "exp": (td.exp, np.exp, lambda g, a, y: g * y),
+    "log": (td.log, np.log, lambda g, a, y: g / a),
+    "sqrt": (lambda x: x.sqrt(), np.sqrt, lambda g, a, y: g * 0.5 / y),
+    "sin": (td.sin, np.sin, lambda g, a, y: g * np.cos(a)),
+    "cos": (lambda x: x.cos(), np.cos, lambda g, a, y: -g * np.sin(a)),
+    "tan": (td.tan, np.tan, lambda g, a, y: g * (1.0 + y * y)),
+    "tanh": (lambda x: x.tanh(), np.tanh, lambda g, a, y: g * (1.0 - y * y)),
+    "sigmoid": (td.sigmoid, _sigmoid, lambda g, a, y: g * y * (1.0 - y)),
+    # at the kink (outside the table's domain) the derivative would be 0, as in PyTorch
+    "relu": (td.relu, lambda a: np.maximum(a, 0.0), lambda g, a, y: g * (a > 0)),
+    "abs": (abs, np.abs, lambda g, a, y: g * np.sign(a)),
+    "erf": (lambda x: x.erf(), _erf,
+            lambda g, a, y: g * (2.0 / math.sqrt(math.pi)) * np.exp(-a * a)),
 }
+# name: (tapediff call, NumPy value, d/da given (g, a, y), domain of a or None)
+UNARY: dict[str, tuple] = {name: (*spec, _domain(name)) for name, spec in _UNARY.items()}
 
 # name: (operator, (d/da, d/db) given (g, a, b, y) at full (broadcast) shape)
 BINARY: dict[str, tuple] = {

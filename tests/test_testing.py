@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tapediff as td
+from tapediff import _primitives as P
 from tapediff.testing import GRADCHECK_DEFAULTS, GradcheckError, gradcheck
 from tapediff.testing import strategies as tst
 
@@ -237,6 +238,44 @@ def test_every_op_row_has_a_usable_bound():
         b = row.bound(*([1.0] * row.arity))
         assert math.isfinite(b) and b > 0, row.name
         assert row.arity in (1, 2), row.name
+
+
+UNARY_PRIMITIVES = [p for p in P.PUBLIC if p.arity == 1]
+
+
+def test_every_public_unary_primitive_is_in_the_op_table():
+    rows = {r.name: r for r in tst.OPS}
+    missing = [p.name for p in UNARY_PRIMITIVES if p.name not in rows]
+    assert not missing, f"no OPS row for {missing}"
+    for p in UNARY_PRIMITIVES:
+        assert rows[p.name].expr.startswith(f"td.{p.name}("), rows[p.name]
+        assert rows[p.name].arity == 1, rows[p.name]
+
+
+@pytest.mark.parametrize("p", UNARY_PRIMITIVES, ids=[p.name for p in UNARY_PRIMITIVES])
+def test_unary_rows_keep_their_operand_in_the_primitive_domain(p):
+    # td.<name>(adapter): the adapter maps every operand into the domain of the table of
+    # primitives, except relu's and abs's kink shift, which keeps both slopes in play
+    row = next(r for r in tst.OPS if r.name == p.name)
+    adapter = row.expr[len(f"td.{p.name}("):-1]
+    if str(tst.KINK_SHIFT) in adapter:
+        assert p.name in ("relu", "abs")
+        return
+    v = np.concatenate([np.linspace(-30.0, 30.0, 6001), [-1e300, -1e-300, 0.0, 1e300]])
+    x = eval(adapter.format("v"), {"td": td}, {"v": td.tensor(v)}).numpy()  # noqa: S307
+    (intervals,) = p.domain
+    inside = np.any([(lo <= x) & (x <= hi) for lo, hi in intervals], axis=0)
+    assert inside.all(), x[~inside]
+
+
+@pytest.mark.parametrize("row", [r for r in tst.OPS if r.arity == 1 and r.params is None],
+                         ids=[r.name for r in tst.OPS if r.arity == 1 and r.params is None])
+@pytest.mark.parametrize("b", [0.25, 1.0, 2.0, 10.0])
+def test_unary_rows_stay_within_their_bounds(row, b):
+    v = np.linspace(-b, b, 4001)
+    out = eval(row.expr.format("v"), {"td": td}, {"v": td.tensor(v)}).numpy()  # noqa: S307
+    bound = row.bound(b)
+    assert np.all(np.abs(out) <= bound), (row.name, np.abs(out).max(), bound)
 
 
 @settings(max_examples=settings.default.max_examples * 2)

@@ -18,6 +18,8 @@ rules are NumPy's own, not re-derived here.
 ...     assert gradcheck(prog, data.draw(prog.input_tensors()))
 >>> test_programs()
 
+The unary rows of ``OPS`` come from tapediff's table of primitives (one per public unary
+function, its operand mapped into the primitive's domain); the other rows are written out.
 Extending the table: append an ``OpSpec`` row to ``OPS`` (or pass your own rows to
 ``programs(ops=...)``), giving the expression with its domain adapter built in, and a
 bound on the magnitude of its result.
@@ -36,6 +38,7 @@ from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
 import tapediff as td
+from tapediff import _primitives as P
 
 __all__ = [
     "shapes", "broadcastable_shapes", "tensors", "programs", "Program", "Step", "OpSpec",
@@ -141,23 +144,23 @@ class OpSpec:
     """One row of the op table: how a program step applies an operation.
 
     ``expr`` is a Python expression over the operands ``{0}``, ``{1}`` (and named parameters
-    such as ``{args}``), with the operation's domain adapter written in: ``td.log({0} * {0} +
-    1.0)`` takes the log of something >= 1.  It must use only ``td.<function>(...)``, Python
-    operators, ``.sum``/``.mean`` and indexing, because the same text is also evaluated with
-    NumPy (for shapes and reference values).  Operands are always plain names, so an
-    operand may appear several times.
+    such as ``{args}``), with the operation's domain adapter written in: ``td.log(1.625 +
+    1.375 * td.tanh({0}))`` takes the log of something in [0.25, 3].  It must use only
+    ``td.<function>(...)`` (tapediff's public elementwise functions), Python operators,
+    ``.sum``/``.mean`` and indexing, because the same text is also evaluated with NumPy (for
+    shapes and reference values).  Operands are always plain names, so an operand may
+    appear several times.
 
     ``bound(*b)`` bounds |result| given |operand_i| <= b_i (math.inf when the operation
-    would leave its domain, e.g. tan beyond 1.2); the program squashes operands when the
-    bound exceeds ``MAX_BOUND``.  ``accumulates``: the result sums elements, so its bound is
-    multiplied by the number of elements summed.  ``params(*shapes)``: a strategy of
-    ``{name: source text}`` for the expression's named parameters, given operand shapes.
+    would leave its domain, e.g. ``td.tan({0})`` beyond 1.2); the program squashes operands
+    when the bound exceeds ``MAX_BOUND``.  ``accumulates``: the result sums elements, so its
+    bound is multiplied by the number of elements summed.  ``params(*shapes)``: a strategy
+    of ``{name: source text}`` for the expression's named parameters, given operand shapes.
 
     >>> import math
     >>> from tapediff.testing.strategies import OPS, OpSpec, programs
-    >>> softplus = OpSpec("softplus", "td.log(td.exp({0}) + 1.0)",
-    ...                   lambda b: math.log(math.exp(b) + 1.0))
-    >>> strategy = programs(ops=[*OPS, softplus])
+    >>> logcosh = OpSpec("logcosh", "td.log(td.cosh({0}))", lambda b: b)
+    >>> strategy = programs(ops=[*OPS, logcosh])
     """
 
     name: str
@@ -213,8 +216,73 @@ def _index_params(shape: Shape) -> st.SearchStrategy[dict[str, str]]:
         lambda k: probe[k].size > 0).map(lambda k: {"key": _format_key(k)})
 
 
-def _tan_bound(b: float) -> float:
-    return math.tan(b) if b <= 1.2 else math.inf  # pi/2 ~ 1.57: keep well clear of the pole
+def _np_sigmoid(x: Any) -> Any:
+    e = np.exp(-np.abs(x))
+    return np.where(np.asarray(x) >= 0, 1.0, e) / (1.0 + e)
+
+
+def _np_erf(x: Any) -> Any:
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+# ``td``'s public elementwise functions as NumPy evaluates them, for shapes, bounds and
+# reference values: the table's NumPy forward where it is a NumPy ufunc, an independent
+# formula where tapediff computes it its own way (a table row without either: its forward)
+_INDEPENDENT: dict[str, Callable[..., Any]] = {
+    "sigmoid": _np_sigmoid, "relu": lambda x: np.maximum(x, 0.0),
+    "softplus": lambda x: np.logaddexp(0.0, x), "erf": _np_erf}
+_NUMPY_TD = types.SimpleNamespace(**{
+    p.name: _INDEPENDENT.get(p.name, p.array) for p in P.PUBLIC})
+
+# relu and abs keep their kinks in play (both slopes) with a shift instead of an adapter
+# into one side of their domain
+_KINKED = {
+    "relu": OpSpec("relu", f"td.relu({{0}} + {KINK_SHIFT})", lambda a: a + KINK_SHIFT),
+    "abs": OpSpec("abs", f"td.abs({{0}} - {KINK_SHIFT})", lambda a: a + KINK_SHIFT),
+}
+
+
+def _adapted(f: Callable[..., Any], lo: float, hi: float) -> tuple[str, Callable]:
+    """The smooth adapter ``c + r * td.tanh({0})`` onto [lo, hi] (source text), and the
+    bound of ``f`` applied to it: the max of |f| over the part of [lo, hi] an operand
+    |v| <= b reaches, on a fine grid (evaluated once) plus the exact ends, with a margin for
+    the grid's spacing."""
+    c, r = (lo + hi) / 2, (hi - lo) / 2
+    text = f"{r!r} * td.tanh({{0}})" if c == 0 else f"{c!r} + {r!r} * td.tanh({{0}})"
+    grid: list[np.ndarray] = []
+
+    def bound(b: float) -> float:
+        if not grid:
+            u = np.linspace(-1.0, 1.0, 2049)
+            with np.errstate(all="ignore"):
+                grid[:] = [u, np.abs(f(c + r * u))]
+        u, fu = grid
+        s = math.tanh(b)
+        with np.errstate(all="ignore"):
+            ends = np.abs(f(c + r * np.array([-s, s])))
+        m = max(float(fu[np.abs(u) <= s].max(initial=0.0)), float(ends.max()))
+        return m * (1.0 + 1e-3) if math.isfinite(m) else math.inf
+
+    return text, bound
+
+
+def _unary_rows() -> list[OpSpec]:
+    """One row per public unary primitive of tapediff (``tapediff._primitives``), in the
+    table's order: ``td.<name>(adapter)``, the adapter mapping any operand smoothly into the
+    primitive's domain (the interval its tests draw from; of several, the widest, the
+    rightmost on a tie).  relu and abs get a kink shift instead (``_KINKED``)."""
+    rows = []
+    for p in P.PUBLIC:
+        if p.arity != 1:
+            continue
+        if p.name in _KINKED:
+            rows.append(_KINKED[p.name])
+            continue
+        (intervals,) = p.domain
+        lo, hi = max(intervals, key=lambda iv: (iv[1] - iv[0], iv[0]))
+        adapter, bound = _adapted(getattr(_NUMPY_TD, p.name), lo, hi)
+        rows.append(OpSpec(p.name, f"td.{p.name}({adapter})", bound))
+    return rows
 
 
 #: The default op table.  One row per operation; the expression carries the domain adapter.
@@ -234,18 +302,9 @@ OPS: tuple[OpSpec, ...] = (
     OpSpec("square", "{0} ** 2", lambda a: a * a),
     OpSpec("pow_c", "({0} * {0} + 1.0) ** 1.5", lambda a: (a * a + 1.0) ** 1.5),
     OpSpec("rpow_c", "1.5 ** {0}", lambda a: 1.5 ** a),
-    # unary
+    # unary: neg, then one row per public unary primitive of tapediff (``_unary_rows``)
     OpSpec("neg", "-{0}", lambda a: a),
-    OpSpec("exp", "td.exp({0})", math.exp),
-    OpSpec("log", "td.log({0} * {0} + 1.0)", lambda a: math.log(a * a + 1.0)),
-    OpSpec("sqrt", "td.sqrt({0} * {0} + 1.0)", lambda a: math.sqrt(a * a + 1.0)),
-    OpSpec("sin", "td.sin({0})", lambda a: min(a, 1.0)),
-    OpSpec("cos", "td.cos({0})", lambda a: 1.0),
-    OpSpec("tan", "td.tan({0})", _tan_bound),
-    OpSpec("tanh", "td.tanh({0})", lambda a: min(a, 1.0)),
-    OpSpec("sigmoid", "td.sigmoid({0})", lambda a: 1.0),
-    OpSpec("relu", f"td.relu({{0}} + {KINK_SHIFT})", lambda a: a + KINK_SHIFT),
-    OpSpec("abs", f"td.abs({{0}} - {KINK_SHIFT})", lambda a: a + KINK_SHIFT),
+    *_unary_rows(),
     # reductions and views
     OpSpec("sum", "{0}.sum({args})", lambda a: a, _axis_params, accumulates=True),
     OpSpec("mean", "{0}.mean({args})", lambda a: a, _axis_params),
@@ -273,15 +332,6 @@ def program_weights(shape: Shape) -> np.ndarray:
     return np.linspace(0.5, 1.5, n).reshape(shape) if n > 1 else np.ones(shape)
 
 
-def _np_sigmoid(x: Any) -> Any:
-    e = np.exp(-np.abs(x))
-    return np.where(np.asarray(x) >= 0, 1.0, e) / (1.0 + e)
-
-
-# ``td``'s functions as NumPy evaluates them, for shapes and reference values.
-_NUMPY_TD = types.SimpleNamespace(
-    exp=np.exp, log=np.log, sqrt=np.sqrt, sin=np.sin, cos=np.cos, tan=np.tan, tanh=np.tanh,
-    sigmoid=_np_sigmoid, relu=lambda x: np.maximum(x, 0.0), abs=np.abs)
 _NUMPY_NS = {"td": _NUMPY_TD, "weights": program_weights}
 _TD_NS = {"td": td, "weights": program_weights}
 # NaN, inf or division by zero in a program is a bug of the op table (underflow is harmless)

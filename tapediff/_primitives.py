@@ -1,0 +1,235 @@
+"""The table of primitives: one row per opcode, the Python side of each primitive.
+
+A primitive's kernels (its opcode, forward rule and reverse rule) are one block in
+``_kernels``; its row here says everything else: the name its records show in reprs
+(``grad_fn=<ExpBackward0>``), the eager forwards that compute its value while recording (a
+NumPy function for arrays, a float function for scalar code), the ``td.*`` function and
+``Tensor`` method it defines, the NumPy/SciPy ufuncs that dispatch to it, whether replay
+hands large records of it back to NumPy, and the domain its tests draw inputs from.
+
+Everything per primitive elsewhere is derived from this table: the grad_fn names
+(``GRAD_FN``), the eager specs the recording engine uses (``UNARY``, ``BINARY``), replay's
+NumPy hand-back (``TO_NUMPY``), the NumPy dispatch table, the ``td.*`` functions and methods
+(``tapediff._functions``) and the op tests (``tests/``).  This module imports nothing of
+tapediff's but the kernels, so the storage layer may read it.
+
+Adding a primitive: its block in ``_kernels`` (opcode, ``fwd_``/``adj_`` rules, one line in
+each dispatch), its row here, and a reference for its tests; see README ("Adding a
+primitive").
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _kernels as K
+
+#: An interval (low, high) of test inputs; a domain is a tuple of them (their union).
+Interval = tuple[float, float]
+
+ANY: tuple[Interval, ...] = ((-2.0, 2.0),)
+WIDE = ((-6.0, 6.0),)  # sigmoid & co.: both branches of an overflow-free formula
+EXP = ((-3.0, 3.0),)  # exp-like growth: finite differences stay accurate
+POS = ((0.25, 3.0),)  # logs, square roots and pow bases
+NONZERO = ((-2.0, -0.25), (0.25, 2.0))  # denominators; the kinks of abs and relu
+TAN = ((-1.2, 1.2),)  # inside (-pi/2, pi/2) with room to spare
+LOG1P = ((-0.5, 2.0),)  # away from the pole at -1
+ARC = ((-0.9, 0.9),)  # inside (-1, 1), away from the infinite slopes
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """One primitive.  ``array(x[, z], out=None)`` and ``scalar(x[, z])`` are its eager
+    forwards (``scalar`` may raise ``ArithmeticError``/``ValueError`` outside its domain:
+    the caller then falls back to ``array``); ``ufuncs`` name the ufuncs that dispatch to
+    it (``"numpy.exp"``; ``"scipy.special.erf"`` is resolved once SciPy is imported)."""
+
+    op: int
+    grad_fn: str
+    name: str = ""  # td.<name>() and Tensor.<name>() for the public elementwise primitives
+    arity: int = 1  # tensor inputs
+    array: Callable[..., Any] | None = None
+    scalar: Callable[..., Any] | None = None
+    ufuncs: tuple[str, ...] = ()
+    replay_numpy: bool = False  # replay runs ``array`` on records of >= _kernels.BIG elements
+    domain: tuple[tuple[Interval, ...], ...] = ()  # test inputs, one domain per operand
+    doc: str = ""
+
+
+# -- eager forwards written here (the others are NumPy's and math's) -------------------------
+def _sigmoid_f(x: float) -> float:
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _sigmoid_np(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    e = np.exp(-np.abs(x))  # never overflows: 1/(1+e) for x >= 0, e/(1+e) below
+    return np.divide(np.where(x >= 0, np.ones((), e.dtype), e), 1.0 + e, out=out)
+
+
+def _relu_f(x: float) -> float:
+    return x if x > 0.0 or x != x else 0.0
+
+
+def _relu_np(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.maximum(x, np.zeros((), x.dtype), out=out)
+
+
+def _softplus_f(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _softplus_np(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.logaddexp(np.zeros((), x.dtype), x, out=out)
+
+
+def _exp2_f(x: float) -> float:
+    return 2.0 ** x
+
+
+_erf_ufunc: Any = None
+
+
+def _erf_np(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """math.erf as a NumPy ufunc (float32 and float64 loops), compiled on first use."""
+    global _erf_ufunc
+    if _erf_ufunc is None:
+        from numba import vectorize
+        # float32 first: NumPy takes the first loop an input casts to safely (ints: float64)
+        _erf_ufunc = vectorize(["float32(float32)", "float64(float64)"], cache=True)(
+            lambda v: math.erf(v))
+    return _erf_ufunc(x, out=out)
+
+
+def _spow(x: float, y: float) -> float:
+    r = x ** y
+    if type(r) is complex:  # NumPy gives nan for a negative base and a fractional exponent
+        raise ValueError
+    return r
+
+
+def _math(op: int, grad_fn: str, name: str, array: Any, scalar: Any, domain: Any, doc: str,
+          ufuncs: tuple | None = None, replay_numpy: bool = False) -> Primitive:
+    """A public unary primitive; by default ``numpy.<name>`` dispatches to it."""
+    return Primitive(op, grad_fn, name, 1, array, scalar,
+                     (f"numpy.{name}",) if ufuncs is None else ufuncs, replay_numpy, (domain,),
+                     doc)
+
+
+PRIMITIVES: tuple[Primitive, ...] = (
+    Primitive(K.OP_LEAF, "Leaf"),
+    Primitive(K.OP_CONST, "Const"),
+    # tensor (op) tensor: the operators, and td.arctan2/td.hypot
+    Primitive(K.OP_ADD, "Add", "add", 2, np.add, operator.add, domain=(ANY, ANY)),
+    Primitive(K.OP_SUB, "Sub", "subtract", 2, np.subtract, operator.sub, domain=(ANY, ANY)),
+    Primitive(K.OP_MUL, "Mul", "multiply", 2, np.multiply, operator.mul, domain=(ANY, ANY)),
+    Primitive(K.OP_DIV, "Div", "divide", 2, np.true_divide, operator.truediv,
+              domain=(ANY, NONZERO)),
+    Primitive(K.OP_POW, "Pow", "power", 2, np.power, _spow, domain=(POS, ANY)),
+    Primitive(K.OP_ARCTAN2, "Atan2", "arctan2", 2, np.arctan2, math.atan2,
+              ("numpy.arctan2",), domain=(NONZERO, ANY),  # y != 0: off the branch cut
+              doc="Elementwise angle of the point (x, y), as ``np.arctan2``."),
+    Primitive(K.OP_HYPOT, "Hypot", "hypot", 2, np.hypot, math.hypot, ("numpy.hypot",),
+              domain=(NONZERO, ANY),
+              doc="Elementwise sqrt(a**2 + b**2) without overflow, as ``np.hypot``."),
+    # tensor (op) Python number, recorded with the number as the parameter
+    Primitive(K.OP_ADD_C, "Add", domain=(ANY,)),
+    Primitive(K.OP_MUL_C, "Mul", domain=(ANY,)),
+    Primitive(K.OP_RSUB_C, "Rsub", domain=(ANY,)),
+    Primitive(K.OP_DIV_C, "Div", domain=(ANY,)),
+    Primitive(K.OP_RDIV_C, "Div", domain=(NONZERO,)),
+    Primitive(K.OP_POW_C, "Pow", domain=(POS,)),
+    Primitive(K.OP_RPOW_C, "Pow", domain=(ANY,)),
+    # unary: td.<name>(x), x.<name>(), np.<name>(x)
+    _math(K.OP_EXP, "Exp", "exp", np.exp, math.exp, EXP, "Elementwise e**x.\n\n"
+          ">>> import tapediff as td\n>>> td.exp(td.tensor(0.0))\ntensor(1.)",
+          replay_numpy=True),
+    _math(K.OP_LOG, "Log", "log", np.log, math.log, POS,
+          "Elementwise natural logarithm (nan below 0 and -inf at 0, as NumPy).",
+          replay_numpy=True),
+    _math(K.OP_SQRT, "Sqrt", "sqrt", np.sqrt, math.sqrt, POS,
+          "Elementwise square root (its gradient at 0 is inf, as PyTorch's).",
+          replay_numpy=True),
+    _math(K.OP_SIN, "Sin", "sin", np.sin, math.sin, ANY, "Elementwise sine.",
+          replay_numpy=True),
+    _math(K.OP_COS, "Cos", "cos", np.cos, math.cos, ANY, "Elementwise cosine.",
+          replay_numpy=True),
+    _math(K.OP_TAN, "Tan", "tan", np.tan, math.tan, TAN, "Elementwise tangent.",
+          replay_numpy=True),
+    _math(K.OP_TANH, "Tanh", "tanh", np.tanh, math.tanh, EXP,
+          "Elementwise hyperbolic tangent.", replay_numpy=True),
+    _math(K.OP_SIGMOID, "Sigmoid", "sigmoid", _sigmoid_np, _sigmoid_f, WIDE,
+          "Elementwise logistic function 1 / (1 + e**-x), computed without overflow.",
+          ufuncs=("scipy.special.expit",)),
+    _math(K.OP_RELU, "Relu", "relu", _relu_np, _relu_f, NONZERO,
+          "Elementwise max(x, 0); the gradient at 0 is 0, as in PyTorch.", ufuncs=()),
+    _math(K.OP_ABS, "Abs", "abs", np.abs, abs, NONZERO,
+          "Elementwise absolute value; the gradient at 0 is 0, as in PyTorch.",
+          ufuncs=("numpy.absolute",)),
+    _math(K.OP_LOG1P, "Log1P", "log1p", np.log1p, math.log1p, LOG1P,
+          "Elementwise log(1 + x), accurate near 0.", replay_numpy=True),
+    _math(K.OP_EXPM1, "Expm1", "expm1", np.expm1, math.expm1, EXP,
+          "Elementwise e**x - 1, accurate near 0.", replay_numpy=True),
+    _math(K.OP_SINH, "Sinh", "sinh", np.sinh, math.sinh, EXP, "Elementwise hyperbolic sine.",
+          replay_numpy=True),
+    _math(K.OP_COSH, "Cosh", "cosh", np.cosh, math.cosh, EXP,
+          "Elementwise hyperbolic cosine.", replay_numpy=True),
+    _math(K.OP_ARCSIN, "Asin", "arcsin", np.arcsin, math.asin, ARC,
+          "Elementwise inverse sine.", replay_numpy=True),
+    _math(K.OP_ARCCOS, "Acos", "arccos", np.arccos, math.acos, ARC,
+          "Elementwise inverse cosine.", replay_numpy=True),
+    _math(K.OP_ARCTAN, "Atan", "arctan", np.arctan, math.atan, WIDE,
+          "Elementwise inverse tangent.", replay_numpy=True),
+    _math(K.OP_LOG2, "Log2", "log2", np.log2, math.log2, POS,
+          "Elementwise base-2 logarithm.", replay_numpy=True),
+    _math(K.OP_LOG10, "Log10", "log10", np.log10, math.log10, POS,
+          "Elementwise base-10 logarithm.", replay_numpy=True),
+    _math(K.OP_EXP2, "Exp2", "exp2", np.exp2, _exp2_f, EXP, "Elementwise 2**x.",
+          replay_numpy=True),
+    _math(K.OP_SOFTPLUS, "Softplus", "softplus", _softplus_np, _softplus_f, WIDE,
+          "Elementwise log(1 + e**x), computed without overflow.", ufuncs=()),
+    _math(K.OP_ERF, "Erf", "erf", _erf_np, math.erf, ANY,
+          "Elementwise error function 2/sqrt(pi) * integral of e**-t**2 from 0 to x.\n\n"
+          ">>> import tapediff as td\n>>> td.erf(td.tensor(0.5))\ntensor(0.5205)",
+          ufuncs=("scipy.special.erf",)),
+    # layout, selection, reductions, scans, joins (recorded by tapediff._ops)
+    Primitive(K.OP_RESTRIDE, "View"),
+    Primitive(K.OP_GATHER, "Index"),
+    Primitive(K.OP_SCATTER, "IndexPut"),
+    Primitive(K.OP_WHERE, "Where"),
+    Primitive(K.OP_CONCAT, "Cat"),
+    Primitive(K.OP_PROD, "Prod"),
+    Primitive(K.OP_CUMSUM, "Cumsum"),
+    Primitive(K.OP_CUMPROD, "Cumprod"),
+    Primitive(K.OP_EXTREME, "Amax"),
+    Primitive(K.OP_CMP, "Compare"),
+    Primitive(K.OP_GUARD, "Guard"),
+    Primitive(K.OP_MATMUL, "Mm"),
+    Primitive(K.OP_CAST, "ToCopy"),
+)
+
+BY_OP: dict[int, Primitive] = {p.op: p for p in PRIMITIVES}
+assert len(BY_OP) == len(PRIMITIVES) == K.NUM_OPCODES, "one row per opcode"
+
+#: opcode -> the name its records show in reprs (``grad_fn=<ExpBackward0>``)
+GRAD_FN: dict[int, str] = {p.op: p.grad_fn for p in PRIMITIVES}
+
+#: the public elementwise primitives: ``td.<name>`` functions and ``Tensor.<name>`` methods
+PUBLIC: tuple[Primitive, ...] = tuple(p for p in PRIMITIVES if p.doc)
+
+#: name -> (opcode, NumPy forward, float forward) of each unary primitive (the recording path)
+UNARY: dict[str, tuple] = {p.name: (p.op, p.array, p.scalar) for p in PRIMITIVES
+                           if p.arity == 1 and p.array is not None}
+
+#: opcode -> NumPy forward of the rules replay hands back to NumPy on large records
+NUMPY_RULES: dict[int, Callable[..., Any]] = {p.op: p.array for p in PRIMITIVES
+                                              if p.replay_numpy}
+#: the same as a flag per opcode, for ``_kernels.forward_sweep``
+TO_NUMPY = np.zeros(K.NUM_OPCODES, np.uint8)
+TO_NUMPY[list(NUMPY_RULES)] = 1

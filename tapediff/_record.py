@@ -1,0 +1,443 @@
+"""The recording engine: how an operation on tensors becomes records on the tape.
+
+Values: a 0-d float64 tensor holds a Python ``float`` (scalar code then runs on Python
+floats, several times faster than NumPy 0-d arrays); every other tensor holds an ndarray.
+A recorded float64 tensor's ndarray is a read-only view of its tape's arena, written in
+place by the NumPy call that computed it; other dtypes are copied into the arena.
+
+Recording: an operation records only when grad mode is on and an input requires grad.
+It reserves room for everything it appends (``Tape.reserve``), gets a slot for each input
+(``slot_on``: a tape-less input gets a LEAF or CONST record, cached on the tensor until its
+value changes), broadcasts inputs with ``OP_RESTRIDE`` records where shapes differ
+(beyond a size-1 operand, which the elementwise kernels handle), then appends its record
+(``emit``).  The arithmetic operators and the unary primitives (``binary``, ``unary``)
+write scalar records in line: the hot path of scalar code.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _kernels as K
+from . import _primitives as P
+from ._tape import LeafRecord, Tape, frozen, thread_state
+from ._tensor import BroadcastError, Tensor
+
+F64 = np.dtype(np.float64)
+F32 = np.dtype(np.float32)
+_new = object.__new__
+_weakref = weakref.ref
+
+
+# ---------------------------------------------------------------------------------------------
+# values and dtypes
+# ---------------------------------------------------------------------------------------------
+def check_dtype(dt: np.dtype) -> np.dtype:
+    if dt.kind in "biuf":
+        return dt
+    if dt.kind == "c":
+        raise TypeError(f"complex tensors are not supported yet (got dtype {dt}); "
+                        "split them into real and imaginary parts")
+    raise TypeError(f"tapediff tensors hold numbers; dtype {dt} is not supported "
+                    "(use a float, int or bool dtype)")
+
+
+def tensor_value(r: Any) -> Any:
+    """A NumPy result as a tensor value: 0-d float64 becomes a Python float."""
+    if type(r) is np.ndarray:
+        if r.ndim == 0 and r.dtype == F64:
+            return float(r)
+        return r
+    if type(r) is np.float64 or type(r) is float:
+        return float(r)
+    return np.asarray(r)
+
+
+def shape_of(v: Any) -> tuple:
+    return () if type(v) is float else v.shape
+
+
+def dtype_of(v: Any) -> np.dtype:
+    return F64 if type(v) is float else v.dtype
+
+
+def wrap(v: Any, tape: Tape | None = None, slot: int = -1, rg: bool = False) -> "Tensor":
+    t = _new(Tensor)
+    t._v = v
+    t._tape = tape
+    t._slot = slot
+    t._rg = rg
+    t._grad = None
+    t._ver = 0
+    t._leaf_record = None
+    return t
+
+
+def constant(r: Any) -> "Tensor":
+    """A NumPy result (or float) as a tensor outside any tape: ``wrap(tensor_value(r))``."""
+    t = _new(Tensor)
+    t._v = tensor_value(r)
+    t._tape = None
+    t._slot = -1
+    t._rg = False
+    t._grad = None
+    t._ver = 0
+    t._leaf_record = None
+    return t
+
+
+def as_constant(x: Any) -> "Tensor":
+    """A non-tensor operand (ndarray, list, NumPy scalar) as a constant tensor."""
+    a = np.asarray(x)
+    check_dtype(a.dtype)
+    return constant(a)
+
+
+# ---------------------------------------------------------------------------------------------
+# recording helpers
+# ---------------------------------------------------------------------------------------------
+def arena_kind(dt: np.dtype) -> int:
+    """The arena kind that holds values of dtype ``dt``."""
+    if dt == F64:
+        return K.KIND_F64
+    if dt == F32:
+        return K.KIND_F32
+    raise TypeError(f"tapediff differentiates float32 and float64 operations; this one gives "
+                    f"{dt}: convert the inputs with .astype(np.float32) or .astype(np.float64)")
+
+
+def slot_on(t: "Tensor", tape: Tape, kind: int = K.KIND_F64) -> int:
+    """The slot holding ``t``'s value on ``tape`` (room already reserved).
+
+    A tape-less tensor gets a LEAF (requires grad) or CONST record, in its own dtype's arena
+    (``kind`` for an int or bool constant), cached on the tensor until its value changes."""
+    tp = t._tape
+    if tp is not None:
+        if tp is not tape:
+            raise RuntimeError(
+                "a tensor recorded on one tape is used in an operation recording on another; "
+                "compute it inside the same `with td.tape():` block, or use .detach() to take "
+                "its value as a constant")
+        return t._slot
+    c = t._leaf_record
+    if c is not None and c.tape() is tape and c.version == t._ver and c.requires_grad == t._rg:
+        return c.slot
+    v = t._v
+    op = K.OP_LEAF if t._rg else K.OP_CONST
+    if type(v) is float:
+        s = tape.push(op, -1, v)
+    else:
+        own = v.dtype.kind == "f"
+        s = tape.append(op, -1, -1, v.size, kind=arena_kind(v.dtype) if own else kind)
+        tape.value_view(s, v.shape)[...] = v
+        if not own:  # an int or bool constant takes the kind of its use: not cached
+            return s
+    # The tape is held weakly: a constant used in many short-lived tapes must not keep them.
+    t._leaf_record = LeafRecord(weakref.ref(tape), s, t._ver, t._rg)
+    tape._cached[s] = weakref.ref(t)
+    return s
+
+
+def _leaf_slot(t: "Tensor", tape: Tape) -> int:
+    """``slot_on`` for a tensor not recorded on ``tape``, with the cache hit in line."""
+    if t._tape is None:  # a leaf or constant (a tensor of another tape has no cache)
+        c = t._leaf_record
+        if c is not None and c.tape() is tape and c.version == t._ver and c.requires_grad == t._rg:
+            return c.slot
+    return slot_on(t, tape)
+
+
+def _input_slot(t: "Tensor", tape: Tape, kind: int) -> int:
+    """``t``'s slot, converted to arena ``kind`` if needed (room reserved): a constant is
+    copied in that kind, anything else goes through an OP_CAST record (which carries the
+    gradient back to the other arena)."""
+    s = slot_on(t, tape, kind)
+    if tape.dt[s] == kind:
+        return s
+    shape = shape_of(t._v)
+    c = tape.append(K.OP_CONST if tape.op[s] == K.OP_CONST else K.OP_CAST, s, -1,
+                    int(tape.n[s]), kind=kind)
+    if tape.op[c] == K.OP_CONST:
+        tape._wia[c] = -1
+    tape.value_view(c, shape)[...] = tape.value_view(s, shape)
+    return c
+
+
+def _natural_kind(t: "Tensor", kind: int) -> int:
+    dt = dtype_of(t._v)
+    return kind if dt.kind != "f" else arena_kind(dt)
+
+
+def emit(op: int, xs: Sequence["Tensor"], shape: tuple, dtype: np.dtype, fill: Any, *,
+          p: float = 0.0, meta: Any = None, nmeta: int = 0, bcast: bool = False) -> "Tensor":
+    """Record ``op`` over the tensors ``xs`` with an output of ``shape`` and ``dtype``.
+
+    ``fill(out)`` computes the value into ``out``, the output's arena range (so NumPy writes
+    it in place, no copy).  ``meta(slots)`` gives the side-table payload (``nmeta`` entries
+    at most) from the input slots, for records with a layout or listed inputs.  With
+    ``bcast``, inputs whose size is neither the output's nor 1 are first broadcast to
+    ``shape`` with OP_RESTRIDE records.  Inputs of another dtype are cast (NumPy's
+    promotion made the output dtype).  The first two inputs are the record's a and b.
+    """
+    tape = thread_state.tape
+    kind = arena_kind(dtype)
+    out_n = math.prod(shape)
+    need = [0, 0]
+    need[kind] += out_n
+    for t in xs:
+        nt = size_of(t._v)
+        if t._tape is not tape:
+            need[_natural_kind(t, kind)] += nt
+        need[kind] += nt + (out_n if bcast else 0)  # a cast, a broadcast copy
+    nb = 4 + 2 * max(len(shape), 1)  # one broadcast's layout block
+    tape.reserve(3 * len(xs) + 1, need[0], nmeta + 1 + (nb + 1) * len(xs) * bcast, need[1])
+    if op == K.OP_CAST:  # its input stays in its own arena
+        slots = [slot_on(t, tape, kind) for t in xs]
+    else:
+        slots = [_input_slot(t, tape, kind) for t in xs]
+    if bcast:
+        for j, t in enumerate(xs):
+            nt = size_of(t._v)
+            if nt != out_n and nt != 1:
+                slots[j] = _broadcast_slot(tape, slots[j], shape_of(t._v), shape)
+    m = tape.put_meta(meta(slots)) if meta is not None else -1
+    a = slots[0] if slots else -1
+    b = slots[1] if len(slots) > 1 else -1
+    s = tape.append(op, a, b, out_n, p, m, kind)
+    view = tape.value_view(s, shape)
+    fill(view)
+    return register(tape, s, float(view[()]) if kind == K.KIND_F64 and shape == () else view)
+
+
+def c_strides(shape: Sequence[int]) -> list:
+    st = [1] * len(shape)
+    acc = 1
+    for d in range(len(shape) - 1, -1, -1):
+        st[d] = acc
+        acc *= shape[d]
+    return st
+
+
+def restride_payload(in_size: int, shape: Sequence[int], strides: Sequence[int], start: int,
+                      r: int) -> list:
+    """Side-table payload of an OP_RESTRIDE record: out[k // r] (+)= in[start + idx . strides],
+    idx running over ``shape`` in C order."""
+    if len(shape) == 0:  # a single element: one iteration of stride 0
+        shape, strides = (1,), (0,)
+    # The kernels do no bounds checks: refuse a layout that could leave the input.
+    if all(shape):
+        lo = start + sum((d - 1) * s for d, s in zip(shape, strides) if s < 0)
+        hi = start + sum((d - 1) * s for d, s in zip(shape, strides) if s > 0)
+        if lo < 0 or hi >= in_size:
+            raise AssertionError(f"restride out of bounds: {start}, {shape}, {strides}")
+    return [len(shape), start, r, *shape, *strides]
+
+
+def _broadcast_slot(tape: Tape, slot: int, in_shape: tuple, out_shape: tuple) -> int:
+    """Record ``in_shape -> out_shape`` broadcasting of ``slot`` and write its value."""
+    nd = len(out_shape)
+    st = c_strides(in_shape)
+    strides = [0] * nd
+    for d in range(1, len(in_shape) + 1):
+        if in_shape[-d] != 1 or out_shape[-d] == 1:
+            strides[-d] = st[-d]
+    m = tape.put_meta(restride_payload(math.prod(in_shape), out_shape, strides, 0, 1))
+    s = tape.append(K.OP_RESTRIDE, slot, -1, math.prod(out_shape), 0.0, m, int(tape.dt[slot]))
+    src = tape.value_view(slot, in_shape)
+    np.copyto(tape.value_view(s, out_shape), np.broadcast_to(src, out_shape))
+    return s
+
+
+def _result_shape(a: tuple, b: tuple) -> tuple:
+    if a == b:
+        return a
+    try:
+        return np.broadcast_shapes(a, b)
+    except ValueError:
+        raise BroadcastError(f"operands could not be broadcast together: shapes {a} and {b}"
+                             ) from None
+
+
+def _record_scalar(tape: Tape, op: int, a: int, r: float) -> "Tensor":
+    """The hot path of scalar code: append a size-1 record of input ``a`` and value ``r``
+    (room reserved; other fields keep their defaults, see ``Tape.push``) and wrap it."""
+    i = tape.top
+    tape.top = i + 1
+    o = tape.vtop
+    tape.vtop = o + 1
+    tape._wop[i] = op
+    tape._wia[i] = a
+    tape._woff[i] = o
+    tape._wval[o] = r
+    t = _new(Tensor)
+    t._v = r
+    t._tape = tape
+    t._slot = i
+    t._rg = True
+    tape._live.append(_weakref(t))
+    return t
+
+
+def register(tape: Tape, s: int, v: Any) -> "Tensor":
+    """Wrap the value of slot ``s`` as a recorded tensor; arena views are frozen first."""
+    if type(v) is np.ndarray and v.base is not None and v.flags.writeable:
+        frozen(v)
+    t = _new(Tensor)
+    t._v = v
+    t._tape = tape
+    t._slot = s
+    t._rg = True
+    tape._live.append(_weakref(t))
+    return t
+
+
+def strong(v: Any) -> Any:
+    """A tensor value as a NumPy operand: a Python float becomes np.float64, which NumPy
+    does not treat as a weak scalar (float32 + float64 tensor must give float64)."""
+    return np.float64(v) if type(v) is float else v
+
+
+def size_of(v: Any) -> int:
+    return 1 if type(v) is float else v.size
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise operations
+# ---------------------------------------------------------------------------------------------
+_ARITH_ERRORS = (ArithmeticError, ValueError)
+
+
+
+def _binary_spec(op: int, op_c: int, sign: float, op_rc: int) -> tuple:
+    """(tensor-tensor opcode, ufunc, Python float function, (opcode, sign of p) for
+    tensor-op-constant, opcode for constant-op-tensor) of an arithmetic operator."""
+    p = P.BY_OP[op]
+    return op, p.array, p.scalar, (op_c, sign), op_rc
+
+
+ADD = _binary_spec(K.OP_ADD, K.OP_ADD_C, 1.0, K.OP_ADD_C)
+SUB = _binary_spec(K.OP_SUB, K.OP_ADD_C, -1.0, K.OP_RSUB_C)  # a - c records a + (-c)
+MUL = _binary_spec(K.OP_MUL, K.OP_MUL_C, 1.0, K.OP_MUL_C)
+DIV = _binary_spec(K.OP_DIV, K.OP_DIV_C, 1.0, K.OP_RDIV_C)
+POW = _binary_spec(K.OP_POW, K.OP_POW_C, 1.0, K.OP_RPOW_C)
+
+
+def binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
+    """``x (op) other``, or ``other (op) x`` when reflected."""
+    op, uf, sf, op_c, op_rc = spec
+    xv = x._v
+    to = type(other)
+    if to is float or to is int or to is bool:
+        # tensor (op) Python number: the number goes into the record's parameter
+        if type(xv) is float:
+            try:
+                v = sf(other, xv) if reflected else sf(xv, other)
+            except _ARITH_ERRORS:
+                v = float(uf(other, np.float64(xv)) if reflected else uf(np.float64(xv), other))
+            tape = thread_state.rec  # one thread-local read: the recording tape, or None
+            if tape is None or not x._rg:
+                return wrap(v)
+            if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
+                tape._reclaim(2, 2)
+            a = x._slot if x._tape is tape else _leaf_slot(x, tape)
+            # the hottest path of scalar code: _record_scalar written out, plus the parameter
+            i = tape.top
+            tape.top = i + 1
+            o = tape.vtop
+            tape.vtop = o + 1
+            if reflected:
+                tape._wop[i] = op_rc
+                tape._wp[i] = other
+            else:
+                tape._wop[i] = op_c[0]
+                tape._wp[i] = op_c[1] * other
+            tape._wia[i] = a
+            tape._woff[i] = o
+            tape._wval[o] = v
+            t = _new(Tensor)
+            t._v = v
+            t._tape = tape
+            t._slot = i
+            t._rg = True
+            tape._live.append(_weakref(t))
+            return t
+        if not x._rg or not thread_state.grad_enabled:
+            return constant(uf(other, xv) if reflected else uf(xv, other))
+        o, p = (op_rc, float(other)) if reflected else (op_c[0], op_c[1] * float(other))
+        return emit(o, (x,), xv.shape, np.result_type(xv, other),
+                     (lambda out: uf(other, xv, out=out)) if reflected else
+                     (lambda out: uf(xv, other, out=out)), p=p)
+    if to is not Tensor:
+        if isinstance(other, (str, bytes)) or other is None:
+            return NotImplemented
+        # ndarrays, lists and NumPy scalars (typed operands under NEP 50) are constants
+        other = as_constant(other)
+    ov = other._v
+    l, r = (ov, xv) if reflected else (xv, ov)
+    tape = thread_state.rec
+    rec = tape is not None and (x._rg or other._rg)
+    if type(l) is float and type(r) is float:
+        try:
+            v = sf(l, r)
+        except _ARITH_ERRORS:
+            v = float(uf(np.float64(l), r))
+        if not rec:
+            return wrap(v)
+        if tape.top + 3 > tape.rcap or tape.vtop + 3 > tape.vcap:
+            tape._reclaim(3, 3)
+        a = x._slot if x._tape is tape else _leaf_slot(x, tape)
+        b = other._slot if other._tape is tape else _leaf_slot(other, tape)
+        if reflected:
+            a, b = b, a
+        # _record_scalar written out (the hot path of scalar code)
+        i = tape.top
+        tape.top = i + 1
+        o = tape.vtop
+        tape.vtop = o + 1
+        tape._wop[i] = op
+        tape._wia[i] = a
+        tape._wib[i] = b
+        tape._woff[i] = o
+        tape._wval[o] = v
+        t = _new(Tensor)
+        t._v = v
+        t._tape = tape
+        t._slot = i
+        t._rg = True
+        tape._live.append(_weakref(t))
+        return t
+    shape = _result_shape(shape_of(l), shape_of(r))
+    # a float64 tensor held as a Python float must not act as a weak scalar (NEP 50)
+    l, r = strong(l), strong(r)
+    if not rec:
+        return constant(uf(l, r))
+    return emit(op, (other, x) if reflected else (x, other), shape,
+                 np.result_type(dtype_of(l), dtype_of(r)), lambda out: uf(l, r, out=out),
+                 bcast=True)
+
+
+def unary(spec: tuple, x: "Tensor") -> "Tensor":
+    """A unary primitive of ``x``; ``spec`` is its (opcode, NumPy forward, float forward)
+    (``_primitives.UNARY``)."""
+    op, uf, sf = spec
+    xv = x._v
+    tape = thread_state.rec
+    rec = tape is not None and x._rg
+    if type(xv) is float:
+        try:
+            v = sf(xv)
+        except _ARITH_ERRORS:
+            v = float(uf(np.float64(xv)))
+        if not rec:
+            return wrap(v)
+        if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
+            tape._reclaim(2, 2)
+        return _record_scalar(tape, op, x._slot if x._tape is tape else slot_on(x, tape), v)
+    if xv.dtype.kind in "biu" and op != K.OP_ABS and op != K.OP_RELU:
+        xv = xv.astype(F64)  # NumPy's transcendental functions promote ints to float64
+    if not rec:
+        return constant(uf(xv))
+    return emit(op, (x,), xv.shape, xv.dtype, lambda out: uf(xv, out=out))
