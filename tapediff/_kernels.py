@@ -1377,8 +1377,8 @@ NUM_OPCODES = len(_TRAITS)
 # The sweep
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
-def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, adj, touched,
-                  leaf_slots, nleaf):
+def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta, val,
+                  adj, touched, leaf_slots, nleaf):
     """Accumulate adjoints of ``kind`` records from ``start`` down to slot 0.
 
     ``touched[i]`` is 1 once slot i holds an adjoint (the caller seeds the root).  An input's
@@ -1403,17 +1403,17 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
         if o < 0 or o >= NUM_OPCODES:
             return UNKNOWN_OPCODE
         tr = TRAITS[o]
-        if dt[i] != kind or tr & PYTHON_RULE:
+        if arena_of[i] != kind or tr & PYTHON_RULE:
             return i
         if tr & NO_GRADIENT:  # no gradient flows through a comparison
             continue
-        a = ia[i]
-        b = ib[i]
+        a = in_a[i]
+        b = in_b[i]
         oo = off[i]
         nn = n[i]
-        c = p[i]
+        c = param[i]
         if o == OP_CONCAT:
-            adj_concat(meta, mi[i], op, off, n, flag, adj, oo, touched)
+            adj_concat(meta, meta_at[i], op, off, n, flag, adj, oo, touched)
             continue
         # (_gets_adjoint written out: a call here, even inlined, costs ~12 ns per record)
         ga = a >= 0 and op[a] != OP_CONST and not flag[a] & FLAG_CONSTANT
@@ -1458,7 +1458,7 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
         # element); the rare ones share one loop, which keeps compile time down (each
         # specialised loop adds ~0.3 s to a cold compile).
         if o == OP_RESTRIDE:
-            adj_restride(meta, mi[i], adj, oo, oa)
+            adj_restride(meta, meta_at[i], adj, oo, oa)
         elif o == OP_ADD:
             _vector_rule(OP_ADD, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_SUB:
@@ -1483,27 +1483,27 @@ def reverse_sweep(start, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, a
         elif tr & ELEMENTWISE:
             _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_GATHER:
-            adj_gather(meta, mi[i], adj, oo, oa, nn)
+            adj_gather(meta, meta_at[i], adj, oo, oa, nn)
         elif o == OP_SCATTER:
-            adj_scatter(meta, mi[i], adj, oo, oa, n[a])
+            adj_scatter(meta, meta_at[i], adj, oo, oa, n[a])
         elif o == OP_WHERE:
-            ws = meta[mi[i] + 2]
+            ws = meta[meta_at[i] + 2]
             adj_where(adj, val[off[ws]:], -1 if n[ws] == nn else 0, oo, oa, ob, nn, ma, mb,
                       ga, gb, fa, fb)
         elif o == OP_EXTREME:
-            adj_extreme(meta, mi[i], val, adj, oo, oa, nn)
+            adj_extreme(meta, meta_at[i], val, adj, oo, oa, nn)
         elif o == OP_PROD:
-            adj_prod(meta, mi[i], val, adj, oo, oa, nn)
+            adj_prod(meta, meta_at[i], val, adj, oo, oa, nn)
         elif o == OP_CUMSUM or o == OP_CUMPROD:
-            adj_scan(o, meta, mi[i], val, adj, oo, oa)
+            adj_scan(o, meta, meta_at[i], val, adj, oo, oa)
         else:
             return UNKNOWN_OPCODE
     return SWEEP_DONE
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, big,
-                  to_numpy):
+def forward_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, arena_of, meta, val,
+                  big, to_numpy):
     """Recompute the values of ``kind`` records ``start`` .. ``stop - 1`` from their inputs.
 
     Leaves and constants keep the values in the arena (the caller writes new inputs first).
@@ -1519,13 +1519,13 @@ def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, b
         if o < 0 or o >= NUM_OPCODES:
             return UNKNOWN_OPCODE
         tr = TRAITS[o]
-        if dt[i] != kind or tr & PYTHON_RULE:
+        if arena_of[i] != kind or tr & PYTHON_RULE:
             return i
-        a = ia[i]
-        b = ib[i]
+        a = in_a[i]
+        b = in_b[i]
         oo = off[i]
         nn = n[i]
-        c = p[i]
+        c = param[i]
         oa = off[a] if a >= 0 else oo
         ob = off[b] if b >= 0 else oa
         if o == OP_GUARD:
@@ -1540,7 +1540,7 @@ def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, b
         ma = -1 if a >= 0 and n[a] == nn else 0
         mb = -1 if b >= 0 and n[b] == nn else 0
         if o == OP_RESTRIDE:
-            fwd_restride(meta, mi[i], val, oo, oa, nn)
+            fwd_restride(meta, meta_at[i], val, oo, oa, nn)
         elif o == OP_ADD:
             _vector_value(OP_ADD, val, oo, oa, ob, nn, ma, mb, c)
         elif o == OP_SUB:
@@ -1567,42 +1567,42 @@ def forward_sweep(start, stop, kind, op, ia, ib, off, n, p, mi, dt, meta, val, b
             for k in range(nn):
                 y[k] = fwd_compare(cm, x[k & ma], z[k & mb])
         elif o == OP_GATHER:
-            fwd_gather(meta, mi[i], val, oo, oa, nn)
+            fwd_gather(meta, meta_at[i], val, oo, oa, nn)
         elif o == OP_SCATTER:
-            fwd_scatter(meta, mi[i], val, oo, oa, nn, n[a])
+            fwd_scatter(meta, meta_at[i], val, oo, oa, nn, n[a])
         elif o == OP_WHERE:
-            ws = meta[mi[i] + 2]
+            ws = meta[meta_at[i] + 2]
             fwd_where(val, val[off[ws]:], -1 if n[ws] == nn else 0, oo, oa, ob, nn, ma, mb)
         elif o == OP_CONCAT:
-            fwd_concat(meta, mi[i], off, n, val, oo)
+            fwd_concat(meta, meta_at[i], off, n, val, oo)
         elif o == OP_PROD:
-            fwd_prod(meta, mi[i], val, oo, oa, nn)
+            fwd_prod(meta, meta_at[i], val, oo, oa, nn)
         elif o == OP_EXTREME:
-            fwd_extreme(meta, mi[i], val, oo, oa, nn, c)
+            fwd_extreme(meta, meta_at[i], val, oo, oa, nn, c)
         elif o == OP_CUMSUM or o == OP_CUMPROD:
-            fwd_scan(o, meta, mi[i], val, oo, oa)
+            fwd_scan(o, meta, meta_at[i], val, oo, oa)
         else:
             return UNKNOWN_OPCODE
     return SWEEP_DONE
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def replay_sweeps(top, root, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, adj,
-                  touched, leaf_slots, nleaf, to_numpy):
+def replay_sweeps(top, root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
+                  val, adj, touched, leaf_slots, nleaf, to_numpy):
     """Replay in one call: the forward sweep over records 0 .. top - 1, then the reverse
     sweep from the scalar ``root`` (if >= 0) seeded with 1.  For tapes of one arena kind
     without Python rules (records ``to_numpy`` would hand back stay in the compiled loops).  Returns
     ``-3 - i`` when guard i fails, else the reverse sweep's code."""
-    r = forward_sweep(0, top, kind, op, ia, ib, off, n, p, mi, dt, meta, val, 1 << 62,
-                      to_numpy)
+    r = forward_sweep(0, top, kind, op, in_a, in_b, off, n, param, meta_at, arena_of, meta, val,
+                      1 << 62, to_numpy)
     if r != SWEEP_DONE or root < 0:
         return r
     touched[:root + 1] = 0
     touched[root] = 1
     adj[off[root]] = 1.0
     nleaf[0] = 0
-    return reverse_sweep(root, kind, op, ia, ib, off, n, p, mi, flag, dt, meta, val, adj,
-                         touched, leaf_slots, nleaf)
+    return reverse_sweep(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
+                         val, adj, touched, leaf_slots, nleaf)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1614,7 +1614,7 @@ def _meta_inputs(o, meta, m):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def mark_constant(top, op, ia, ib, mi, flag, meta):
+def mark_constant(top, op, in_a, in_b, meta_at, flag, meta):
     """Set FLAG_CONSTANT on every record through whose inputs no adjoint can flow:
     comparisons and guards, and records whose inputs are all constants or flagged (replay
     turns its fixed inputs into constants, then flags what depends on them alone)."""
@@ -1624,12 +1624,12 @@ def mark_constant(top, op, ia, ib, mi, flag, meta):
             continue
         const = TRAITS[o] & NO_GRADIENT != 0
         if not const:
-            a = ia[i]
-            b = ib[i]
+            a = in_a[i]
+            b = in_b[i]
             const = not (a >= 0 and _gets_adjoint(op, flag, a)
                          or b >= 0 and _gets_adjoint(op, flag, b))
             if o == OP_CONCAT:
-                m = mi[i]
+                m = meta_at[i]
                 for t in range(meta[m + 1]):
                     if _gets_adjoint(op, flag, meta[m + 2 + t]):
                         const = False
@@ -1638,7 +1638,7 @@ def mark_constant(top, op, ia, ib, mi, flag, meta):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def mark_live(top, op, ia, ib, mi, flag, meta, keep):
+def mark_live(top, op, in_a, in_b, meta_at, flag, meta, keep):
     """Extend ``keep`` (roots set by the caller) to every record a kept, unreleased record reads.
 
     Released records keep their own value (a live tensor may still show it) but no longer
@@ -1648,18 +1648,18 @@ def mark_live(top, op, ia, ib, mi, flag, meta, keep):
         if op[i] == OP_GUARD:  # guards are what replay checks: never dropped
             keep[i] = 1
         if keep[i] and not flag[i] & FLAG_RELEASED:
-            if ia[i] >= 0:
-                keep[ia[i]] = 1
-            if ib[i] >= 0:
-                keep[ib[i]] = 1
-            m = mi[i]
+            if in_a[i] >= 0:
+                keep[in_a[i]] = 1
+            if in_b[i] >= 0:
+                keep[in_b[i]] = 1
+            m = meta_at[i]
             for t in range(_meta_inputs(op[i], meta, m)):
                 keep[meta[m + 2 + t]] = 1
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def compact(top, keep, op, ia, ib, off, n, p, mi, flag, dt, meta, val, new_val, val32,
-            new_val32, new_slot):
+def compact(top, keep, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta, val, new_val,
+            val32, new_val32, new_slot):
     """Move kept records down in place, their values into ``new_val``/``new_val32`` (by kind),
     their meta blocks down (remapping listed input slots).
 
@@ -1677,7 +1677,7 @@ def compact(top, keep, op, ia, ib, off, n, p, mi, flag, dt, meta, val, new_val, 
             continue
         new_slot[i] = j
         nn = n[i]
-        if dt[i] == KIND_F64:
+        if arena_of[i] == KIND_F64:
             new_val[vt:vt + nn] = val[off[i]:off[i] + nn]
             off[j] = vt
             vt += nn
@@ -1686,29 +1686,29 @@ def compact(top, keep, op, ia, ib, off, n, p, mi, flag, dt, meta, val, new_val, 
             off[j] = vt32
             vt32 += nn
         op[j] = op[i]
-        ia[j] = new_slot[ia[i]] if ia[i] >= 0 else -1
-        ib[j] = new_slot[ib[i]] if ib[i] >= 0 else -1
+        in_a[j] = new_slot[in_a[i]] if in_a[i] >= 0 else -1
+        in_b[j] = new_slot[in_b[i]] if in_b[i] >= 0 else -1
         n[j] = nn
-        p[j] = p[i]
+        param[j] = param[i]
         flag[j] = flag[i]
-        dt[j] = dt[i]
-        m = mi[i]
+        arena_of[j] = arena_of[i]
+        m = meta_at[i]
         if m >= 0:
             ln = meta[m] + 1
             for t in range(ln):
                 meta[mt + t] = meta[m + t]
             for t in range(_meta_inputs(op[j], meta, mt)):
                 meta[mt + 2 + t] = new_slot[meta[mt + 2 + t]]
-            mi[j] = mt
+            meta_at[j] = mt
             mt += ln
         else:
-            mi[j] = -1
+            meta_at[j] = -1
         j += 1
     # the freed tail takes the defaults the recording path relies on (see Tape.push)
-    ib[j:top] = -1
+    in_b[j:top] = -1
     n[j:top] = 1
-    p[j:top] = 0.0
-    mi[j:top] = -1
+    param[j:top] = 0.0
+    meta_at[j:top] = -1
     flag[j:top] = 0
-    dt[j:top] = KIND_F64
+    arena_of[j:top] = KIND_F64
     return j, vt, vt32, mt

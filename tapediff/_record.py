@@ -155,13 +155,13 @@ def _input_slot(t: "Tensor", tape: Tape, kind: int) -> int:
     copied in that kind, anything else goes through an OP_CAST record (which carries the
     gradient back to the other arena)."""
     s = slot_on(t, tape, kind)
-    if tape.dt[s] == kind:
+    if tape.arena_of[s] == kind:
         return s
     shape = shape_of(t._v)
     c = tape.append(K.OP_CONST if tape.op[s] == K.OP_CONST else K.OP_CAST, s, -1,
                     int(tape.n[s]), kind=kind)
     if tape.op[c] == K.OP_CONST:
-        tape._wia[c] = -1
+        tape._win_a[c] = -1
     tape.value_view(c, shape)[...] = tape.value_view(s, shape)
     return c
 
@@ -245,7 +245,7 @@ def _broadcast_slot(tape: Tape, slot: int, in_shape: tuple, out_shape: tuple) ->
         if in_shape[-d] != 1 or out_shape[-d] == 1:
             strides[-d] = st[-d]
     m = tape.put_meta(restride_payload(math.prod(in_shape), out_shape, strides, 0, 1))
-    s = tape.append(K.OP_RESTRIDE, slot, -1, math.prod(out_shape), 0.0, m, int(tape.dt[slot]))
+    s = tape.append(K.OP_RESTRIDE, slot, -1, math.prod(out_shape), 0.0, m, int(tape.arena_of[slot]))
     src = tape.value_view(slot, in_shape)
     np.copyto(tape.value_view(s, out_shape), np.broadcast_to(src, out_shape))
     return s
@@ -269,7 +269,7 @@ def _record_scalar(tape: Tape, op: int, a: int, r: float) -> "Tensor":
     o = tape.vtop
     tape.vtop = o + 1
     tape._wop[i] = op
-    tape._wia[i] = a
+    tape._win_a[i] = a
     tape._woff[i] = o
     tape._wval[o] = r
     t = _new(Tensor)
@@ -350,11 +350,11 @@ def binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
             tape.vtop = o + 1
             if reflected:
                 tape._wop[i] = op_rc
-                tape._wp[i] = other
+                tape._wparam[i] = other
             else:
                 tape._wop[i] = op_c[0]
-                tape._wp[i] = op_c[1] * other
-            tape._wia[i] = a
+                tape._wparam[i] = op_c[1] * other
+            tape._win_a[i] = a
             tape._woff[i] = o
             tape._wval[o] = v
             t = _new(Tensor)
@@ -398,8 +398,8 @@ def binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
         o = tape.vtop
         tape.vtop = o + 1
         tape._wop[i] = op
-        tape._wia[i] = a
-        tape._wib[i] = b
+        tape._win_a[i] = a
+        tape._win_b[i] = b
         tape._woff[i] = o
         tape._wval[o] = v
         t = _new(Tensor)

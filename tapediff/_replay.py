@@ -264,7 +264,8 @@ class _Recording:
                 s = self.slot(x)
                 if s >= 0 and not any(x is d for d in self.diff):
                     tape.op[s] = K.OP_CONST
-            K.mark_constant(tape.top, tape.op, tape.ia, tape.ib, tape.mi, tape.flag, tape.meta)
+            K.mark_constant(tape.top, tape.op, tape.in_a, tape.in_b, tape.meta_at, tape.flag,
+                            tape.meta)
             self._calibrate()
         # where each input goes and each gradient comes from: (slot, flat range of its arena)
         self.in_ranges = [self._range(self.slot(x)) for x in self.inputs]
@@ -272,7 +273,7 @@ class _Recording:
         self.root = -1 if self.out is None else self.out._slot
         self.first = self._sweep()
         top = tape.top
-        kinds = tape.dt[:top]
+        kinds = tape.arena_of[:top]
         # one compiled call per replay when the tape needs no Python rule
         ops = tape.op[:top]
         self.fast = guarded and top > 0 and bool((kinds == kinds[0]).all()) and not bool(
@@ -287,7 +288,7 @@ class _Recording:
         if s < 0:
             return -1, 0, 0, 0
         o = int(self.tape.off[s])
-        return s, int(self.tape.dt[s]), o, o + int(self.tape.n[s])
+        return s, int(self.tape.arena_of[s]), o, o + int(self.tape.n[s])
 
     def _calibrate(self) -> None:
         """Run the forward sweep once at the recorded inputs and let each guard expect the
@@ -297,7 +298,7 @@ class _Recording:
         tape = self.tape
         g = tape.forward()
         while g >= 0:
-            a, b = int(tape.ia[g]), int(tape.ib[g])
+            a, b = int(tape.in_a[g]), int(tape.in_b[g])
             tape.value_view(b, (int(tape.n[b]),))[...] = tape.value_view(a, (int(tape.n[a]),))
             g = tape.forward(g + 1)
 
@@ -337,19 +338,20 @@ class _Recording:
             if s >= 0:
                 (tape.val if kind == K.KIND_F64 else tape.val32)[lo:hi] = v.reshape(-1)
         if self.fast:
-            kind = int(tape.dt[0])
+            kind = int(tape.arena_of[0])
             val, adj = tape.arena(kind)
-            r = K.replay_sweeps(tape.top, self.root, kind, tape.op, tape.ia, tape.ib, tape.off,
-                                tape.n, tape.p, tape.mi, tape.flag, tape.dt, tape.meta, val,
-                                adj, self.touched, self.leaf_slots, self.nleaf, P.TO_NUMPY)
+            r = K.replay_sweeps(tape.top, self.root, kind, tape.op, tape.in_a, tape.in_b, tape.off,
+                                tape.n, tape.param, tape.meta_at, tape.flag, tape.arena_of,
+                                tape.meta, val, adj, self.touched, self.leaf_slots, self.nleaf,
+                                P.TO_NUMPY)
             if r < K.UNKNOWN_OPCODE:
-                return int(tape.p[-3 - r])
+                return int(tape.param[-3 - r])
             if r != K.SWEEP_DONE:
                 raise AssertionError(f"replay sweep ended with code {r}")
             return self._collect(self.touched)
         g = tape.forward()
         if g >= 0:
-            return int(tape.p[g])
+            return int(tape.param[g])
         return self._sweep()
 
     def result(self, single: bool, with_value: bool, out: tuple | None = None,

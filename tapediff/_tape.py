@@ -65,8 +65,8 @@ class Tape:
     """
 
     __slots__ = (
-        "op", "ia", "ib", "off", "n", "p", "mi", "flag", "dt", "meta",
-        "_wop", "_wia", "_wib", "_woff", "_wn", "_wp", "_wmi", "_wdt", "_wval",
+        "op", "in_a", "in_b", "off", "n", "param", "meta_at", "flag", "arena_of", "meta",
+        "_wop", "_win_a", "_win_b", "_woff", "_wn", "_wparam", "_wmeta_at", "_warena_of", "_wval",
         "val", "adj", "_spare", "top", "vtop", "vcap",  # float64 arena (the hot path's)
         "val32", "adj32", "_spare32", "vtop32", "vcap32",  # float32 arena
         "mtop", "rcap", "_recent", "_live", "_cached", "_guards", "__weakref__",
@@ -98,31 +98,31 @@ class Tape:
         top = self.top
         old = None if top == 0 else self._records()
         self.op = np.zeros(nrec, np.int32)
-        self.ia = np.zeros(nrec, np.int64)
-        self.ib = np.full(nrec, -1, np.int64)
+        self.in_a = np.zeros(nrec, np.int64)
+        self.in_b = np.full(nrec, -1, np.int64)
         self.off = np.zeros(nrec, np.int64)
         self.n = np.ones(nrec, np.int64)
-        self.p = np.zeros(nrec, np.float64)
-        self.mi = np.full(nrec, -1, np.int64)
+        self.param = np.zeros(nrec, np.float64)
+        self.meta_at = np.full(nrec, -1, np.int64)
         self.flag = np.zeros(nrec, np.uint8)
-        self.dt = np.full(nrec, K.KIND_F64, np.uint8)
+        self.arena_of = np.full(nrec, K.KIND_F64, np.uint8)
         if old is not None:
             for new, src in zip(self._records(), old):
                 new[:top] = src[:top]
         self.rcap = nrec
         # memoryviews: item assignment through them is ~2x cheaper than through ndarrays
         self._wop = memoryview(self.op)
-        self._wia = memoryview(self.ia)
-        self._wib = memoryview(self.ib)
+        self._win_a = memoryview(self.in_a)
+        self._win_b = memoryview(self.in_b)
         self._woff = memoryview(self.off)
         self._wn = memoryview(self.n)
-        self._wp = memoryview(self.p)
-        self._wmi = memoryview(self.mi)
-        self._wdt = memoryview(self.dt)
+        self._wparam = memoryview(self.param)
+        self._wmeta_at = memoryview(self.meta_at)
+        self._warena_of = memoryview(self.arena_of)
 
     def _records(self) -> tuple:
-        return (self.op, self.ia, self.ib, self.off, self.n, self.p, self.mi, self.flag,
-                self.dt)
+        return (self.op, self.in_a, self.in_b, self.off, self.n, self.param, self.meta_at,
+                self.flag, self.arena_of)
 
     def _set_arena(self, kind: int, val: np.ndarray, used: int) -> None:
         if kind == K.KIND_F64:
@@ -185,19 +185,19 @@ class Tape:
         i = self.top
         self.top = i + 1
         self._wop[i] = op
-        self._wia[i] = a
-        self._wib[i] = b
+        self._win_a[i] = a
+        self._win_b[i] = b
         if kind == K.KIND_F64:
             v = self.vtop
             self.vtop = v + size
         else:
             v = self.vtop32
             self.vtop32 = v + size
-            self._wdt[i] = kind
+            self._warena_of[i] = kind
         self._woff[i] = v
         self._wn[i] = size
-        self._wp[i] = p
-        self._wmi[i] = m
+        self._wparam[i] = p
+        self._wmeta_at[i] = m
         return i
 
     def push(self, op: int, a: int, value: float) -> int:
@@ -209,7 +209,7 @@ class Tape:
         v = self.vtop
         self.vtop = v + 1
         self._wop[i] = op
-        self._wia[i] = a
+        self._win_a[i] = a
         self._woff[i] = v
         self._wval[v] = value
         return i
@@ -226,13 +226,13 @@ class Tape:
     def value_view(self, slot: int, shape: tuple) -> np.ndarray:
         """The arena range of ``slot`` as an array of ``shape`` (writable; callers freeze it)."""
         o = int(self.off[slot])
-        val = self.val if self.dt[slot] == K.KIND_F64 else self.val32
+        val = self.val if self.arena_of[slot] == K.KIND_F64 else self.val32
         return val[o:o + int(self.n[slot])].reshape(shape)
 
     def adjoint_view(self, slot: int) -> np.ndarray:
         """The flat adjoint range of ``slot`` (valid after a sweep that reached it)."""
         o = int(self.off[slot])
-        adj = self.adj if self.dt[slot] == K.KIND_F64 else self.adj32
+        adj = self.adj if self.arena_of[slot] == K.KIND_F64 else self.adj32
         return adj[o:o + int(self.n[slot])]
 
     def gradient(self, y: Any, xs: Any, gradient: Any = None, retain_graph: bool = False) -> Any:
@@ -270,17 +270,17 @@ class Tape:
         """
         i, top = start, self.top
         while i < top:
-            kind = int(self.dt[i])
-            r = K.forward_sweep(i, top, kind, self.op, self.ia, self.ib, self.off, self.n,
-                                self.p, self.mi, self.dt, self.meta, self.arena(kind)[0],
-                                BIG, P.TO_NUMPY)
+            kind = int(self.arena_of[i])
+            r = K.forward_sweep(i, top, kind, self.op, self.in_a, self.in_b, self.off, self.n,
+                                self.param, self.meta_at, self.arena_of, self.meta,
+                                self.arena(kind)[0], BIG, P.TO_NUMPY)
             if r == K.SWEEP_DONE:
                 return -1
             if r == K.UNKNOWN_OPCODE:
                 raise AssertionError("forward sweep met an opcode it has no rule for")
             if r < 0:
                 return -3 - r
-            if int(self.dt[r]) != kind and not K.TRAITS[self.op[r]] & K.PYTHON_RULE:
+            if int(self.arena_of[r]) != kind and not K.TRAITS[self.op[r]] & K.PYTHON_RULE:
                 i = r  # resume on the other arena (a ufunc rule there yields again)
                 continue
             self._python_value(r)
@@ -290,7 +290,7 @@ class Tape:
     def _python_value(self, i: int) -> None:
         """The forward rules that are NumPy calls: matmul (BLAS), casts between arenas, and
         the transcendental functions on large arrays (NumPy's SIMD loops)."""
-        a = int(self.ia[i])
+        a = int(self.in_a[i])
         out = self.value_view(i, (int(self.n[i]),))
         uf = P.NUMPY_RULES.get(int(self.op[i]))
         if uf is not None:
@@ -300,12 +300,13 @@ class Tape:
             out[...] = self.value_view(a, (int(self.n[a]),))
             return
         bs, mm, kk, nn = self._matmul_dims(i)
-        np.matmul(self.value_view(a, (bs, mm, kk)), self.value_view(int(self.ib[i]), (bs, kk, nn)),
+        b = int(self.in_b[i])
+        np.matmul(self.value_view(a, (bs, mm, kk)), self.value_view(b, (bs, kk, nn)),
                   out=out.reshape(bs, mm, nn))
 
     def _matmul_dims(self, i: int) -> tuple:
         """(batch, m, k, n) of matmul record ``i``: (batch, m, k) @ (batch, k, n)."""
-        m = int(self.mi[i])
+        m = int(self.meta_at[i])
         return tuple(int(v) for v in self.meta[m + 1:m + 5])
 
     # -- differentiation -----------------------------------------------------------------------
@@ -331,18 +332,18 @@ class Tape:
         nleaf = np.zeros(1, np.int64)
         i = root
         while i >= 0:
-            kind = int(self.dt[i])
+            kind = int(self.arena_of[i])
             val, adj = self.arena(kind)
-            r = K.reverse_sweep(i, kind, self.op, self.ia, self.ib, self.off, self.n, self.p,
-                                self.mi, self.flag, self.dt, self.meta, val, adj, touched,
-                                leaf_slots, nleaf)
+            r = K.reverse_sweep(i, kind, self.op, self.in_a, self.in_b, self.off, self.n,
+                                self.param, self.meta_at, self.flag, self.arena_of, self.meta, val,
+                                adj, touched, leaf_slots, nleaf)
             if r == K.SWEEP_DONE:
                 break
             if r == K.UNKNOWN_OPCODE:
                 raise AssertionError("reverse sweep met an opcode it has no rule for")
             if r < 0:
                 return None
-            if int(self.dt[r]) != kind:
+            if int(self.arena_of[r]) != kind:
                 i = r  # resume on the other arena
                 continue
             self._python_rule(r, touched)
@@ -356,7 +357,7 @@ class Tape:
         """The reverse rules that are NumPy calls: matmul (BLAS) and casts between arenas."""
         op = int(self.op[i])
         g = self.adjoint_view(i)
-        a, b = int(self.ia[i]), int(self.ib[i])
+        a, b = int(self.in_a[i]), int(self.in_b[i])
         if op == K.OP_CAST:
             if self._gets_adjoint(a):
                 _accumulate(self, a, g, touched)
@@ -418,10 +419,10 @@ class Tape:
             if here and c.version == t._ver:  # still the tensor's current value: worth keeping
                 keep[s] = 1
             cached.append((s, r, here))
-        K.mark_live(top, self.op, self.ia, self.ib, self.mi, self.flag, self.meta, keep)
+        K.mark_live(top, self.op, self.in_a, self.in_b, self.meta_at, self.flag, self.meta, keep)
 
         kept = keep.view(bool)
-        sizes, kinds = self.n[:top][kept], self.dt[:top][kept]
+        sizes, kinds = self.n[:top][kept], self.arena_of[:top][kept]
         v64 = int(sizes[kinds == K.KIND_F64].sum())
         v32 = int(sizes.sum()) - v64
         needs = (int(kept.sum()) + nrec, v64 + nval, v32 + nval32)
@@ -437,9 +438,9 @@ class Tape:
         new_val32 = _reuse(self._spare32, cap_v32, np.float32)
         new_slot = np.empty(top, np.int64)
         old_val, old_val32 = self.val, self.val32
-        j, vt, vt32, mt = K.compact(top, keep, self.op, self.ia, self.ib, self.off, self.n,
-                                    self.p, self.mi, self.flag, self.dt, self.meta, old_val,
-                                    new_val, old_val32, new_val32, new_slot)
+        j, vt, vt32, mt = K.compact(top, keep, self.op, self.in_a, self.in_b, self.off, self.n,
+                                    self.param, self.meta_at, self.flag, self.arena_of, self.meta,
+                                    old_val, new_val, old_val32, new_val32, new_slot)
         self.top, self.mtop = int(j), int(mt)
         if cap_r != self.rcap:
             self._alloc_records(cap_r)

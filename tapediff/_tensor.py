@@ -170,7 +170,7 @@ class Tensor:
         op = int(tp.op[self._slot])
         name = P.GRAD_FN[op]
         if op == K.OP_RESTRIDE:
-            m = int(tp.mi[self._slot])
+            m = int(tp.meta_at[self._slot])
             name = "Sum" if tp.meta[m + 3] > 1 else "View"
         return f"<{name}Backward0>"
 
@@ -222,7 +222,7 @@ class Tensor:
         cached = tape._cached
         # Scalar float64 leaves (one per coefficient in scalar code) read their adjoints in
         # one gather and accumulate as Python floats; the others go through NumPy.
-        scalar = (tape.n[slots] == 1) & (tape.dt[slots] == K.KIND_F64)
+        scalar = (tape.n[slots] == 1) & (tape.arena_of[slots] == K.KIND_F64)
         with _GRAD_LOCK:
             for s, g in zip(slots[scalar].tolist(), tape.adj[tape.off[slots[scalar]]].tolist()):
                 r = cached.get(s)

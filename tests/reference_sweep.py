@@ -17,7 +17,7 @@ def _value(tape, s):
 
 
 def _payload(tape, i):
-    m = int(tape.mi[i])
+    m = int(tape.meta_at[i])
     return tape.meta[m + 1:m + 1 + int(tape.meta[m])]
 
 
@@ -96,7 +96,7 @@ def reference_grads(tape, root, seed):
         if i not in adj:
             continue
         op, g = int(tape.op[i]), adj[i]
-        a, b, c = int(tape.ia[i]), int(tape.ib[i]), float(tape.p[i])
+        a, b, c = int(tape.in_a[i]), int(tape.in_b[i]), float(tape.param[i])
         if op in (K.OP_LEAF, K.OP_CONST):
             continue
         if K.TRAITS[op] & K.ELEMENTWISE:

@@ -134,7 +134,7 @@ def test_a_guard_fails_when_its_value_changes():
     assert t.forward() == -1
     t.value_view(leaf, X.shape)[...] = -X  # x[0, 0] > 0.5 no longer holds
     g = t.forward()
-    assert t.op[g] == K.OP_GUARD and "comparison" in t._guards[int(t.p[g])]
+    assert t.op[g] == K.OP_GUARD and "comparison" in t._guards[int(t.param[g])]
 
 
 @pytest.mark.parametrize("op", sorted(P.NUMPY_RULES), ids=lambda o: P.GRAD_FN[o])

@@ -80,7 +80,7 @@ def _cases() -> list:
 
 
 CASES = _cases()
-FIELDS = ("op", "ia", "ib", "n", "p", "mi", "flag", "dt")  # all but the arena offset ``off``
+FIELDS = ("op", "in_a", "in_b", "n", "param", "meta_at", "flag", "arena_of")  # all but the arena offset ``off``
 
 
 def _record(fn, values: list, shape: tuple) -> tuple[list, td.Tensor]:
@@ -99,8 +99,8 @@ def _record(fn, values: list, shape: tuple) -> tuple[list, td.Tensor]:
     rows = []
     for i in range(len(t)):
         row = {f: getattr(t, f)[i].item() for f in FIELDS}
-        row["ia"] = names.get(row["ia"], row["ia"])
-        row["ib"] = names.get(row["ib"], row["ib"])
+        row["in_a"] = names.get(row["in_a"], row["in_a"])
+        row["in_b"] = names.get(row["in_b"], row["in_b"])
         row["value"] = t.value_view(i, (int(t.n[i]),)).tolist()
         rows.append(row)
     # the leaves hold the inputs, recorded in argument order; the primitive comes last
@@ -134,7 +134,7 @@ def test_scalar_and_array_paths_leave_identical_rows(label, fn, dom, data):
         np.testing.assert_allclose(s["value"], a["value"], rtol=4 * _EPS, atol=4 * _EPS,
                                    err_msg=f"{label}: record {i}")
     assert K.TRAITS[scalar[-1]["op"]] & K.ELEMENTWISE
-    assert (scalar[-1]["ia"], scalar[-1]["ib"]) == (("leaf0", "leaf1") if len(dom) == 2
+    assert (scalar[-1]["in_a"], scalar[-1]["in_b"]) == (("leaf0", "leaf1") if len(dom) == 2
                                                     else ("leaf0", -1))
     np.testing.assert_allclose(ys.item(), ya.numpy()[0], rtol=4 * _EPS, atol=4 * _EPS)
 
@@ -164,16 +164,16 @@ def test_inline_writes_leave_the_defaults_tape_push_documents():
     end = len(t)
     assert end - start == len(outs)
     assert end <= top  # the new records sit in slots that held the junk's records
-    dirty = [i for i in range(start, end) if before["mi"][i] != -1 or before["flag"][i] != 0
-             or before["dt"][i] != K.KIND_F64 or before["n"][i] != 1 or before["ib"][i] != -1]
+    dirty = [i for i in range(start, end) if before["meta_at"][i] != -1 or before["flag"][i] != 0
+             or before["arena_of"][i] != K.KIND_F64 or before["n"][i] != 1 or before["in_b"][i] != -1]
     assert dirty, "the recycled slots held only default records: nothing was tested"
-    (k_slot,) = {int(t.ia[i]) for i in range(start, end)}  # every new record reads keep
+    (k_slot,) = {int(t.in_a[i]) for i in range(start, end)}  # every new record reads keep
     assert t.op[k_slot] == K.OP_MUL_C and t.value_view(k_slot, ())[()] == keep.item()
     for j, i in enumerate(range(start, end)):
-        assert t.ib[i] == (k_slot if j == 3 else -1), j  # k + k: the one tensor (op) tensor
-        assert (t.mi[i], t.flag[i], t.n[i], t.dt[i]) == (-1, 0, 1, K.KIND_F64), j
+        assert t.in_b[i] == (k_slot if j == 3 else -1), j  # k + k: the one tensor (op) tensor
+        assert (t.meta_at[i], t.flag[i], t.n[i], t.arena_of[i]) == (-1, 0, 1, K.KIND_F64), j
         if j in unary:
-            assert t.p[i] == 0.0, j
+            assert t.param[i] == 0.0, j
         assert type(outs[j]._v) is float and t.value_view(i, ())[()] == outs[j].item(), j
 
 
@@ -241,7 +241,7 @@ def test_erf_in_float32_stays_float32(a):
     with td.tape() as t:
         x = td.tensor(a, requires_grad=True)
         y = td.erf(x)
-        assert y.dtype == np.float32 and t.dt[len(t) - 1] == K.KIND_F32
+        assert y.dtype == np.float32 and t.arena_of[len(t) - 1] == K.KIND_F32
         (y * 2.0).sum().backward()
     np.testing.assert_allclose(y.numpy(), _erf_ref(a), rtol=2e-7, atol=1e-7)
     assert x.grad.dtype == np.float32

@@ -1432,9 +1432,9 @@ def test_records_that_depend_on_fixed_inputs_alone_get_no_adjoint():
     live = np.zeros(top, bool)
     live[wslot] = True
     for i in range(top):
-        ins = [int(t.ia[i]), int(t.ib[i])]
+        ins = [int(t.in_a[i]), int(t.in_b[i])]
         if t.op[i] == K.OP_CONCAT:
-            m = int(t.mi[i])
+            m = int(t.meta_at[i])
             ins += [int(s) for s in t.meta[m + 2:m + 2 + int(t.meta[m + 1])]]
         if t.op[i] not in (K.OP_CMP, K.OP_GUARD, K.OP_LEAF, K.OP_CONST):
             live[i] |= any(s >= 0 and live[s] for s in ins)
