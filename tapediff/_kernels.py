@@ -592,8 +592,8 @@ def adj_erf(g, x, z, y, c):  # 2/sqrt(pi) e^(-x^2)
 
 # ---------------------------------------------------------------------------------------------
 # Elementwise dispatch (no maths here).  ``partials_hot``/``value_hot`` hold the rules with
-# specialised array loops in the sweeps; keeping them small lets LLVM inline and fold them
-# into each of those loops, where the opcode is a constant.
+# specialised array loops in the sweeps (the binary rules and MUL_C); keeping them small lets
+# LLVM inline and fold them into each of those loops, where the opcode is a constant.
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
 def partials_hot(o, g, x, z, y, c):
@@ -609,14 +609,6 @@ def partials_hot(o, g, x, z, y, c):
         return adj_mul_c(g, x, z, y, c)
     if o == OP_POW_C:
         return adj_pow_c(g, x, z, y, c)
-    if o == OP_EXP:
-        return adj_exp(g, x, z, y, c)
-    if o == OP_TANH:
-        return adj_tanh(g, x, z, y, c)
-    if o == OP_SIGMOID:
-        return adj_sigmoid(g, x, z, y, c)
-    if o == OP_RELU:
-        return adj_relu(g, x, z, y, c)
     return math.nan, math.nan
 
 
@@ -639,6 +631,14 @@ def partials(o, g, x, z, y, c):
         return adj_rdiv_c(g, x, z, y, c)
     if o == OP_RPOW_C:
         return adj_rpow_c(g, x, z, y, c)
+    if o == OP_EXP:
+        return adj_exp(g, x, z, y, c)
+    if o == OP_TANH:
+        return adj_tanh(g, x, z, y, c)
+    if o == OP_SIGMOID:
+        return adj_sigmoid(g, x, z, y, c)
+    if o == OP_RELU:
+        return adj_relu(g, x, z, y, c)
     if o == OP_LOG:
         return adj_log(g, x, z, y, c)
     if o == OP_SQRT:
@@ -692,10 +692,6 @@ def value_hot(o, x, z, c):
         return fwd_add_c(x, z, c)
     if o == OP_MUL_C:
         return fwd_mul_c(x, z, c)
-    if o == OP_EXP:
-        return fwd_exp(x, z, c)
-    if o == OP_TANH:
-        return fwd_tanh(x, z, c)
     return math.nan
 
 
@@ -718,6 +714,10 @@ def value(o, x, z, c):
         return fwd_pow_c(x, z, c)
     if o == OP_RPOW_C:
         return fwd_rpow_c(x, z, c)
+    if o == OP_EXP:
+        return fwd_exp(x, z, c)
+    if o == OP_TANH:
+        return fwd_tanh(x, z, c)
     if o == OP_LOG:
         return fwd_log(x, z, c)
     if o == OP_SQRT:
@@ -785,7 +785,13 @@ def _vector_value_any(o, val, oo, oa, ob, nn, ma, mb, c):
     """``_vector_value`` for the rules without a specialised loop in ``forward_sweep``."""
     y = val[oo:oo + nn]
     x = val[oa:oa + nn] if ma else val[oa:oa + 1]
-    if o == OP_LOG:
+    if o == OP_EXP:
+        for k in range(nn):
+            y[k] = fwd_exp(x[k & ma], 0.0, c)
+    elif o == OP_TANH:
+        for k in range(nn):
+            y[k] = fwd_tanh(x[k & ma], 0.0, c)
+    elif o == OP_LOG:
         for k in range(nn):
             y[k] = fwd_log(x[k & ma], 0.0, c)
     elif o == OP_SQRT:
@@ -871,6 +877,22 @@ def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
         y = val[oo:oo + nn]
         x = val[oa:]
         da = adj[oa:]
+        if o == OP_EXP:
+            for k in range(nn):
+                _put(da, k, ma, adj_exp(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
+            return
+        if o == OP_TANH:
+            for k in range(nn):
+                _put(da, k, ma, adj_tanh(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
+            return
+        if o == OP_SIGMOID:
+            for k in range(nn):
+                _put(da, k, ma, adj_sigmoid(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
+            return
+        if o == OP_RELU:
+            for k in range(nn):
+                _put(da, k, ma, adj_relu(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
+            return
         if o == OP_LOG:
             for k in range(nn):
                 _put(da, k, ma, adj_log(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
@@ -1453,10 +1475,10 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
             touched[b] = 1
         ma = -1 if a >= 0 and n[a] == nn else 0
         mb = -1 if b >= 0 and n[b] == nn else 0
-        # Common rules get loops specialised on a constant opcode (the cheap ones are
-        # memory-bound and vectorise; a per-element branch and call would cost 1-10 ns per
-        # element); the rare ones share one loop, which keeps compile time down (each
-        # specialised loop adds ~0.3 s to a cold compile).
+        # The binary rules and MUL_C (memory-bound: they vectorise) get loops specialised in
+        # line on a constant opcode, each adding ~0.5 s to a cold compile; the unary rules
+        # run in _vector_rule_any's loops, a separately compiled function where a loop costs
+        # less to compile and as little to run (a per-element dispatch would add 1-10 ns).
         if o == OP_RESTRIDE:
             adj_restride(meta, meta_at[i], adj, oo, oa)
         elif o == OP_ADD:
@@ -1472,14 +1494,6 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
             _vector_rule(OP_MUL_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, k)
         elif o == OP_POW_C:
             _vector_rule(OP_POW_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o == OP_EXP:
-            _vector_rule(OP_EXP, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o == OP_TANH:
-            _vector_rule(OP_TANH, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o == OP_SIGMOID:
-            _vector_rule(OP_SIGMOID, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
-        elif o == OP_RELU:
-            _vector_rule(OP_RELU, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif tr & ELEMENTWISE:
             _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_GATHER:
@@ -1553,10 +1567,6 @@ def forward_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, are
             _vector_value(OP_ADD_C, val, oo, oa, ob, nn, ma, mb, c)
         elif o == OP_MUL_C:
             _vector_value(OP_MUL_C, val, oo, oa, ob, nn, ma, mb, c)
-        elif o == OP_EXP:
-            _vector_value(OP_EXP, val, oo, oa, ob, nn, ma, mb, c)
-        elif o == OP_TANH:
-            _vector_value(OP_TANH, val, oo, oa, ob, nn, ma, mb, c)
         elif tr & ELEMENTWISE:
             _vector_value_any(o, val, oo, oa, ob, nn, ma, mb, c)
         elif o == OP_CMP:

@@ -17,6 +17,12 @@ Memory: every operation first reserves room for all the records and values it wi
 reach (a jitted pass), compacts records in place and values into a fresh arena, and only
 then grows, by doubling, if what is live fills more than half of it.  Dead records that
 sit below live ones (the previous step's ``loss`` of a script-level loop) are reclaimed too.
+
+Layering: this is the storage layer; it imports only the kernels and the table of primitives,
+and knows nothing of tensors (``Tape.gradient`` hands its work to the tensor it is given).
+The per-thread state lives here too, in one place (``_State``: grad mode, the stack of open
+tapes, and the tape recording now, which the hot path reads in one thread-local lookup);
+``tapediff._grad_mode`` is the public API over it.
 """
 from __future__ import annotations
 
