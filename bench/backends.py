@@ -47,15 +47,15 @@ class Namespace:
 
 def _np_logsumexp(a: Any, axis: int) -> Any:
     """log(sum(exp(a))) along ``axis``, shifted by the maximum.  The shift is taken as a
-    constant (``np.asarray`` gives a tensor's values, detached): its gradient cancels
-    exactly, so differentiating through the max would only cost time."""
-    m = np.max(np.asarray(a), axis=axis, keepdims=True)
+    constant (a tensor's values, detached): its gradient cancels exactly, so
+    differentiating through the max would only cost time."""
+    m = np.max(a.detach() if isinstance(a, td.Tensor) else a, axis=axis, keepdims=True)
     return np.log(np.sum(np.exp(a - m), axis=axis)) + np.squeeze(m, axis=axis)
 
 
 NUMPY = Namespace("numpy", np, logsumexp=_np_logsumexp)
 # Replay runs the same NumPy code, except for logsumexp: ``_np_logsumexp`` reads the maximum
-# with ``np.asarray``, which a recording for replay turns into a guard on that value, so every
+# with ``detach()``, which a recording for replay turns into a guard on that value, so every
 # call whose maximum differs from the recorded one records again.  ``td.logsumexp`` records
 # its shift instead, and replay recomputes it, as the peers' own logsumexp functions do.
 NUMPY_REPLAY = Namespace("numpy (replay)", np,

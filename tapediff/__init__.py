@@ -18,10 +18,10 @@ from . import _functions
 from ._functions import *  # noqa: F403  (factories and the elementwise primitives: td.exp ...)
 from ._ops import (
     argmax, argmin, array_split, astype, atleast_1d, atleast_2d, broadcast_to, clip,
-    concatenate, cumprod, cumsum, diagonal, dot, einsum, expand_dims, flip, hstack, inner,
-    log_softmax, logsumexp, matmul, maximum, mean, minimum, moveaxis, norm, outer, pad, prod,
-    ravel, reciprocal, repeat, reshape, roll, sign, softmax, split, square, squeeze, stack,
-    std, swapaxes, take, tensordot, tile, trace, transpose, var, vdot, vstack, where,
+    concatenate, cumprod, cumsum, diagonal, dot, einsum, expand_dims, flip, fmod, hstack, inner,
+    log_softmax, logsumexp, matmul, maximum, mean, minimum, mod, moveaxis, norm, outer, pad,
+    prod, ravel, reciprocal, remainder, repeat, reshape, roll, sign, softmax, split, square,
+    squeeze, stack, std, swapaxes, take, tensordot, tile, trace, transpose, var, vdot, vstack, where,
 )
 from ._ops import max_ as max
 from ._ops import min_ as min
@@ -45,7 +45,7 @@ __all__ = [
     "Tensor", "Tape", "BroadcastError", "tensor", "tape", "current_tape", "no_grad",
     "value_and_grad", "grad", "Replayed", "GuardError",
     "enable_grad", "set_grad_enabled", "is_grad_enabled", *_functions.__all__,
-    "square", "reciprocal", "sign", "sum",
+    "square", "reciprocal", "sign", "remainder", "mod", "fmod", "sum",
     "mean", "var", "std", "max", "min", "argmax", "argmin", "prod", "cumsum", "cumprod",
     "logsumexp", "softmax", "log_softmax", "norm", "reshape", "ravel", "squeeze",
     "expand_dims", "transpose", "swapaxes", "moveaxis", "broadcast_to", "flip", "roll",

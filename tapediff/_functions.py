@@ -51,12 +51,16 @@ def arange(start: Any, stop: Any = None, step: Any = 1, dtype: Any = None,
 
 def zeros_like(x: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
     """Zeros with the shape (and, by default, the dtype) of ``x``."""
-    return tensor(np.zeros_like(np.asarray(x), dtype), requires_grad=requires_grad)
+    return tensor(np.zeros(np.shape(x), dtype or _dtype(x)), requires_grad=requires_grad)
 
 
 def ones_like(x: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
     """Ones with the shape (and, by default, the dtype) of ``x``."""
-    return tensor(np.ones_like(np.asarray(x), dtype), requires_grad=requires_grad)
+    return tensor(np.ones(np.shape(x), dtype or _dtype(x)), requires_grad=requires_grad)
+
+
+def _dtype(x: Any) -> np.dtype:  # x's dtype, read without converting it
+    return x.dtype if isinstance(x, Tensor) else np.asarray(x).dtype
 
 
 __all__ = ["zeros", "ones", "full", "arange", "zeros_like", "ones_like", *ELEMENTWISE]

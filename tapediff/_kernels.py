@@ -1648,6 +1648,21 @@ def mark_constant(top, op, in_a, in_b, meta_at, flag, meta):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def mark_inputs(root, op, in_a, in_b, meta_at, meta, mark):
+    """Set ``mark`` on ``root`` and every record it reads, directly or not."""
+    mark[root] = 1
+    for i in range(root, -1, -1):
+        if mark[i]:
+            if in_a[i] >= 0:
+                mark[in_a[i]] = 1
+            if in_b[i] >= 0:
+                mark[in_b[i]] = 1
+            m = meta_at[i]
+            for t in range(_meta_inputs(op[i], meta, m)):
+                mark[meta[m + 2 + t]] = 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def mark_live(top, op, in_a, in_b, meta_at, flag, meta, keep):
     """Extend ``keep`` (roots set by the caller) to every record a kept, unreleased record reads.
 

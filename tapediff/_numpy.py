@@ -81,6 +81,7 @@ UFUNCS: dict = {
     np.reciprocal: O.reciprocal,
     np.maximum: O.maximum, np.minimum: O.minimum,
     np.logaddexp: _logaddexp, np.matmul: _matmul, np.sign: O.sign,
+    np.remainder: O.remainder, np.fmod: O.fmod,  # np.mod is np.remainder
 }
 # ufuncs that dispatch to a primitive, from its row of the table; those of modules not loaded
 # yet (scipy.special) are looked up once the module is (``_late_ufunc``)
@@ -110,7 +111,7 @@ for _uf in (np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.n
                    else O.as_tensor(b)._compare(a, _SWAPPED[uf]))(_uf)
 for _uf in (np.logical_and, np.logical_or, np.logical_xor, np.logical_not, np.isnan, np.isinf,
             np.isfinite, np.signbit, np.floor, np.ceil, np.trunc, np.rint, np.floor_divide,
-            np.remainder, np.bitwise_and, np.bitwise_or, np.invert):
+            np.bitwise_and, np.bitwise_or, np.invert):
     UFUNCS[_uf] = _on_values(_uf)
 
 REDUCTIONS: dict = {np.add: O.sum_, np.multiply: O.prod, np.maximum: O.max_,

@@ -459,8 +459,27 @@ def var(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False,
 
 def std(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False,
         **aliases: Any) -> Tensor:
-    """Standard deviation over ``axis``, as ``np.std``."""
-    return sqrt(var(x, axis, ddof, keepdims, **aliases))
+    """Standard deviation over ``axis``, as ``np.std``; its gradient is 0 where the spread
+    is 0 (as PyTorch)."""
+    return _root(var(x, axis, ddof, keepdims, **aliases), sqrt)
+
+
+def _root(v: Tensor, root: Any) -> Tensor:
+    """``root(v)`` (sqrt, or ``** (1/p)``) whose adjoint is exactly 0 where the radicand
+    ``v`` is 0, as PyTorch's std and norms: the "double where" root(where(m, v, 1)) where m,
+    else 0, with m = (v != 0) an OP_CMP record that replay recomputes.  NaN (and a negative
+    radicand) takes the root, so NaN propagates in value and gradient.  In eager mode
+    without a zero radicand this is ``root(v)`` itself; elsewhere the value is the same."""
+    a = array_of(v)
+    nonzero = a != 0
+    if not _recording(v) or (guarding_tape(v) is None and nonzero.all()):
+        return root(v)
+    m = record_compare(v, 0.0, K.CMP_NE, nonzero.astype(a.dtype), a.dtype)
+    safe = _where_weighted(m, v, _typed_tensor(1.0, a.dtype),
+                           np.where(nonzero, a, 1).astype(a.dtype))
+    r = root(safe)
+    return _where_weighted(m, r, _typed_tensor(0.0, a.dtype),
+                           np.where(nonzero, array_of(r), 0).astype(a.dtype))
 
 
 def _extreme(x: Any, axis: Any, keepdims: bool, aliases: dict, fn: Any) -> Tensor:
@@ -619,14 +638,14 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
     x = _float(as_tensor(x))
     nd = len(shape_of(x._v))
     if axis is None and (ord is None or ord == "fro"):
-        return sqrt(sum_(x * x, None, keepdims))
+        return _root(sum_(x * x, None, keepdims), sqrt)
     if axis is None:
         axis = tuple(range(nd)) if nd <= 2 else None
     axes = _norm_axes(axis, nd)
     if len(axes) == 2:  # matrix norms
         r, c = axes
         if ord in (None, "fro"):
-            return sqrt(sum_(x * x, axes, keepdims))
+            return _root(sum_(x * x, axes, keepdims), sqrt)
         if ord in (1, -1):
             s = sum_(abs_(x), r, keepdims=True)
             out = (max_ if ord == 1 else min_)(s, c, keepdims=True)
@@ -637,7 +656,7 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
             raise ValueError(f"matrix norm ord={ord!r} is not supported (use 'fro', 1 or inf)")
         return out if keepdims else squeeze(out, axes)
     if ord is None or ord == 2:
-        return sqrt(sum_(x * x, axes, keepdims))
+        return _root(sum_(x * x, axes, keepdims), sqrt)
     if ord == np.inf:  # NumPy's is 0 over an empty axis (a max with initial 0)
         if _count(shape_of(x._v), axes) == 0:
             return sum_(abs_(x), axes, keepdims)
@@ -654,7 +673,7 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
         return constant(np.sum(array_of(x) != 0, axis=axes, keepdims=keepdims).astype(F64))
     if isinstance(ord, str):
         raise ValueError(f"invalid norm order {ord!r} for vectors")
-    return sum_(abs_(x) ** ord, axes, keepdims) ** (1.0 / ord)
+    return _root(sum_(abs_(x) ** ord, axes, keepdims), lambda s: s ** (1.0 / ord))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -915,6 +934,53 @@ def square(x: Any) -> Tensor:
 def reciprocal(x: Any) -> Tensor:
     """Elementwise 1 / x."""
     return 1.0 / as_tensor(x)
+
+
+def _rest(a: Any, b: Any, uf: Any, quotient: Any, trunc: bool, what: str) -> Tensor:
+    """``uf(a, b)`` (remainder or fmod) recorded as ``a - q * b`` with the quotient ``q`` a
+    constant: d/da = 1, d/db = -q (PyTorch's rules).  The value is NumPy's, exactly."""
+    av, bv = operand_value(a), operand_value(b)
+    _broadcastable(av, bv)
+    value = np.asarray(uf(av, bv))
+    if value.dtype.kind != "f" or not _recording(*[v for v in (a, b) if isinstance(v, Tensor)]):
+        return constant(value)  # ints (never recorded) or nothing requires grad
+    dt = value.dtype
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = np.asarray(quotient(av, bv), dt)  # the broadcast shape
+        at, bt = _typed_tensor(a, dt), _typed_tensor(b, dt)
+        tape = guarding_tape(a, b)
+        if tape is not None:  # replay: q holds while floor (trunc) of a / b is unchanged
+            r = at / bt
+            rv = np.asarray(array_of(r), dt)
+            neg = np.signbit(rv) if trunc else None  # trunc(r) = sign(r) floor(|r|)
+            if neg is not None and np.any(neg):
+                flip = np.where(neg, -1, 1).astype(dt)
+                r, rv = r * flip, np.asarray(rv * flip, dt)
+            lo = np.asarray(np.floor(rv), dt)
+            hi = np.asarray(lo + 1, dt)
+            guard(tape, record_compare(r, lo, K.CMP_GE, rv >= lo, dt), what)
+            guard(tape, record_compare(r, hi, K.CMP_LT, rv < hi, dt), what)
+        out = at - constant(q) * bt
+    return set_value(out, value)
+
+
+def remainder(a: Any, b: Any) -> Tensor:
+    """Elementwise remainder of a / b with the sign of ``b`` (``np.remainder``, ``np.mod``,
+    ``a % b``; PyTorch's ``remainder``).  The gradient is PyTorch's: 1 to ``a`` and
+    ``-floor(a / b)`` (NumPy's ``floor_divide``) to ``b``.  Integer operands give an integer
+    result, never recorded.  Replay guards that the quotient is unchanged."""
+    return _rest(a, b, np.remainder, np.floor_divide, False, "remainder()")
+
+
+def fmod(a: Any, b: Any) -> Tensor:
+    """Elementwise remainder of a / b with the sign of ``a`` (``np.fmod``, C's ``fmod``,
+    PyTorch's ``fmod``).  The gradient is PyTorch's: 1 to ``a`` and ``-trunc(a / b)`` to
+    ``b``.  Integer operands give an integer result, never recorded.  Replay guards that
+    the quotient is unchanged."""
+    return _rest(a, b, np.fmod, lambda x, y: np.trunc(np.true_divide(x, y)), True, "fmod()")
+
+
+mod = remainder  # NumPy's name (np.mod is np.remainder)
 
 
 

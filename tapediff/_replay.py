@@ -10,15 +10,15 @@ Replay is exact only while the recorded operations are the ones ``fn`` would per
 new inputs.  Everything Python decided from a value while recording is therefore checked:
 
 * a value Python read (``bool(t)``, ``float(t)``, ``int(t)``, ``t.item()``, ``t.tolist()``,
-  ``t.numpy()``, ``np.asarray(t)``, NumPy functions without a gradient such as
-  ``np.floor``, ``np.isnan``, ``np.argsort``) becomes a guard on that value;
+  ``t.numpy()``, ``np.asarray(t)`` of data arguments, NumPy functions without a gradient
+  such as ``np.floor``, ``np.isnan``, ``np.argsort``) becomes a guard on that value;
 * a comparison of tensors (``x > 0``, ``np.less(x, y)``) is recorded: used as the condition
   of ``td.where`` / ``np.where`` it is re-evaluated at each replay (no guard); read in any
   other way (``if x > 0:``, a mask ``x[x > 0]``, arithmetic) it becomes a guard on its
   outcome;
 * ``argmax``/``argmin`` guard which elements are the extremes, ``np.sort`` that the sorted
-  values are still in order, ``sign`` the signs; ``detach()`` and tensors passed to a nested
-  ``value_and_grad``/``grad`` guard their values;
+  values are still in order, ``sign`` the signs; ``detach()`` and data tensors passed to a
+  nested ``value_and_grad``/``grad`` guard their values;
 * ``max``/``min`` reductions, ``maximum``/``minimum``, ``clip``, ``abs`` and ``relu`` are
   recomputed by their kernels: no guard.
 
@@ -42,10 +42,10 @@ import numpy as np
 from . import _kernels as K
 from . import _primitives as P
 from ._grad_mode import enable_grad
-from ._tape import BIG, Tape
+from ._tape import BIG, Tape, thread_state
 from ._guards import observe
 from ._record import F64, constant, size_of
-from ._tensor import Tensor, tensor
+from ._tensor import ERR_NESTED, Tensor, tensor
 
 _ON_GUARD = ("rerecord", "raise")
 
@@ -220,6 +220,10 @@ class _Recording:
                                 "positional arguments")
         order = tuple(i % len(args) for i in nums)  # the gradients' order
         nums = frozenset(order)
+        active = thread_state.differentiating  # enclosing td.grad calls, innermost last
+        if active and any(isinstance(x, Tensor) and x._rg
+                          for x in (*args, *kwargs.values())):
+            raise RuntimeError(ERR_NESTED)  # its result would be a constant to them
         self.nums = nums
         self.tensor_out = any(isinstance(args[i], Tensor) for i in nums)
         self.key, dyn, static = _signature(nums, args, kwargs, guarded)
@@ -239,10 +243,17 @@ class _Recording:
                 kw[pos] = leaf
             self.inputs.append(leaf)
         self.diff = [call[i] for i in order]
-        with enable_grad(), tape:  # (the tape closes first: see _State.grad_enabled)
-            y = fn(*call, **kw)
-            if isinstance(y, Tensor) and y._rg and y._tape is not tape:
-                y = y + 0.0  # the output is an input itself: give it a record here
+        active.append((tape, {id(x) for x in self.diff}))
+        try:
+            with enable_grad(), tape:  # (the tape closes first: see _State.grad_enabled)
+                y = fn(*call, **kw)
+                if isinstance(y, Tensor) and y._rg and y._tape is not tape:
+                    y = y + 0.0  # the output is an input itself: give it a record here
+        finally:
+            active.pop()
+        for _, leaves in active:  # fn closed over an enclosing call's input
+            if any(id(r()) in leaves for r in tape._cached.values()):
+                raise RuntimeError(ERR_NESTED)
         if not isinstance(y, Tensor):
             if not isinstance(y, (int, float, np.ndarray, np.generic)):
                 raise TypeError("the function must return a scalar tensor or number, got "

@@ -527,6 +527,9 @@ class _State(threading.local):
         self.stack: list[Tape] = []
         self.tape = self.default  # innermost open tape, else the default one
         self.rec: Tape | None = self.default  # the tape recording now; None under no_grad
+        # functional differentiations running (td.grad & co.), innermost last: each one's
+        # (tape, ids of its input leaves); a nested one must not differentiate through them
+        self.differentiating: list[tuple] = []
 
     @property
     def grad_enabled(self) -> bool:

@@ -74,6 +74,17 @@ _ERR_NONLEAF_RG = (
     "variable in a subgraph that doesn't require differentiation use var_no_grad = "
     "var.detach().")
 _ERR_LEAF_INPLACE = "a leaf Variable that requires grad is being used in an in-place operation."
+_ERR_TO_NUMPY = (
+    "a tensor that requires grad was converted to a NumPy array (np.asarray, np.array of a "
+    "list of tensors, or a NumPy/SciPy function that converts its input), which would drop "
+    "its gradient. Keep it a tensor: use tapediff or NumPy functions on the tensor itself, "
+    "td.stack / td.concatenate for a list of tensors; or take its values without the "
+    "gradient explicitly with .detach() or .numpy(), or under td.no_grad().")
+ERR_NESTED = (
+    "this differentiates through the inputs of an enclosing td.grad / td.value_and_grad, "
+    "whose gradient would then miss this dependence: nested differentiation is not supported "
+    "yet. Differentiate the whole expression in one td.grad, or compute the inner derivative "
+    "by hand.")
 _ERR_TAPED_INPLACE = (
     "in-place modification of a tensor recorded on a tape is not supported: its recorded value "
     "is needed by backward; compute the new value out of place instead: y = y + 1, "
@@ -210,8 +221,8 @@ class Tensor:
                 raise RuntimeError(f"Mismatch in shape: gradient has a shape of {seed.shape} "
                                    f"and output has a shape of {shape}.")
         tape = self._tape
-        if tape is not None and tape.records_for_replay:
-            _check_not_replaying(tape)
+        if tape is not None and (tape.records_for_replay or thread_state.differentiating):
+            _check_differentiable_here(tape)
         if tape is None:  # a leaf differentiated with respect to itself
             with _GRAD_LOCK:
                 _accumulate_grad(self, seed.ravel())
@@ -298,9 +309,13 @@ class Tensor:
         return v.item()
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        # NumPy converts silently (np.asarray, np.array([t, u]), SciPy's np.asarray(x)): a
+        # tensor that requires grad refuses rather than drop its gradient, as PyTorch's does
+        if self._rg and thread_state.grad_enabled and _carries_gradient(self):
+            raise RuntimeError(_ERR_TO_NUMPY)
         observe(self, "np.asarray()")
-        # np.asarray(t) gives the values, detached from any graph: a copy for recorded
-        # tensors (the arena is reused), a read-only view of a leaf's own storage otherwise.
+        # np.asarray(t) gives the values: a copy for recorded tensors (the arena is reused),
+        # a read-only view of a leaf's own storage otherwise.
         v = self._v
         if copy or (type(v) is np.ndarray and self._tape is not None):
             return np.array(v, dtype=dtype)
@@ -393,6 +408,12 @@ class Tensor:
 
     def __rpow__(self, other: Any) -> "Tensor":
         return binary(POW, self, other, True)
+
+    def __mod__(self, other: Any) -> "Tensor":
+        return _ops.remainder(self, other)
+
+    def __rmod__(self, other: Any) -> "Tensor":
+        return _ops.remainder(other, self)
 
     def __neg__(self) -> "Tensor":
         if dtype_of(self._v).kind != "f":  # ints stay ints (never recorded)
@@ -694,7 +715,7 @@ def tape_gradient(tape: Any, y: Tensor, xs: Any, gradient: Any = None,
     if y._tape is not None and y._tape is not tape:
         raise RuntimeError("the output was recorded on another tape; call gradient() on the "
                            "tape that recorded it")
-    _check_not_replaying(tape)
+    _check_differentiable_here(tape)
     if gradient is None:
         if size_of(y._v) != 1:
             raise RuntimeError("grad can be implicitly created only for scalar outputs")
@@ -725,14 +746,38 @@ def tape_gradient(tape: Any, y: Tensor, xs: Any, gradient: Any = None,
     return _pack(out, single)
 
 
-def _check_not_replaying(tape: Any) -> None:
+def _carries_gradient(t: Tensor) -> bool:
+    """Whether converting ``t`` (which requires grad) to values would drop a gradient that is
+    being computed: outside td.grad & co. always; inside, when ``t`` depends on the inputs
+    being differentiated (not on data inputs or tensors closed over, which are constants)."""
+    active = thread_state.differentiating
+    if not active:
+        return True
+    tape, differentiated = active[-1]
+    if t._tape is None:
+        return id(t) in differentiated
+    if t._tape is not tape:
+        return True
+    slots = [s for s, r in tape._cached.items() if id(r()) in differentiated]
+    if not slots:
+        return False
+    mark = np.zeros(t._slot + 1, np.uint8)
+    K.mark_inputs(t._slot, tape.op, tape.in_a, tape.in_b, tape.meta_at, tape.meta, mark)
+    return any(s <= t._slot and mark[s] for s in slots)
+
+
+def _check_differentiable_here(tape: Any) -> None:
     """A gradient inside a function being recorded for replay would be a constant of the
-    recording (replay has no derivative of a reverse sweep): refuse it."""
+    recording (replay has no derivative of a reverse sweep), and one that reaches the inputs
+    of an enclosing td.grad would be a constant of that differentiation: refuse both."""
     if tape.records_for_replay:
         raise RuntimeError(
             "a function recorded for replay differentiates its own tape; its gradient would be "
             "a constant of the recording.  Differentiate outside the function, or call it "
             "without replay=True")
+    for outer, leaves in thread_state.differentiating:
+        if outer is tape or any(id(r()) in leaves for r in tape._cached.values()):
+            raise RuntimeError(ERR_NESTED)
 
 
 def _pack(out: list, single: bool) -> Any:

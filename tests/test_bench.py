@@ -45,7 +45,7 @@ class _NS:
 
     @staticmethod
     def logsumexp(a, axis):
-        m = np.max(np.asarray(a), axis=axis, keepdims=True)
+        m = np.max(a.detach() if isinstance(a, td.Tensor) else a, axis=axis, keepdims=True)
         return np.log(np.sum(np.exp(a - m), axis=axis)) + np.squeeze(m, axis=axis)
 
 

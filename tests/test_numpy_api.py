@@ -359,26 +359,60 @@ def test_comparisons_with_ndarrays_do_not_record():
 # ---------------------------------------------------------------------------------------------
 # values without gradients
 # ---------------------------------------------------------------------------------------------
-def test_asarray_gives_the_values_detached():
+def test_asarray_gives_the_values_where_no_gradient_is_lost():
+    """Under no_grad, or of a tensor that does not require grad, np.asarray gives the values:
+    a copy for a recorded tensor, a read-only view of a leaf."""
     leaf = td.tensor([1.0, 2.0, 3.0], requires_grad=True)
     y = leaf * 2
-    for t, values in [(leaf, [1.0, 2.0, 3.0]), (y, [2.0, 4.0, 6.0])]:
-        a = np.asarray(t)
-        assert type(a) is np.ndarray
-        np.testing.assert_array_equal(a, values)
-        assert np.asarray(t, dtype=np.float32).dtype == np.float32
-        b = np.array(t)  # a copy: writing to it changes nothing
-        b[0] = 100.0
-        np.testing.assert_array_equal(t.numpy(), values)
-    a = np.asarray(y)  # a recorded tensor's values: a copy
-    a[0] = 100.0
-    np.testing.assert_array_equal(y.numpy(), [2.0, 4.0, 6.0])
-    with pytest.raises(ValueError):  # a leaf's values: a read-only view
-        np.asarray(leaf)[0] = 100.0
-    # a gradient through what asarray returned does not exist: the graph is left
-    z = y * td.tensor(np.asarray(y))
-    z.sum().backward()
-    np.testing.assert_array_equal(leaf.grad.numpy(), [4.0, 8.0, 12.0])
+    with td.no_grad():
+        for t, values in [(leaf, [1.0, 2.0, 3.0]), (y, [2.0, 4.0, 6.0])]:
+            a = np.asarray(t)
+            assert type(a) is np.ndarray
+            np.testing.assert_array_equal(a, values)
+            assert np.asarray(t, dtype=np.float32).dtype == np.float32
+            b = np.array(t)  # a copy: writing to it changes nothing
+            b[0] = 100.0
+            np.testing.assert_array_equal(t.numpy(), values)
+        a = np.asarray(y)  # a recorded tensor's values: a copy
+        a[0] = 100.0
+        np.testing.assert_array_equal(y.numpy(), [2.0, 4.0, 6.0])
+        with pytest.raises(ValueError):  # a leaf's values: a read-only view
+            np.asarray(leaf)[0] = 100.0
+    c = td.tensor([1.0, 2.0])  # no grad: converts with grad mode on too
+    np.testing.assert_array_equal(np.asarray(c), [1.0, 2.0])
+
+
+@pytest.mark.parametrize("convert", [
+    np.asarray, np.array, lambda t: np.array([t, 2 * t]), lambda t: np.r_[t, t],
+    lambda t: np.c_[t, t], lambda t: np.mean([t, t + 2]), lambda t: np.linalg.norm([t, t + 2]),
+    lambda t: np.max(np.array([t, t])), lambda t: np.append([[1.0, 2.0, 3.0]], [t], axis=0),
+    lambda t: np.vectorize(lambda v: v * 2)(t), lambda t: td.tensor([t, t]),
+    lambda t: np.asarray(t, dtype=np.float32),
+], ids=["asarray", "array", "array-of-list", "r_", "c_", "mean-of-list", "norm-of-list",
+        "max-of-array", "append", "vectorize", "td.tensor-of-list", "asarray-dtype"])
+@pytest.mark.parametrize("kind", ["leaf", "recorded"])
+def test_implicit_conversion_of_a_tensor_that_requires_grad_raises(convert, kind):
+    """NumPy converting a tensor that requires grad (np.asarray, a list of tensors) would
+    drop its gradient silently: it raises PyTorch's kind of error, naming the fixes."""
+    x = td.tensor([0.5, 1.0, 1.5], requires_grad=True)
+    t = x if kind == "leaf" else x * 2.0
+    with pytest.raises(RuntimeError, match=r"requires grad.*td\.stack.*\.detach\(\)"):
+        convert(t)
+    assert x.grad is None
+    with td.no_grad():  # said explicitly: values
+        np.asarray(convert(t) if convert is not np.vectorize else t)
+
+
+def test_scipy_functions_that_convert_their_input_raise_instead_of_a_zero_gradient():
+    optimize = pytest.importorskip("scipy.optimize")
+    x = np.array([0.5, 1.2, 0.8, 1.1])
+    with pytest.raises(RuntimeError, match="requires grad"):
+        td.grad(optimize.rosen)(x)
+    # written with tensor operations, the same function differentiates
+    def rosen(x):
+        return (100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
+    np.testing.assert_allclose(td.grad(rosen)(x), optimize.rosen_der(x), rtol=1e-12)
+
 
 
 @pytest.mark.parametrize("fn,expected", [
@@ -423,7 +457,7 @@ def test_functions_without_gradient_run_on_values(fn, expected):
     (lambda t: np.add.reduceat(t, [0, 1]), "add.reduceat"),
     (lambda t: np.add.at(t, [0], 1.0), "add.at"),
     (lambda t: np.sinc(t), "sinc"),
-    (lambda t: np.fmod(t, 2.0), "fmod"),
+    (lambda t: np.copysign(t, 2.0), "copysign"),  # fmod has a rule now (test_remainder)
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_unknown_numpy_function_raises_type_error_naming_it(call, name):
     t = td.tensor([0.5, 1.0, 2.0], requires_grad=True)

@@ -1707,7 +1707,7 @@ def _names_all(message: str, *parts: str) -> None:
 
 
 MATMULS = {"@": operator.matmul, "td.matmul": td.matmul, "np.matmul": np.matmul,
-           "ndarray@": lambda a, b: np.asarray(a) @ b, "td.dot": td.dot}
+           "ndarray@": lambda a, b: a.numpy() @ b, "td.dot": td.dot}
 
 
 @pytest.mark.parametrize("rg", [False, True], ids=["const", "grad"])
