@@ -21,7 +21,8 @@ from ._ops import (
     concatenate, cumprod, cumsum, diagonal, dot, einsum, expand_dims, flip, fmod, hstack, inner,
     log_softmax, logsumexp, matmul, maximum, mean, minimum, mod, moveaxis, norm, outer, pad,
     prod, ravel, reciprocal, remainder, repeat, reshape, roll, sign, softmax, split, square,
-    squeeze, stack, std, swapaxes, take, tensordot, tile, trace, transpose, var, vdot, vstack, where,
+    squeeze, stack, std, swapaxes, take, tensordot, tile, trace, transpose, var, vdot, vstack,
+    where,
 )
 from ._ops import max_ as max
 from ._ops import min_ as min

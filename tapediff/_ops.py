@@ -831,11 +831,23 @@ def _comparison_source(c: Any) -> Tensor | None:
     return None
 
 
-def _pick(a: Any, b: Any, fn: Any, sign: float) -> Tensor:
+def _binary_values(a: Any, b: Any, fn: Any) -> tuple:
+    """(a's values, b's values, ``fn`` of them) for an elementwise op of two operands
+    (tensors, arrays or numbers); BroadcastError, naming the shapes, where they do not
+    broadcast."""
     av, bv = operand_value(a), operand_value(b)
     _broadcastable(av, bv)
-    value = np.asarray(fn(av, bv))
-    if not _recording(*[v for v in (a, b) if isinstance(v, Tensor)]):
+    return av, bv, np.asarray(fn(av, bv))
+
+
+def _recording_any(*xs: Any) -> bool:
+    """Whether an op of ``xs`` (tensors among other operands) records."""
+    return _recording(*[x for x in xs if isinstance(x, Tensor)])
+
+
+def _pick(a: Any, b: Any, fn: Any, sign: float) -> Tensor:
+    av, bv, value = _binary_values(a, b, fn)
+    if not _recording_any(a, b):
         return constant(value)
     gt = (av > bv) if sign > 0 else (av < bv)
     # ties share the gradient; a NaN operand is the result and gets it
@@ -910,10 +922,8 @@ def _elementwise(p: P.Primitive) -> Any:
 
 
 def _binary_primitive(op: int, uf: Any, a: Any, b: Any) -> Tensor:
-    av, bv = operand_value(a), operand_value(b)
-    _broadcastable(av, bv)
-    value = np.asarray(uf(av, bv))
-    if not _recording(*[v for v in (a, b) if isinstance(v, Tensor)]):
+    _, _, value = _binary_values(a, b, uf)
+    if not _recording_any(a, b):
         return constant(value)
     return emit(op, (_typed_tensor(a, value.dtype), _typed_tensor(b, value.dtype)), value.shape,
                  value.dtype, _copy_of(value), bcast=True)
@@ -939,10 +949,8 @@ def reciprocal(x: Any) -> Tensor:
 def _rest(a: Any, b: Any, uf: Any, quotient: Any, trunc: bool, what: str) -> Tensor:
     """``uf(a, b)`` (remainder or fmod) recorded as ``a - q * b`` with the quotient ``q`` a
     constant: d/da = 1, d/db = -q (PyTorch's rules).  The value is NumPy's, exactly."""
-    av, bv = operand_value(a), operand_value(b)
-    _broadcastable(av, bv)
-    value = np.asarray(uf(av, bv))
-    if value.dtype.kind != "f" or not _recording(*[v for v in (a, b) if isinstance(v, Tensor)]):
+    av, bv, value = _binary_values(a, b, uf)
+    if value.dtype.kind != "f" or not _recording_any(a, b):
         return constant(value)  # ints (never recorded) or nothing requires grad
     dt = value.dtype
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
