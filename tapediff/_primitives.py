@@ -14,8 +14,7 @@ NumPy hand-back (``TO_NUMPY``), the NumPy dispatch table, the ``td.*`` functions
 tapediff's but the kernels, so the storage layer may read it.
 
 Adding a primitive: its block in ``_kernels`` (opcode, ``fwd_``/``adj_`` rules, one line in
-each dispatch), its row here, and a reference for its tests; see README ("Adding a
-primitive").
+each dispatch), its row here, and a reference for its tests; CONTRIBUTING.md walks through it.
 """
 from __future__ import annotations
 
