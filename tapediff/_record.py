@@ -27,7 +27,7 @@ from ._tape import LeafRecord, Tape, frozen, thread_state
 from ._tensor import BroadcastError, Tensor
 
 F64 = np.dtype(np.float64)
-F32 = np.dtype(np.float32)
+_F32 = np.dtype(np.float32)
 _new = object.__new__
 _weakref = weakref.ref
 
@@ -77,16 +77,8 @@ def wrap(v: Any, tape: Tape | None = None, slot: int = -1, rg: bool = False) -> 
 
 
 def constant(r: Any) -> "Tensor":
-    """A NumPy result (or float) as a tensor outside any tape: ``wrap(tensor_value(r))``."""
-    t = _new(Tensor)
-    t._v = tensor_value(r)
-    t._tape = None
-    t._slot = -1
-    t._rg = False
-    t._grad = None
-    t._ver = 0
-    t._leaf_record = None
-    return t
+    """A NumPy result (or float) as a tensor outside any tape."""
+    return wrap(tensor_value(r))
 
 
 def as_constant(x: Any) -> "Tensor":
@@ -103,7 +95,7 @@ def arena_kind(dt: np.dtype) -> int:
     """The arena kind that holds values of dtype ``dt``."""
     if dt == F64:
         return K.KIND_F64
-    if dt == F32:
+    if dt == _F32:
         return K.KIND_F32
     raise TypeError(f"tapediff differentiates float32 and float64 operations; this one gives "
                     f"{dt}: convert the inputs with .astype(np.float32) or .astype(np.float64)")

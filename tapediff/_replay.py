@@ -45,7 +45,7 @@ from ._grad_mode import enable_grad
 from ._tape import BIG, Tape, thread_state
 from ._guards import observe
 from ._record import F64, constant, size_of
-from ._tensor import ERR_NESTED, Tensor, tensor
+from ._tensor import ERR_NESTED, Tensor, holds_enclosing_inputs, tensor
 
 _ON_GUARD = ("rerecord", "raise")
 
@@ -251,9 +251,8 @@ class _Recording:
                     y = y + 0.0  # the output is an input itself: give it a record here
         finally:
             active.pop()
-        for _, leaves in active:  # fn closed over an enclosing call's input
-            if any(id(r()) in leaves for r in tape._cached.values()):
-                raise RuntimeError(ERR_NESTED)
+        if holds_enclosing_inputs(tape):  # fn closed over an enclosing call's input
+            raise RuntimeError(ERR_NESTED)
         if not isinstance(y, Tensor):
             if not isinstance(y, (int, float, np.ndarray, np.generic)):
                 raise TypeError("the function must return a scalar tensor or number, got "

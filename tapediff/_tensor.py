@@ -775,9 +775,16 @@ def _check_differentiable_here(tape: Any) -> None:
             "a function recorded for replay differentiates its own tape; its gradient would be "
             "a constant of the recording.  Differentiate outside the function, or call it "
             "without replay=True")
-    for outer, leaves in thread_state.differentiating:
-        if outer is tape or any(id(r()) in leaves for r in tape._cached.values()):
-            raise RuntimeError(ERR_NESTED)
+    if holds_enclosing_inputs(tape) or any(outer is tape
+                                           for outer, _ in thread_state.differentiating):
+        raise RuntimeError(ERR_NESTED)
+
+
+def holds_enclosing_inputs(tape: Any) -> bool:
+    """Whether ``tape`` records an input of a td.grad & co. running now: differentiating it,
+    or returning its values, would hide that dependence from the enclosing call."""
+    return any(id(r()) in leaves for _, leaves in thread_state.differentiating
+               for r in tape._cached.values())
 
 
 def _pack(out: list, single: bool) -> Any:
