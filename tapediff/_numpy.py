@@ -142,7 +142,7 @@ def array_ufunc(ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> An
 
 
 def _copy(x: Any, order: str = "K") -> Tensor:
-    return O.record_view(O.as_tensor(x), lambda a: a[...])
+    return O.record_view(O.as_tensor(x), lambda a: a[...], view=False)
 
 
 def _like(fn: Any) -> Any:

@@ -12,6 +12,7 @@ norms, max/min, clip, pad, einsum, tensordot.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,7 +25,9 @@ from ._record import (
     restride_payload, shape_of, size_of, slot_on, strong, unary,
 )
 from ._tape import thread_state
-from ._tensor import BroadcastError, Tensor
+from ._tensor import _ERR_LEAF_INPLACE, BroadcastError, Tensor
+
+_weakref = weakref.ref
 
 
 def as_tensor(x: Any) -> Tensor:
@@ -132,10 +135,17 @@ def set_value(t: Tensor, v: Any) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # views and reshapes
 # ---------------------------------------------------------------------------------------------
-def record_view(x: Tensor, fn: Any) -> Tensor:
+def record_view(x: Tensor, fn: Any, view: bool = True) -> Tensor:
     """Apply ``fn``, a NumPy function returning a view of its argument (a transpose, basic
     slice, broadcast, diagonal, flip...), and record it as an OP_RESTRIDE from the strides
-    NumPy chose.  The value is a copy (tensor values are C-contiguous)."""
+    NumPy chose.  The value is a copy (tensor values are C-contiguous); with ``view`` the
+    result follows in-place updates of ``x`` and passes its own on to ``x``, as a NumPy view
+    does (see ``update``)."""
+    t = _restride(x, fn)
+    return _viewing(x, t, fn) if view else t
+
+
+def _restride(x: Tensor, fn: Any) -> Tensor:
     a = array_of(x)
     w = fn(a)
     if not _recording(x):
@@ -157,13 +167,15 @@ def _alias(x: Tensor, shape: tuple) -> Tensor:
     record) share the slot; no copy and no record."""
     a = array_of(x)
     if not _recording(x):
-        return constant(a.reshape(shape).copy())  # never a view of a leaf or an arena
-    tape = thread_state.tape
-    if x._tape is not tape:  # a leaf: alias its LEAF record
-        tape.reserve(1, a.size if a.dtype == F64 else 0, 0, a.size if a.dtype != F64 else 0)
-    s = slot_on(x, tape, arena_kind(a.dtype))
-    value = tape.value_view(s, shape)
-    return register(tape, s, float(value[()]) if a.dtype == F64 and shape == () else value)
+        t = constant(a.reshape(shape).copy())  # never a view of a leaf or an arena
+    else:
+        tape = thread_state.tape
+        if x._tape is not tape:  # a leaf: alias its LEAF record
+            tape.reserve(1, a.size if a.dtype == F64 else 0, 0, a.size if a.dtype != F64 else 0)
+        s = slot_on(x, tape, arena_kind(a.dtype))
+        value = tape.value_view(s, shape)
+        t = register(tape, s, float(value[()]) if a.dtype == F64 and shape == () else value)
+    return _viewing(x, t, lambda v: v.reshape(shape))
 
 
 def reshape(x: Any, *shape: Any, order: str = "C", **kwargs: Any) -> Tensor:
@@ -270,9 +282,12 @@ def getitem(x: Tensor, key: Any) -> Tensor:
     key = _index_key(key)
     if _is_basic(key):
         keys = key if isinstance(key, tuple) else (key,)
+        # NumPy gives a view unless every axis takes one integer (then an element, a copy)
+        view = len(keys) != len(shape_of(x._v)) or not all(
+            isinstance(k, (int, np.integer)) for k in keys)
         if not any(k is Ellipsis for k in keys):
             keys = keys + (Ellipsis,)  # so NumPy returns a (possibly 0-d) view, never a copy
-        return record_view(x, lambda a: a[keys])
+        return record_view(x, lambda a: a[keys], view)
     a = array_of(x)
     value = a[key]
     if not _recording(x):
@@ -391,6 +406,130 @@ class _At:
         w = np.zeros(a.size)
         w[uniq] = 1.0
         return where(w.reshape(a.shape) > 0.5, scattered, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# in-place updates
+#
+# ``y += v``, ``y[i] = v``, ``y[:, 0] *= v`` on a tensor are recorded functionally (the new
+# value is ``y + v`` or ``y.at[i].set(v)``) and the tensor object is re-pointed at the new
+# record: earlier uses keep the value they read, later ones see the new one, and the gradient
+# is that of the functional program.  Views follow NumPy: a tensor made by a basic slice,
+# transpose, reshape... of ``root`` remembers ``(root, fn)`` with ``fn`` the NumPy view
+# function; an update of the view is written back into ``root`` (a scatter at the positions
+# ``fn`` selects), and an update of ``root`` re-derives every live view from its new value.
+# ---------------------------------------------------------------------------------------------
+_ERR_VIEW_OF_LEAF = ("a view of a leaf Variable that requires grad is being used in an in-place "
+                     "operation.")
+_ERR_NO_GRAD_UPDATE = (
+    "an in-place update under no_grad of a tensor recorded on a tape would hide the update from "
+    "the gradient of everything computed from it later; update it with grad mode on, or take "
+    "its value first with y = y.detach()")
+
+
+def _viewing(x: Tensor, t: Tensor, fn: Any) -> Tensor:
+    """Make ``t`` (just computed as ``fn`` of ``x``'s value) a view of ``x``'s root."""
+    base = getattr(x, "_base", None)  # unset on most tensors: no exception raised here
+    if base is None:
+        root = x
+        t._base = (x, fn)
+    else:
+        root, outer = base
+        t._base = (root, lambda a: fn(outer(a)))
+    views = getattr(root, "_views", None)
+    if views is None:
+        views = root._views = []
+    views.append(_weakref(t))
+    n = len(views)
+    if n >= 32 and n & (n - 1) == 0:  # forget dead views now and then (amortised O(1))
+        views[:] = [r for r in views if r() is not None]
+    return t
+
+
+def _fit(new: Tensor, t: Tensor, what: str | None) -> Tensor:
+    """``new`` as the value of an in-place update of ``t``: same shape, ``t``'s dtype (NumPy's
+    same_kind casting for ufunc ``what``; an assignment, ``what=None``, casts unsafely)."""
+    if new.shape != t.shape:
+        raise ValueError(f"non-broadcastable output operand with shape {t.shape} doesn't match "
+                         f"the broadcast shape {new.shape}")
+    dt = dtype_of(t._v)
+    if new.dtype != dt:
+        if what is not None and not np.can_cast(new.dtype, dt, "same_kind"):
+            raise TypeError(f"Cannot cast ufunc {what!r} output from {new.dtype!r} to {dt!r} with "
+                            f"casting rule 'same_kind'")
+        new = astype(new, dt)
+    return new
+
+
+def _become(t: Tensor, new: Tensor) -> None:
+    """Re-point ``t`` at ``new``'s value and record (its family links stay)."""
+    tape = new._tape
+    if tape is None:
+        v = new._v
+        t._v = v if type(v) is float else np.array(v)
+        if t._tape is not None:  # a result without a gradient: t becomes a constant
+            t._tape, t._slot, t._rg = None, -1, False
+            t._grad, t._ver, t._leaf_record = None, 0, None
+        t._ver += 1  # a tape holding t's old value records it again
+        return
+    if t._tape is None:  # a leaf or constant becomes a recorded tensor
+        t._leaf_record = None
+        tape._live.append(_weakref(t))
+    t._v, t._tape, t._slot, t._rg = new._v, tape, new._slot, new._rg
+
+
+def _refresh_views(root: Tensor) -> None:
+    """Re-derive every live view of ``root`` from its current value, as NumPy's views see an
+    update of their base."""
+    views = getattr(root, "_views", None)
+    if not views:
+        return
+    live = [w for w in (r() for r in views) if w is not None]
+    views[:] = [_weakref(w) for w in live]
+    mode = thread_state.grad_enabled
+    try:
+        for w in live:
+            # a recorded view stays recorded (a view of a leaf that requires grad updated
+            # under no_grad is still a view of it, as in PyTorch)
+            thread_state.grad_enabled = mode or w._tape is not None
+            _become(w, _restride(root, w._base[1]))
+    finally:
+        thread_state.grad_enabled = mode
+
+
+def update(t: Tensor, compute: Any, what: str | None) -> Tensor:
+    """The in-place update ``t <- compute()`` (``compute`` builds the new value from ``t``;
+    ``what`` names the ufunc, None for an assignment), recorded functionally and passed on to
+    ``t``'s root and views; returns ``t``."""
+    base = getattr(t, "_base", None)
+    root = t if base is None else base[0]
+    if thread_state.grad_enabled:
+        if root._rg and root._tape is None:
+            raise RuntimeError(_ERR_LEAF_INPLACE if base is None else _ERR_VIEW_OF_LEAF)
+    elif t._tape is not None or root._tape is not None:
+        raise RuntimeError(_ERR_NO_GRAD_UPDATE)
+    new = _fit(compute(), t, what)
+    if base is None:
+        _become(t, new)
+    else:
+        a = array_of(root)
+        pos = base[1](np.arange(a.size).reshape(a.shape))
+        if np.unique(pos).size != pos.size:  # a broadcast view: NumPy makes it read-only
+            raise ValueError("assignment destination is read-only")
+        if a.ndim == 0:  # a view of a 0-d root holds its one element, or none
+            written = reshape(new, ()) if pos.size else root
+        else:  # the view's elements, as positions in root
+            written = _At(root, np.unravel_index(pos, a.shape)).set(new)
+        _become(root, _fit(written, root, None))
+    _refresh_views(root)
+    return t
+
+
+def mutated(t: Tensor) -> None:
+    """After ``t``'s value was changed in place (a constant, or a leaf under no_grad): bring
+    its views up to date."""
+    if getattr(t, "_views", None):
+        _refresh_views(t)
 
 
 # ---------------------------------------------------------------------------------------------

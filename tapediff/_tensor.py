@@ -85,10 +85,6 @@ ERR_NESTED = (
     "whose gradient would then miss this dependence: nested differentiation is not supported "
     "yet. Differentiate the whole expression in one td.grad, or compute the inner derivative "
     "by hand.")
-_ERR_TAPED_INPLACE = (
-    "in-place modification of a tensor recorded on a tape is not supported: its recorded value "
-    "is needed by backward; compute the new value out of place instead: y = y + 1, "
-    "y = y.at[i].set(v), y = y.at[i].add(v) or td.where(mask, v, y)")
 
 
 class Tensor:
@@ -107,8 +103,10 @@ class Tensor:
 
     # A recorded tensor sets only _v, _tape, _slot and _rg (the hot path); _grad, _ver and
     # _leaf_record (a tape-less tensor's cached record, see _tape.LeafRecord) are set on
-    # leaves and constants.
-    __slots__ = ("_v", "_tape", "_slot", "_rg", "_grad", "_ver", "_leaf_record", "__weakref__")
+    # leaves and constants; _base ((root, NumPy view function)) on views and _views (weak
+    # references to them) on their roots, for in-place updates (see _ops.update).
+    __slots__ = ("_v", "_tape", "_slot", "_rg", "_grad", "_ver", "_leaf_record", "_base", "_views",
+                 "__weakref__")
     __array_priority__ = 1000
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
@@ -453,17 +451,15 @@ class Tensor:
     def __ne__(self, other: Any) -> "Tensor":  # type: ignore[override]
         return self._compare(other, np.not_equal)
 
-    # -- in-place updates (for tensors outside the graph, e.g. under no_grad) ---------------
+    # -- in-place updates ----------------------------------------------------------------
+    # On a tensor outside the graph (a constant, or a leaf under no_grad) the value changes
+    # in place.  Anything involving the graph is recorded functionally and the tensor is
+    # re-pointed at the result (_ops.update), so NumPy-style `y += v` and `y[i] = v` code
+    # differentiates unchanged; views follow as in NumPy.
     def _inplace(self, other: Any, uf: Any) -> "Tensor":
-        if self._tape is not None:
-            raise RuntimeError(_ERR_TAPED_INPLACE)
-        other_rg = isinstance(other, Tensor) and other._rg
-        if thread_state.grad_enabled and (self._rg or other_rg):
-            if self._rg:
-                raise RuntimeError(_ERR_LEAF_INPLACE)
-            raise RuntimeError(
-                "in-place update of a tensor that does not require grad with one that does "
-                "would lose the gradient; compute the result out of place instead")
+        if (self._tape is not None or hasattr(self, "_base") or thread_state.grad_enabled and (
+                self._rg or isinstance(other, Tensor) and other._rg)):
+            return _ops.update(self, lambda: uf(self, other), uf.__name__)
         ov = other._v if isinstance(other, Tensor) else other
         v = self._v
         if type(v) is float:
@@ -478,6 +474,7 @@ class Tensor:
             uf(v, ov, out=v, casting="same_kind")
             self._v = v
         self._ver += 1
+        _ops.mutated(self)
         return self
 
     def __iadd__(self, other: Any) -> "Tensor":
@@ -492,6 +489,15 @@ class Tensor:
     def __itruediv__(self, other: Any) -> "Tensor":
         return self._inplace(other, np.true_divide)
 
+    def __ipow__(self, other: Any) -> "Tensor":
+        return self._inplace(other, np.power)
+
+    def __imod__(self, other: Any) -> "Tensor":
+        return self._inplace(other, np.remainder)
+
+    def __imatmul__(self, other: Any) -> "Tensor":
+        return self._inplace(other, np.matmul)
+
     def zero_(self) -> "Tensor":
         """Fill with zeros in place (for ``.grad`` tensors and constants) and return self."""
         return self._inplace(0, np.multiply)
@@ -500,20 +506,17 @@ class Tensor:
         return _ops.getitem(self, key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if self._tape is not None:
-            raise RuntimeError(_ERR_TAPED_INPLACE)
-        if thread_state.grad_enabled and (self._rg or (isinstance(value, Tensor) and value._rg)):
-            if self._rg:
-                raise RuntimeError(_ERR_LEAF_INPLACE)
-            raise RuntimeError(
-                "assigning a tensor that requires grad into one that does not would lose the "
-                "gradient; build the result out of place instead")
+        if (self._tape is not None or hasattr(self, "_base") or thread_state.grad_enabled and (
+                self._rg or isinstance(value, Tensor) and value._rg)):
+            _ops.update(self, lambda: _ops.AtIndexer(self)[key].set(value), None)
+            return
         v = self._v
         if type(v) is float or not v.flags.writeable:
             v = np.array(v)
         v[key] = value._v if isinstance(value, Tensor) else value
         self._v = tensor_value(v)
         self._ver += 1
+        _ops.mutated(self)
 
     # -- math methods (the elementwise primitives' are added by tapediff._functions) ---------
     def square(self) -> "Tensor":

@@ -725,16 +725,31 @@ def test_inplace_on_leaf_requiring_grad_raises_in_grad_mode():
     assert str(e.value) == ERR_LEAF_INPLACE
 
 
-def test_inplace_on_recorded_tensor_raises():
+def test_inplace_on_recorded_tensor_records_functionally():
+    # y += 1; y *= 2; y[0] = 5 on y = 2w: y = [5, 2 * (2 w1 + 1)], earlier uses keep 2w
     w = td.tensor([1.0, 2.0], requires_grad=True)
     y = w * 2.0
-    for upd in (lambda: y.__iadd__(1.0), lambda: y.__imul__(2.0),
-                lambda: y.__setitem__(0, 5.0)):
-        with pytest.raises(RuntimeError):
+    before = y.sum()
+    same = y
+    y += 1.0
+    y *= 2.0
+    y[0] = 5.0
+    assert y is same and not y.is_leaf
+    np.testing.assert_array_equal(g(y), [5.0, 10.0])
+    y.sum().backward(retain_graph=True)  # the record of 2w is shared with `before`
+    np.testing.assert_array_equal(g(w.grad), [0.0, 4.0])
+    w.grad = None
+    before.backward()
+    np.testing.assert_array_equal(g(w.grad), [2.0, 2.0])
+
+
+def test_inplace_on_recorded_tensor_under_no_grad_raises():
+    w = td.tensor([1.0, 2.0], requires_grad=True)
+    y = w * 2.0
+    for upd in (lambda: y.__iadd__(1.0), lambda: y.__setitem__(0, 5.0)):
+        with td.no_grad(), pytest.raises(RuntimeError, match="under no_grad of a tensor"):
             upd()
     np.testing.assert_array_equal(g(y), [2.0, 4.0])
-    y.sum().backward()
-    np.testing.assert_array_equal(g(w.grad), [2.0, 2.0])
 
 
 def test_inplace_update_under_no_grad_and_graph_versions():

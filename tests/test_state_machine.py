@@ -212,6 +212,8 @@ class M:
         self.vjp = vjp
         self.released = False
         self.grad: np.ndarray | None = None
+        self.view_of: M | None = None  # the root tensor, when a basic index made a view
+        self.has_views = False
 
     @property
     def value(self) -> np.ndarray:
@@ -441,7 +443,13 @@ class AutogradMachine(RuleBasedStateMachine):
             z[key] += g
             return [z]
 
-        return self.apply(f"{a}[{key!r}]", lambda: a.t[key], [a], vjp, y)
+        out = self.apply(f"{a}[{key!r}]", lambda: a.t[key], [a], vjp, y)
+        if isinstance(out, M) and isinstance(a.value[key], np.ndarray):
+            # NumPy gives a view: an in-place update of either now reaches the other
+            # (tests/test_inplace.py models that; here it only keeps ``inplace`` away)
+            out.view_of = a.view_of or a
+            (a.view_of or a).has_views = True
+        return out
 
     # -- backward -----------------------------------------------------------------------------
     def reached(self, root: M) -> list[M]:
@@ -550,8 +558,10 @@ class AutogradMachine(RuleBasedStateMachine):
 
     @rule(a=tensors, c=st.sampled_from([0.5, -1.0, 2.0]), multiply=st.booleans())
     def inplace(self, a: M, c: float, multiply: bool) -> None:
-        """``a *= c`` / ``a += c``: allowed on leaves outside the graph (e.g. under no_grad);
-        graphs recorded earlier keep the old value (the model's operands are snapshots)."""
+        """``a *= c`` / ``a += c``: on a leaf outside the graph (e.g. under no_grad) the value
+        changes in place; on a recorded tensor it is recorded as ``a * c`` / ``a + c`` and the
+        tensor object becomes that new record.  Graphs recorded earlier keep the old value (the
+        model's operands are snapshots).  Views and their bases are left to test_inplace.py."""
         def call() -> td.Tensor:
             x = a.t
             if multiply:
@@ -559,17 +569,44 @@ class AutogradMachine(RuleBasedStateMachine):
             else:
                 x += c
             return x
+        if a.view_of is not None or a.has_views:
+            return None
         what = f"{a} {'*' if multiply else '+'}= {c} with {a} = {a.label}"
+        new = a.value * c if multiply else a.value + c
         if not a.leaf:
-            return _expect(RuntimeError, "in-place", call, what)
+            if not self.grad_enabled():
+                return _expect(RuntimeError, "under no_grad", call, what)
+            if a.tape is not self.current_tape():
+                return _expect(RuntimeError, "tape", call, what)
+            if not self.in_range(new):
+                return None
+            event("in-place update of a recorded tensor")
+            assert call() is a.t, what
+            self.becomes(a, new, what, c if multiply else 1.0)
+            return None
         if self.grad_enabled() and a.rg:
             return _expect(RuntimeError, ERR_LEAF_INPLACE, call, what)
         event("in-place update" + (" of a shared storage" if sum(
             m.storage is a.storage for m in self.all) > 1 else ""))
         assert call() is a.t, what
         # every alias of the storage (a leaf and its detach()) sees the update
-        a.storage.value = a.value * c if multiply else a.value + c
+        a.storage.value = new
         return None
+
+    def becomes(self, a: M, value: np.ndarray, label: str, slope: float) -> None:
+        """Model ``a``'s tensor re-pointed at a new record ``a * slope + const``: the old record
+        lives on as ``prev`` (what earlier operations read), ``a`` becomes the newest record."""
+        prev = M(None, a.value.copy(), a.label, leaf=False, rg=True, tape=a.tape,
+                 operands=a.operands, vjp=a.vjp)
+        prev.id, prev.released = a.id, a.released
+        for m in self.all:
+            m.operands = [(prev if o is a else o, live, v) for o, live, v in m.operands]
+        if self.last_root is a:
+            self.last_root = None
+        a.id = next(M._ids)  # recorded after everything before it
+        a.storage, a.label, a.released = Storage(value), label, False
+        a.operands = [(prev, True, prev.value.copy())]
+        a.vjp = lambda g, vals, y: [g * slope]
 
     def used_leaves(self) -> list[M]:
         """Leaves that some recorded operation read (their values sit on a tape)."""
@@ -597,6 +634,8 @@ class AutogradMachine(RuleBasedStateMachine):
         loss.backward(); with td.no_grad(): a -= 0.1 * a.grad``.  The second iteration must
         record ``a``'s new value (and ``b``'s, when ``b`` shares ``a``'s storage)."""
         if not (a.leaf and a.rg and self.grad_enabled() and _broadcastable(a.shape, b.shape)):
+            return multiple()
+        if a.has_views or a.view_of is not None:  # views follow the update: test_inplace.py
             return multiple()
         made = []
         for _ in range(2):
