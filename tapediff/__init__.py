@@ -27,9 +27,19 @@ from ._ops import (
 from ._ops import max_ as max
 from ._ops import min_ as min
 from ._ops import sum_ as sum
+from ._numpy import (  # NumPy's functions composed in _numpy, under the names PyTorch has too
+    arccosh, arcsinh, arctanh, atleast_3d, cross, deg2rad, diag, diagflat, diff, fliplr, flipud,
+    fmax, fmin, kron, logaddexp2, nan_to_num, quantile, rad2deg, rot90, sinc, trapezoid, tril,
+    triu,
+)
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._tape import Tape, current_tape, tape
 from ._replay import GuardError, Replayed, grad, value_and_grad
+from . import linalg  # td.linalg.solve ... (np.linalg on tensors dispatches there too)
+from . import special  # td.special.gammaln ... (scipy.special on tensors dispatches there too)
+from .special import (
+    betaln, digamma, erfc, erfinv, expit, gammaln, log_ndtr, logit, ndtr, ndtri, xlog1py, xlogy,
+)
 
 float16 = _np.dtype(_np.float16)
 float32 = _np.dtype(_np.float32)
@@ -53,5 +63,10 @@ __all__ = [
     "repeat", "tile", "pad", "take", "diagonal", "trace", "concatenate", "stack", "hstack",
     "vstack", "split", "array_split", "atleast_1d", "atleast_2d", "where", "maximum",
     "minimum", "clip", "matmul", "dot", "vdot", "inner", "outer", "tensordot", "einsum",
-    "astype", "testing", "float16", "float32", "float64", "int32", "int64", "bool_",
+    "astype", "diff", "tril", "triu", "diag", "diagflat", "kron", "cross", "rot90", "flipud",
+    "fliplr", "atleast_3d", "quantile", "trapezoid", "nan_to_num", "fmax", "fmin", "sinc",
+    "logaddexp2", "deg2rad", "rad2deg", "arcsinh", "arccosh", "arctanh",
+    "linalg", "special", "erfc", "erfinv", "gammaln", "digamma", "expit", "logit", "xlogy",
+    "xlog1py", "log_ndtr", "ndtr", "ndtri", "betaln",
+    "testing", "float16", "float32", "float64", "int32", "int64", "bool_",
 ]

@@ -86,6 +86,19 @@ class RecordedComparison(Tensor):
         self._src = None
         RAW_VALUE.__set__(self, v)
 
+    # the layout does not depend on the outcome: reading it records no guard
+    @property
+    def shape(self) -> tuple:
+        return np.shape(RAW_VALUE.__get__(self))
+
+    @property
+    def ndim(self) -> int:
+        return np.ndim(RAW_VALUE.__get__(self))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.asarray(RAW_VALUE.__get__(self)).dtype
+
 
 def compare_for_replay(a: Tensor, b: Any, uf: np.ufunc, r: np.ndarray) -> Tensor:
     """``a (uf) b`` (values ``r``) as a RecordedComparison when it depends on the recorded

@@ -1391,6 +1391,26 @@ def fwd_guard(val, oa, ob, nn):
 # ---------------------------------------------------------------------------------------------
 OP_MATMUL = _opcode(PYTHON_RULE)  # batched (b, m, k) @ (b, k, n) through BLAS; payload b m k n
 OP_CAST = _opcode(PYTHON_RULE)  # a value of the other arena kind (float32 <-> float64)
+# linear algebra: NumPy/LAPACK rules in ``_linalg_rules`` (layouts documented there)
+OP_LINALG_SOLVE = _opcode(PYTHON_RULE)  # X = A^-1 B
+OP_LINALG_SOLVE_TRIANGULAR = _opcode(PYTHON_RULE)  # p: lower | trans | unit_diagonal bits
+OP_LINALG_CHOLESKY = _opcode(PYTHON_RULE)  # p: upper
+OP_LINALG_SLOGDET = _opcode(PYTHON_RULE)  # [sign, logabsdet(, LU, pivots)]; p: LU kept
+OP_LINALG_EIGH = _opcode(PYTHON_RULE)  # [w, V]; p: UPLO='U'
+OP_LINALG_SVD = _opcode(PYTHON_RULE)  # [U, S, Vh] (reduced); p: hermitian
+OP_LINALG_QR = _opcode(PYTHON_RULE)  # [Q, R] (reduced)
+OP_LINALG_PINV = _opcode(PYTHON_RULE)  # p: rcond
+# special functions: NumPy/SciPy rules in ``_special_rules`` (no branch in the sweeps)
+OP_ERFC = _opcode(PYTHON_RULE)  # erfc(a)
+OP_ERFINV = _opcode(PYTHON_RULE)  # erfinv(a)
+OP_NDTRI = _opcode(PYTHON_RULE)  # ndtri(a), the standard normal quantile
+OP_GAMMALN = _opcode(PYTHON_RULE)  # log|Gamma(a)|
+OP_DIGAMMA = _opcode(PYTHON_RULE)  # digamma(a)
+OP_LOG_NDTR = _opcode(PYTHON_RULE)  # log Phi(a)
+OP_LOGIT = _opcode(PYTHON_RULE)  # log(a / (1 - a))
+OP_XLOGY = _opcode(PYTHON_RULE)  # a log(b), 0 at a == 0
+OP_XLOG1PY = _opcode(PYTHON_RULE)  # a log1p(b), 0 at a == 0
+OP_BETALN = _opcode(PYTHON_RULE)  # log|B(a, b)|
 
 #: ``TRAITS[op]``: the trait bits of each opcode (a constant array in the compiled sweeps).
 TRAITS = np.array(_TRAITS, np.int64)

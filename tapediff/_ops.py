@@ -25,7 +25,7 @@ from ._record import (
     restride_payload, shape_of, size_of, slot_on, strong, unary,
 )
 from ._tape import thread_state
-from ._tensor import _ERR_LEAF_INPLACE, BroadcastError, Tensor
+from ._tensor import _ERR_LEAF_INPLACE, HINT_LEAF_INPLACE, BroadcastError, Tensor, with_hint
 
 _weakref = weakref.ref
 
@@ -96,10 +96,11 @@ def _norm_axes(axis: Any, ndim: int) -> tuple:
     return tuple(sorted(out))
 
 
-def _axis_args(axis: Any, keepdims: bool, aliases: dict) -> tuple:
-    """NumPy's ``axis``/``keepdims`` with PyTorch's ``dim``/``keepdim`` accepted as aliases."""
+def axis_args(axis: Any, keepdims: bool, aliases: dict, default: Any = None) -> tuple:
+    """NumPy's ``axis``/``keepdims`` with PyTorch's ``dim``/``keepdim`` accepted as aliases
+    (``default``: the function's default axis, which ``dim=`` may replace)."""
     if "dim" in aliases:
-        if axis is not None:
+        if axis is not default:
             raise TypeError("pass either axis= or dim=, not both")
         axis = aliases.pop("dim")
     if "keepdim" in aliases:
@@ -201,14 +202,18 @@ def ravel(x: Any) -> Tensor:
     return _alias(x, (size_of(x._v),))
 
 
-def squeeze(x: Any, axis: Any = None) -> Tensor:
-    """``x`` without its size-1 dimensions (or only ``axis``)."""
+def squeeze(x: Any, axis: Any = None, **aliases: Any) -> Tensor:
+    """``x`` without its size-1 dimensions (or only ``axis``; ``dim=`` is an alias)."""
+    axis = axis_args(axis, False, aliases)[0]
     x = as_tensor(x)
     return _alias(x, np.squeeze(np.empty(shape_of(x._v), np.int8), axis).shape)
 
 
-def expand_dims(x: Any, axis: Any) -> Tensor:
-    """``x`` with new size-1 dimensions at ``axis``."""
+def expand_dims(x: Any, axis: Any = None, **aliases: Any) -> Tensor:
+    """``x`` with new size-1 dimensions at ``axis`` (``dim=`` is an alias)."""
+    axis = axis_args(axis, False, aliases)[0]
+    if axis is None:
+        raise TypeError("expand_dims() missing required argument 'axis'")
     x = as_tensor(x)
     return _alias(x, np.expand_dims(np.empty(shape_of(x._v), np.int8), axis).shape)
 
@@ -233,8 +238,12 @@ def broadcast_to(x: Any, shape: Any) -> Tensor:
     return record_view(as_tensor(x), lambda a: np.broadcast_to(a, shape))
 
 
-def flip(x: Any, axis: Any = None) -> Tensor:
-    """``x`` with the order of elements reversed along ``axis`` (all axes by default)."""
+def flip(x: Any, axis: Any = None, **aliases: Any) -> Tensor:
+    """``x`` with the order of elements reversed along ``axis`` (all axes by default;
+    ``dim=``/``dims=`` are aliases)."""
+    if "dims" in aliases:
+        aliases["dim"] = aliases.pop("dims")
+    axis = axis_args(axis, False, aliases)[0]
     return record_view(as_tensor(x), lambda a: np.flip(a, axis))
 
 
@@ -296,8 +305,9 @@ def getitem(x: Tensor, key: Any) -> Tensor:
     return _gather(x, idx, value.shape, value)
 
 
-def take(x: Any, indices: Any, axis: Any = None) -> Tensor:
+def take(x: Any, indices: Any, axis: Any = None, **aliases: Any) -> Tensor:
     """Elements of ``x`` at ``indices`` (along ``axis``, flattened when None), as ``np.take``."""
+    axis = axis_args(axis, False, aliases)[0]
     x = as_tensor(x)
     a = array_of(x)
     ind = array_of(indices) if isinstance(indices, Tensor) else np.asarray(indices)
@@ -317,13 +327,17 @@ def index_gather(x: Tensor, build: Any) -> Tensor:
     return _gather(x, build(np.arange(a.size).reshape(a.shape)), value.shape, value)
 
 
-def roll(x: Any, shift: Any, axis: Any = None) -> Tensor:
-    """Elements rolled along ``axis``, as ``np.roll``."""
+def roll(x: Any, shift: Any, axis: Any = None, **aliases: Any) -> Tensor:
+    """Elements rolled along ``axis``, as ``np.roll`` (``dims=``/``dim=`` are aliases)."""
+    if "dims" in aliases:
+        aliases["dim"] = aliases.pop("dims")
+    axis = axis_args(axis, False, aliases)[0]
     return index_gather(as_tensor(x), lambda a: np.roll(a, shift, axis))
 
 
-def repeat(x: Any, repeats: Any, axis: Any = None) -> Tensor:
-    """Elements repeated, as ``np.repeat``."""
+def repeat(x: Any, repeats: Any, axis: Any = None, **aliases: Any) -> Tensor:
+    """Elements repeated, as ``np.repeat`` (``dim=`` is an alias)."""
+    axis = axis_args(axis, False, aliases)[0]
     return index_gather(as_tensor(x), lambda a: np.repeat(a, repeats, axis))
 
 
@@ -474,6 +488,7 @@ def _become(t: Tensor, new: Tensor) -> None:
         return
     if t._tape is None:  # a leaf or constant becomes a recorded tensor
         t._leaf_record = None
+        del t._grad  # as on any recorded tensor (see Tensor.__slots__)
         tape._live.append(_weakref(t))
     t._v, t._tape, t._slot, t._rg = new._v, tape, new._slot, new._rg
 
@@ -505,7 +520,8 @@ def update(t: Tensor, compute: Any, what: str | None) -> Tensor:
     root = t if base is None else base[0]
     if thread_state.grad_enabled:
         if root._rg and root._tape is None:
-            raise RuntimeError(_ERR_LEAF_INPLACE if base is None else _ERR_VIEW_OF_LEAF)
+            raise with_hint(RuntimeError(_ERR_LEAF_INPLACE if base is None
+                                         else _ERR_VIEW_OF_LEAF), HINT_LEAF_INPLACE)
     elif t._tape is not None or root._tape is not None:
         raise RuntimeError(_ERR_NO_GRAD_UPDATE)
     new = _fit(compute(), t, what)
@@ -568,7 +584,7 @@ def sum_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Te
     >>> td.sum(td.tensor([[1.0, 2.0], [3.0, 4.0]]), axis=0)
     tensor([4., 6.])
     """
-    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    axis, keepdims = axis_args(axis, keepdims, aliases)
     return _reduce(K.OP_RESTRIDE, np.sum, x, axis, keepdims)
 
 
@@ -578,7 +594,7 @@ def _count(shape: tuple, axis: Any) -> int:
 
 def mean(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Mean over ``axis``, as ``np.mean`` (ints average as float64)."""
-    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    axis, keepdims = axis_args(axis, keepdims, aliases)
     x = _float(as_tensor(x))
     with np.errstate(invalid="ignore", divide="ignore"):  # NumPy warns on empty means
         return sum_(x, axis, keepdims) / _count(shape_of(x._v), axis)
@@ -589,7 +605,7 @@ def var(x: Any, axis: Any = None, ddof: int = 0, keepdims: bool = False,
     """Variance over ``axis`` with ``ddof`` delta degrees of freedom, as ``np.var``."""
     if "correction" in aliases:
         ddof = aliases.pop("correction")
-    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    axis, keepdims = axis_args(axis, keepdims, aliases)
     x = _float(as_tensor(x))
     d = x - mean(x, axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -622,7 +638,7 @@ def _root(v: Tensor, root: Any) -> Tensor:
 
 
 def _extreme(x: Any, axis: Any, keepdims: bool, aliases: dict, fn: Any) -> Tensor:
-    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    axis, keepdims = axis_args(axis, keepdims, aliases)
     x = as_tensor(x)
     a = array_of(x)
     value = fn(a, axis=axis, keepdims=keepdims)
@@ -646,7 +662,7 @@ def min_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Te
 
 def argmax(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Indices of the maxima (an int64 tensor, never differentiated)."""
-    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    axis, keepdims = axis_args(axis, keepdims, aliases)
     x = as_tensor(x)
     _guard_extremes(x, axis, np.max, "argmax")
     return constant(np.asarray(np.argmax(array_of(x), axis=axis, keepdims=keepdims)))
@@ -654,7 +670,7 @@ def argmax(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> 
 
 def argmin(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Indices of the minima (an int64 tensor, never differentiated)."""
-    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    axis, keepdims = axis_args(axis, keepdims, aliases)
     x = as_tensor(x)
     _guard_extremes(x, axis, np.min, "argmin")
     return constant(np.asarray(np.argmin(array_of(x), axis=axis, keepdims=keepdims)))
@@ -692,7 +708,7 @@ def _guard_signs(x: Tensor, what: str) -> None:
 
 def prod(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:
     """Product over ``axis``; the gradient is exact when elements are zero."""
-    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    axis, keepdims = axis_args(axis, keepdims, aliases)
     return _reduce(K.OP_PROD, np.prod, x, axis, keepdims)
 
 
@@ -714,13 +730,13 @@ def _scan(x: Any, axis: Any, op: int, fn: Any) -> Tensor:
 
 def cumsum(x: Any, axis: Any = None, **aliases: Any) -> Tensor:
     """Running sum along ``axis`` (of the flattened tensor when None), as ``np.cumsum``."""
-    axis, _ = _axis_args(axis, False, aliases)
+    axis, _ = axis_args(axis, False, aliases)
     return _scan(x, axis, K.OP_CUMSUM, np.cumsum)
 
 
 def cumprod(x: Any, axis: Any = None, **aliases: Any) -> Tensor:
     """Running product along ``axis``; the gradient is exact when elements are zero."""
-    axis, _ = _axis_args(axis, False, aliases)
+    axis, _ = axis_args(axis, False, aliases)
     return _scan(x, axis, K.OP_CUMPROD, np.cumprod)
 
 
@@ -731,7 +747,7 @@ def logsumexp(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) 
     >>> float(td.logsumexp(td.tensor([1000.0, 1000.0])))  # 1000 + log 2
     1000.6931471805599
     """
-    axis, keepdims = _axis_args(axis, keepdims, aliases)
+    axis, keepdims = axis_args(axis, keepdims, aliases)
     x = _float(as_tensor(x))
     a = array_of(x)
     m = _shift(x, a, axis)
@@ -757,7 +773,7 @@ def _shift(x: Tensor, a: np.ndarray, axis: Any) -> Any:
 
 def softmax(x: Any, axis: Any = -1, **aliases: Any) -> Tensor:
     """exp(x) / sum(exp(x)) along ``axis`` (default last), without overflow."""
-    axis, _ = _axis_args(axis, False, aliases)
+    axis, _ = axis_args(axis, False, aliases, -1)
     x = _float(as_tensor(x))
     m = _shift(x, array_of(x), axis)
     e = exp(x - m)
@@ -766,14 +782,17 @@ def softmax(x: Any, axis: Any = -1, **aliases: Any) -> Tensor:
 
 def log_softmax(x: Any, axis: Any = -1, **aliases: Any) -> Tensor:
     """x - logsumexp(x) along ``axis`` (default last), without overflow."""
-    axis, _ = _axis_args(axis, False, aliases)
+    axis, _ = axis_args(axis, False, aliases, -1)
     x = _float(as_tensor(x))
     return x - logsumexp(x, axis, keepdims=True)
 
 
-def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> Tensor:
+def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False,
+         **aliases: Any) -> Tensor:
     """Vector or matrix norm, as ``np.linalg.norm``: vectors 2 (default), 1, inf, -inf, p;
-    matrices 'fro' (default), 1, inf."""
+    matrices 'fro' (default), 1, inf, and 2, -2, 'nuc' (of the singular values).
+    ``dim=``/``keepdim=`` are aliases."""
+    axis, keepdims = axis_args(axis, keepdims, aliases)
     x = _float(as_tensor(x))
     nd = len(shape_of(x._v))
     if axis is None and (ord is None or ord == "fro"):
@@ -785,6 +804,9 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
         r, c = axes
         if ord in (None, "fro"):
             return _root(sum_(x * x, axes, keepdims), sqrt)
+        if ord in (2, -2, "nuc"):  # of the singular values
+            from .linalg import svd_norm  # late: tapediff.linalg builds on this module
+            return svd_norm(x, ord, axes, keepdims)
         if ord in (1, -1):
             s = sum_(abs_(x), r, keepdims=True)
             out = (max_ if ord == 1 else min_)(s, c, keepdims=True)
@@ -792,7 +814,8 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
             s = sum_(abs_(x), c, keepdims=True)
             out = (max_ if ord == np.inf else min_)(s, r, keepdims=True)
         else:
-            raise ValueError(f"matrix norm ord={ord!r} is not supported (use 'fro', 1 or inf)")
+            raise ValueError(f"matrix norm ord={ord!r} is not supported (use 'fro', 'nuc', 1, "
+                             "2 or inf)")
         return out if keepdims else squeeze(out, axes)
     if ord is None or ord == 2:
         return _root(sum_(x * x, axes, keepdims), sqrt)
@@ -818,8 +841,10 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False) -> T
 # ---------------------------------------------------------------------------------------------
 # joins and splits
 # ---------------------------------------------------------------------------------------------
-def concatenate(xs: Sequence[Any], axis: Any = 0) -> Tensor:
-    """Join tensors along an existing axis, as ``np.concatenate`` (axis None: flattened)."""
+def concatenate(xs: Sequence[Any], axis: Any = 0, **aliases: Any) -> Tensor:
+    """Join tensors along an existing axis, as ``np.concatenate`` (axis None: flattened;
+    ``dim=`` is an alias, as in ``torch.cat``)."""
+    axis = axis_args(axis, False, aliases, 0)[0]
     xs = [as_tensor(x) for x in xs]
     if not xs:
         raise ValueError("need at least one array to concatenate")
@@ -836,8 +861,9 @@ def concatenate(xs: Sequence[Any], axis: Any = 0) -> Tensor:
                  meta=lambda sl: [len(sl), *sl, outer], nmeta=len(xs) + 2)
 
 
-def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
-    """Join tensors along a new axis, as ``np.stack``."""
+def stack(xs: Sequence[Any], axis: int = 0, **aliases: Any) -> Tensor:
+    """Join tensors along a new axis, as ``np.stack`` (``dim=`` is an alias)."""
+    axis = axis_args(axis, False, aliases, 0)[0]
     xs = [as_tensor(x) for x in xs]
     if not xs:
         raise ValueError("need at least one array to stack")
@@ -873,8 +899,10 @@ def atleast_2d(x: Any) -> Tensor:
     return x if len(s) >= 2 else reshape(x, (1, -1) if s else (1, 1))
 
 
-def array_split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
+def array_split(x: Any, indices_or_sections: Any, axis: int = 0,
+                **aliases: Any) -> list[Tensor]:
     """Split into sub-tensors (sections may differ in size), as ``np.array_split``."""
+    axis = axis_args(axis, False, aliases, 0)[0]
     x = as_tensor(x)
     shape = shape_of(x._v)
     (ax,) = _norm_axes(axis, len(shape))
@@ -892,8 +920,10 @@ def array_split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]
             for b0, b1 in zip(bounds[:-1], bounds[1:])]
 
 
-def split(x: Any, indices_or_sections: Any, axis: int = 0) -> list[Tensor]:
-    """Split into equal sub-tensors (or at indices), as ``np.split``."""
+def split(x: Any, indices_or_sections: Any, axis: int = 0, **aliases: Any) -> list[Tensor]:
+    """Split into equal sub-tensors (or at indices), as ``np.split`` (``dim=`` is an alias;
+    the sections are NumPy's, not ``torch.split``'s sizes)."""
+    axis = axis_args(axis, False, aliases, 0)[0]
     x = as_tensor(x)
     if isinstance(indices_or_sections, (int, np.integer)):
         n = shape_of(x._v)[_norm_axes(axis, len(shape_of(x._v)))[0]]
@@ -1236,40 +1266,138 @@ def tensordot(a: Any, b: Any, axes: Any = 2) -> Tensor:
     return reshape(matmul(at, bt), tuple(sa[i] for i in free_a) + tuple(sb[j] for j in free_b))
 
 
-def einsum(subscripts: str, *operands: Any) -> Tensor:
-    """Einstein summation, as ``np.einsum`` without ellipses: e.g. ``'ij,jk->ik'``,
-    ``'bij,bjk->bik'``, ``'ii->i'``, ``'ij->'``, any number of operands.  Operands are
-    contracted left to right, each pair through one matrix product."""
-    ops = [as_tensor(x) for x in operands]
-    spec = subscripts.replace(" ", "")
-    if "..." in spec:
-        raise ValueError("einsum with '...' is not supported yet: name the dimensions")
-    if not _recording(*ops):  # values only: NumPy's own einsum (and its dtypes)
-        return constant(np.asarray(np.einsum(subscripts, *(operand_value(x) for x in ops))))
-    if "->" in spec:
-        lhs, out = spec.split("->")
-    else:  # implicit form: output labels are those used once, sorted
-        lhs = spec
-        counts = {c: lhs.count(c) for c in set(lhs) if c.isalpha()}
-        out = "".join(sorted(c for c, k in counts.items() if k == 1))
-    terms = lhs.split(",")
-    unknown = set(out) - set("".join(terms))
+_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # sublist labels 0..51
+
+
+def _einsum_term(term: Any, sublist: bool) -> list:
+    """One operand's (or the output's) labels: letters, with ``Ellipsis`` for ``...``."""
+    out: list = []
+    if sublist:
+        for k in term:
+            if k is Ellipsis:
+                out.append(Ellipsis)
+            elif isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 0 <= k < 52:
+                out.append(_LABELS[k])
+            else:
+                raise ValueError(f"einsum: subscript {k!r} is not within the valid range "
+                                 "[0, 52) (or Ellipsis)")
+        return out
+    i = 0
+    while i < len(term):
+        if term.startswith("...", i):
+            out.append(Ellipsis)
+            i += 3
+            continue
+        c = term[i]
+        if c not in _LABELS:
+            raise ValueError(f"invalid subscript {c!r} in einstein sum subscripts string, "
+                             "subscripts must be letters")
+        out.append(c)
+        i += 1
+    return out
+
+
+def _einsum_parse(operands: tuple) -> tuple:
+    """NumPy's einsum arguments, a subscripts string and operands or operands each followed
+    by its list of labels (and an optional output list), as (operand tensors, their label
+    strings, the output's): ellipses become labels of their own, aligned from the right."""
+    if not operands:
+        raise ValueError("einsum: no operands given")
+    if isinstance(operands[0], str):
+        lhs, arrow, rhs = operands[0].replace(" ", "").partition("->")
+        xs = [as_tensor(x) for x in operands[1:]]
+        terms = [_einsum_term(t, False) for t in lhs.split(",")]
+        out = _einsum_term(rhs, False) if arrow else None
+    else:
+        pairs = operands[:len(operands) - len(operands) % 2]
+        xs = [as_tensor(x) for x in pairs[0::2]]
+        out = _einsum_term(operands[-1], True) if len(operands) % 2 else None
+        terms = [_einsum_term(t, True) for t in pairs[1::2]]
+    if len(terms) != len(xs):
+        raise ValueError(f"einsum: {len(terms)} operand subscripts for {len(xs)} operands")
+    used = {c for t in terms + [out or []] for c in t if c is not Ellipsis}
+    spare = [c for c in _LABELS if c not in used]
+    n_ell = []
+    for t, x in zip(terms, xs):
+        nd = len(shape_of(x._v))
+        k = t.count(Ellipsis)
+        if k > 1:
+            raise ValueError("einstein sum subscripts string contains more than one ellipsis")
+        if (len(t) - k > nd) or (not k and len(t) != nd):
+            raise ValueError(f"einsum: subscripts {_einsum_text(t)!r} do not match a {nd}-d "
+                             "operand")
+        n_ell.append(nd - (len(t) - k) if k else 0)
+    m = max(n_ell, default=0)
+    if m > len(spare):
+        raise ValueError("einsum: too many dimensions under '...'")
+    ell = spare[:m]
+
+    def expand(t: list, e: int) -> str:
+        return "".join(c for v in t for c in (ell[m - e:] if v is Ellipsis else [v]))
+
+    names = [expand(t, e) for t, e in zip(terms, n_ell)]
+    if out is None:  # implicit output: the ellipsis' dimensions, then labels used once, sorted
+        joined = "".join(names)
+        once = sorted(c for c in set(joined) if c not in ell and joined.count(c) == 1)
+        res = "".join(ell) + "".join(once)
+    elif Ellipsis in out:
+        res = expand(out, m)
+    elif m:
+        raise ValueError("output has more dimensions than subscripts given in einstein sum, "
+                         "but no '...' ellipsis provided to broadcast the extra dimensions.")
+    else:
+        res = "".join(out)
+    return xs, names, res
+
+
+def _einsum_text(t: list) -> str:
+    return "".join("..." if c is Ellipsis else c for c in t)
+
+
+def einsum(*operands: Any, out: Any = None, dtype: Any = None, order: str = "K",
+           casting: str = "safe", optimize: Any = False) -> Tensor:
+    """Einstein summation, as ``np.einsum``: subscripts (``'ij,jk->ik'``, ``'bij,bjk->bik'``,
+    ``'ii->i'``, ``'ij->'``, ``'...ij,...jk'``, implicit outputs) or NumPy's sublist form
+    (``einsum(a, [0, 1], b, [1, 2], [0, 2])``, ``Ellipsis`` in the lists), any number of
+    operands; size-1 dimensions broadcast against their label's size, as in NumPy.
+    ``optimize=`` is accepted and ignored: operands are contracted left to right, each
+    pair through one matrix product."""
+    if out is not None or dtype is not None:
+        raise TypeError(f"einsum on tensors does not take {'out' if out is not None else 'dtype'}=")
+    xs, terms, res = _einsum_parse(operands)
+    if not _recording(*xs):  # values only: NumPy's own einsum (and its dtypes)
+        args = [operand_value(x) if isinstance(x, Tensor) else x for x in operands]
+        return constant(np.asarray(np.einsum(*args)))
+    if len(set(res)) != len(res):
+        c = next(c for c in res if res.count(c) > 1)
+        raise ValueError(f"einstein sum subscripts string includes output subscript {c!r} "
+                         "multiple times")
+    unknown = set(res) - set("".join(terms))
     if unknown:
         raise ValueError(f"einsum: output subscript(s) {''.join(sorted(unknown))!r} appear in no "
                          "operand")
-    if len(terms) != len(ops):
-        raise ValueError(f"einsum: {len(terms)} operand subscripts for {len(ops)} operands")
     dims: dict = {}
-    cur = []
-    for term, x in zip(terms, ops):
-        shape = shape_of(x._v)
-        if len(term) != len(shape):
-            raise ValueError(f"einsum: subscripts {term!r} do not match a {len(shape)}-d "
-                             "operand")
-        for c, d in zip(term, shape):
-            if dims.setdefault(c, d) != d:
+    for term, x in zip(terms, xs):
+        own: dict = {}
+        for c, d in zip(term, shape_of(x._v)):
+            if own.setdefault(c, d) != d:
+                raise ValueError(f"dimensions in single operand for collapsing index {c!r} "
+                                 f"don't match ({own[c]} != {d})")
+            if d != 1 and dims.setdefault(c, d) != d:
                 raise ValueError(f"einsum: label {c!r} has sizes {dims[c]} and {d}")
+    # a size-1 dimension broadcasts against its label's size: the operand is constant along
+    # it, so it leaves the operand (and that label is summed or kept by the others)
+    cur = []
+    for term, x in zip(terms, xs):
+        shape = shape_of(x._v)
+        keep = [k for k, (c, d) in enumerate(zip(term, shape)) if d != 1 or dims.get(c, 1) == 1]
+        if len(keep) != len(term):
+            x = reshape(x, tuple(shape[k] for k in keep))
+            term = "".join(term[k] for k in keep)
+        for c in term:
+            dims.setdefault(c, 1)
         cur.append((x, term))
+    out = res
     # repeated labels within one operand: take the diagonal (a strided view)
     for i, (x, term) in enumerate(cur):
         if len(set(term)) != len(term):

@@ -11,7 +11,8 @@ Everything per primitive elsewhere is derived from this table: the grad_fn names
 (``GRAD_FN``), the eager specs the recording engine uses (``UNARY``, ``BINARY``), replay's
 NumPy hand-back (``TO_NUMPY``), the NumPy dispatch table, the ``td.*`` functions and methods
 (``tapediff._functions``) and the op tests (``tests/``).  This module imports nothing of
-tapediff's but the kernels, so the storage layer may read it.
+tapediff's but the kernels and ``_linalg_rules`` (NumPy rules of the linear-algebra
+primitives), so the storage layer may read it.
 
 Adding a primitive: its block in ``_kernels`` (opcode, ``fwd_``/``adj_`` rules, one line in
 each dispatch), its row here, and a reference for its tests; CONTRIBUTING.md walks through it.
@@ -26,6 +27,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _kernels as K
+from . import _linalg_rules as LR
+from . import _special_rules as SR
 
 #: An interval (low, high) of test inputs; a domain is a tuple of them (their union).
 Interval = tuple[float, float]
@@ -57,6 +60,14 @@ class Primitive:
     replay_numpy: bool = False  # replay runs ``array`` on records of >= _kernels.BIG elements
     domain: tuple[tuple[Interval, ...], ...] = ()  # test inputs, one domain per operand
     doc: str = ""
+    # A PYTHON_RULE primitive of shaped operands (linear algebra, special functions) gives
+    # its rules as NumPy functions, run by the Python driver (``Tape._python_value`` /
+    # ``Tape._python_rule``) on views shaped from the record's layout (``python_layout``):
+    #   forward(out, *inputs, param) -> None         writes the value into ``out``
+    #   reverse(g, out, *inputs, param, needs) -> tuple   one adjoint (or None) per input;
+    #   ``needs[j]`` says whether input j takes one (the rule may skip the work otherwise)
+    forward: Callable[..., Any] | None = None
+    reverse: Callable[..., Any] | None = None
 
 
 # -- eager forwards written here (the others are NumPy's and math's) -------------------------
@@ -211,10 +222,56 @@ PRIMITIVES: tuple[Primitive, ...] = (
     Primitive(K.OP_GUARD, "Guard"),
     Primitive(K.OP_MATMUL, "Mm"),
     Primitive(K.OP_CAST, "ToCopy"),
+    # linear algebra (recorded by tapediff.linalg; rules and layouts in _linalg_rules)
+    Primitive(K.OP_LINALG_SOLVE, "LinalgSolveEx", forward=LR.solve_forward,
+              reverse=LR.solve_reverse),
+    Primitive(K.OP_LINALG_SOLVE_TRIANGULAR, "LinalgSolveTriangular",
+              forward=LR.solve_triangular_forward, reverse=LR.solve_triangular_reverse),
+    Primitive(K.OP_LINALG_CHOLESKY, "LinalgCholeskyEx", forward=LR.cholesky_forward,
+              reverse=LR.cholesky_reverse),
+    Primitive(K.OP_LINALG_SLOGDET, "LinalgSlogdet", forward=LR.slogdet_forward,
+              reverse=LR.slogdet_reverse),
+    Primitive(K.OP_LINALG_EIGH, "LinalgEigh", forward=LR.eigh_forward,
+              reverse=LR.eigh_reverse),
+    Primitive(K.OP_LINALG_SVD, "LinalgSvd", forward=LR.svd_forward, reverse=LR.svd_reverse),
+    Primitive(K.OP_LINALG_QR, "LinalgQr", forward=LR.qr_forward, reverse=LR.qr_reverse),
+    Primitive(K.OP_LINALG_PINV, "LinalgPinv", forward=LR.pinv_forward,
+              reverse=LR.pinv_reverse),
+    # special functions (recorded by tapediff.special; rules in _special_rules)
+    Primitive(K.OP_ERFC, "Erfc", forward=SR.fwd_erfc, reverse=SR.adj_erfc),
+    Primitive(K.OP_ERFINV, "Erfinv", forward=SR.fwd_erfinv, reverse=SR.adj_erfinv),
+    Primitive(K.OP_NDTRI, "SpecialNdtri", forward=SR.fwd_ndtri, reverse=SR.adj_ndtri),
+    Primitive(K.OP_GAMMALN, "Lgamma", forward=SR.fwd_gammaln, reverse=SR.adj_gammaln),
+    Primitive(K.OP_DIGAMMA, "Digamma", forward=SR.fwd_digamma, reverse=SR.adj_digamma),
+    Primitive(K.OP_LOG_NDTR, "SpecialLogNdtr", forward=SR.fwd_log_ndtr,
+              reverse=SR.adj_log_ndtr),
+    Primitive(K.OP_LOGIT, "Logit", forward=SR.fwd_logit, reverse=SR.adj_logit),
+    Primitive(K.OP_XLOGY, "Xlogy", forward=SR.fwd_xlogy, reverse=SR.adj_xlogy),
+    Primitive(K.OP_XLOG1PY, "SpecialXlog1py", forward=SR.fwd_xlog1py, reverse=SR.adj_xlog1py),
+    Primitive(K.OP_BETALN, "Betaln", forward=SR.fwd_betaln, reverse=SR.adj_betaln),
 )
 
 BY_OP: dict[int, Primitive] = {p.op: p for p in PRIMITIVES}
 assert len(BY_OP) == len(PRIMITIVES) == K.NUM_OPCODES, "one row per opcode"
+
+def python_layout(shapes: list) -> list:
+    """The side-table payload of a PYTHON_RULE record with rules (see ``Primitive.forward``):
+    the output's shape, then each input's, each as ``ndim, *dims``."""
+    payload: list = []
+    for shape in shapes:
+        payload += [len(shape), *shape]
+    return payload
+
+
+def python_shapes(meta: np.ndarray, m: int, count: int) -> list:
+    """The ``count`` shapes (output first) that ``python_layout`` wrote at ``meta[m]``."""
+    shapes, k = [], m + 1
+    for _ in range(count):
+        nd = int(meta[k])
+        shapes.append(tuple(int(d) for d in meta[k + 1:k + 1 + nd]))
+        k += 1 + nd
+    return shapes
+
 
 #: opcode -> the name its records show in reprs (``grad_fn=<ExpBackward0>``)
 GRAD_FN: dict[int, str] = {p.op: p.grad_fn for p in PRIMITIVES}

@@ -46,14 +46,17 @@ def check_dtype(dt: np.dtype) -> np.dtype:
 
 
 def tensor_value(r: Any) -> Any:
-    """A NumPy result as a tensor value: 0-d float64 becomes a Python float."""
+    """A NumPy result as a tensor value: 0-d float64 becomes a Python float; arrays are
+    C-contiguous (views, slices and reshapes compute strides for C order: a Fortran-ordered
+    or strided value would send their gradients to the wrong elements)."""
     if type(r) is np.ndarray:
         if r.ndim == 0 and r.dtype == F64:
             return float(r)
-        return r
+        return r if r.flags.c_contiguous else np.ascontiguousarray(r)
     if type(r) is np.float64 or type(r) is float:
         return float(r)
-    return np.asarray(r)
+    r = np.asarray(r)  # (np.ascontiguousarray would make a 0-d value 1-d)
+    return r if r.flags.c_contiguous else np.ascontiguousarray(r)
 
 
 def shape_of(v: Any) -> tuple:
@@ -202,6 +205,15 @@ def emit(op: int, xs: Sequence["Tensor"], shape: tuple, dtype: np.dtype, fill: A
     view = tape.value_view(s, shape)
     fill(view)
     return register(tape, s, float(view[()]) if kind == K.KIND_F64 and shape == () else view)
+
+
+def emit_python(op: int, xs: Sequence["Tensor"], value: np.ndarray, p: float = 0.0) -> "Tensor":
+    """Record a PYTHON_RULE primitive with rules (``_primitives.Primitive.forward``) over one
+    or two tensors, whose value NumPy already computed (so a failing call, e.g. a singular
+    matrix, records nothing)."""
+    layout = P.python_layout([value.shape] + [shape_of(t._v) for t in xs])
+    return emit(op, xs, value.shape, value.dtype, lambda out: out.__setitem__(Ellipsis, value),
+                p=p, meta=lambda slots: layout, nmeta=len(layout))
 
 
 def c_strides(shape: Sequence[int]) -> list:

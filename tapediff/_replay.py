@@ -42,7 +42,7 @@ import numpy as np
 from . import _kernels as K
 from . import _primitives as P
 from ._grad_mode import enable_grad
-from ._tape import BIG, Tape, thread_state
+from ._tape import BIG, Tape, notice_compile, thread_state
 from ._guards import observe
 from ._record import F64, constant, size_of
 from ._tensor import ERR_NESTED, Tensor, holds_enclosing_inputs, tensor
@@ -76,7 +76,7 @@ def _checked(argnums: Any, on_guard: str, max_recordings: int) -> tuple[tuple[in
 
 def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
                    replay: bool = False, on_guard: str = "rerecord",
-                   max_recordings: int = 4) -> Callable[..., Any]:
+                   max_recordings: int = 4, allow_unused: bool = False) -> Callable[..., Any]:
     """A function returning ``(fn(*args), gradient of fn with respect to args[argnums])``.
 
     ``fn`` must return a scalar.  The arguments at ``argnums`` may be floats, arrays or
@@ -91,6 +91,10 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
     ("rerecord" or "raise") says what a changed guard does; each thread keeps up to
     ``max_recordings`` recordings (shapes, static arguments or branches) to replay from.
 
+    An output that does not depend on a differentiated argument raises ``RuntimeError``, as
+    ``torch.autograd.grad`` does: usually the graph was broken on the way (``.item()``,
+    ``float()``, ``.detach()``).  ``allow_unused=True`` gives such an argument a zero gradient.
+
     >>> import numpy as np, tapediff as td
     >>> f = td.value_and_grad(lambda x: (x ** 2).sum(), replay=True)
     >>> f(np.array([1.0, 2.0]))
@@ -100,19 +104,20 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
     """
     nums, single = _checked(argnums, on_guard, max_recordings)
     if replay:
-        return Replayed(fn, nums, single, True, on_guard, max_recordings)
+        return Replayed(fn, nums, single, True, on_guard, max_recordings, allow_unused)
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        rec = _Recording(fn, nums, args, kwargs, guarded=False)
+        rec = _Recording(fn, nums, args, kwargs, False, allow_unused)
         return rec.result(single, True)
     return run
 
 
 def grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *, replay: bool = False,
-         on_guard: str = "rerecord", max_recordings: int = 4) -> Callable[..., Any]:
+         on_guard: str = "rerecord", max_recordings: int = 4,
+         allow_unused: bool = False) -> Callable[..., Any]:
     """A function returning the gradient of the scalar ``fn`` with respect to
-    ``args[argnums]``: ``value_and_grad`` without the value.
+    ``args[argnums]``: ``value_and_grad`` without the value (the same options).
 
     >>> import numpy as np, tapediff as td
     >>> td.grad(lambda x, y: (x * y).sum(), argnums=(0, 1))(np.ones(2), np.full(2, 3.0))
@@ -120,11 +125,11 @@ def grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *, replay: bo
     """
     nums, single = _checked(argnums, on_guard, max_recordings)
     if replay:
-        return Replayed(fn, nums, single, False, on_guard, max_recordings)
+        return Replayed(fn, nums, single, False, on_guard, max_recordings, allow_unused)
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        return _Recording(fn, nums, args, kwargs, guarded=False).result(single, False)
+        return _Recording(fn, nums, args, kwargs, False, allow_unused).result(single, False)
     return run
 
 
@@ -213,7 +218,7 @@ class _Recording:
     """``fn`` recorded at some arguments: its tape, the slots of its inputs and output."""
 
     def __init__(self, fn: Callable, nums: tuple, args: tuple, kwargs: dict,
-                 guarded: bool) -> None:
+                 guarded: bool, allow_unused: bool = False) -> None:
         for i in nums:
             if not -len(args) <= i < len(args):
                 raise TypeError(f"argnums={i} but the function was called with {len(args)} "
@@ -282,6 +287,8 @@ class _Recording:
         self.grad_ranges = [self._range(self.slot(x)) for x in self.diff]
         self.root = -1 if self.out is None else self.out._slot
         self.first = self._sweep()
+        if not allow_unused:
+            self._check_used(order)
         top = tape.top
         kinds = tape.arena_of[:top]
         # one compiled call per replay when the tape needs no Python rule
@@ -319,10 +326,32 @@ class _Recording:
 
     def _sweep(self) -> tuple:
         """(value, gradients) from the values now in the arena."""
-        touched = np.zeros(self.tape.top, np.uint8)
+        touched = self.swept = np.zeros(self.tape.top, np.uint8)
         if self.root >= 0 and self.tape.sweep(self.root, np.ones(1), True, touched) is None:
             raise AssertionError("a kept recording was released")  # pragma: no cover
         return self._collect(touched)
+
+    def _check_used(self, order: tuple) -> None:
+        """Refuse, as torch.autograd.grad does, an output that the first sweep found not to
+        depend on some differentiated argument (a zero gradient there is usually a graph
+        broken on the way)."""
+        unused = [i for i, (s, *_) in zip(order, self.grad_ranges)
+                  if self.root < 0 or s < 0 or not self.swept[s]]
+        if not unused:
+            return
+        if len(unused) == len(order):
+            raise RuntimeError(
+                "the function's output does not depend on its differentiated argument"
+                f"{'s' if len(order) > 1 else ''}: either it does not use "
+                f"{'them' if len(order) > 1 else 'it'}, or the gradient was dropped on the way "
+                "(.item(), float(), .detach(), .numpy(), int() or values taken under "
+                "td.no_grad()). Keep the computation on tensors, or pass allow_unused=True "
+                "if a zero gradient is intended.")
+        raise RuntimeError(
+            f"the output does not depend on argument{'s' if len(unused) > 1 else ''} "
+            f"{', '.join(map(str, unused))} of those differentiated (argnums): either the "
+            "function does not use it, or its gradient was dropped on the way (.item(), "
+            "float(), .detach()). Pass allow_unused=True if a zero gradient is intended.")
 
     def _collect(self, touched: np.ndarray) -> tuple:
         """(value, gradients) read from the arenas after a reverse sweep (a constant output:
@@ -348,6 +377,7 @@ class _Recording:
             if s >= 0:
                 (tape.val if kind == K.KIND_F64 else tape.val32)[lo:hi] = v.reshape(-1)
         if self.fast:
+            notice_compile(K.replay_sweeps, "the replay sweeps")
             kind = int(tape.arena_of[0])
             val, adj = tape.arena(kind)
             r = K.replay_sweeps(tape.top, self.root, kind, tape.op, tape.in_a, tape.in_b, tape.off,
@@ -395,9 +425,10 @@ class Replayed:
     """
 
     def __init__(self, fn: Callable, nums: tuple, single: bool, with_value: bool,
-                 on_guard: str, max_recordings: int = 4) -> None:
+                 on_guard: str, max_recordings: int = 4, allow_unused: bool = False) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
+        self._allow_unused = allow_unused
         self._nums = nums
         self._single = single
         self._with_value = with_value
@@ -444,7 +475,7 @@ class Replayed:
                     f"the value read by {failed} changed since it was recorded, so the "
                     "function may take another path; pass on_guard='rerecord' to record "
                     "it again instead")
-        rec = _Recording(self._fn, self._nums, args, kwargs, guarded=True)
+        rec = _Recording(self._fn, self._nums, args, kwargs, True, self._allow_unused)
         recs.insert(0, rec)
         del recs[self._max:]
         with self._lock:

@@ -26,6 +26,7 @@ tapes, and the tape recording now, which the hot path reads in one thread-local 
 """
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from typing import Any, NamedTuple
@@ -42,6 +43,25 @@ _MIN_META = 1024
 # least ``BIG`` elements: NumPy's SIMD loops beat a scalar libm call per element by more than
 # a hand-back costs (e.g. tanh: ~0.8 ns/element against ~9), and give NumPy's values exactly.
 BIG = 2048
+
+_NOTICED: set = set()  # jitted kernels checked for a compile this process
+
+
+def notice_compile(kernel: Any, what: str) -> None:
+    """Say on stderr, before the first call of ``kernel`` in this process, that Numba is about
+    to compile it (no valid entry in its on-disk cache): a one-time wait of seconds that
+    would otherwise look like a hang.  Reads Numba's cache index (private API: any surprise
+    there just skips the notice)."""
+    if kernel in _NOTICED:
+        return
+    _NOTICED.add(kernel)
+    try:
+        cached = bool(kernel._cache._cache_file._load_index())
+    except Exception:
+        return
+    if not cached:
+        print(f"tapediff: compiling {what} for this machine, once (about 10 s; later "
+              "runs read Numba's cache)", file=sys.stderr, flush=True)
 
 
 class LeafRecord(NamedTuple):
@@ -297,6 +317,11 @@ class Tape:
         """The forward rules that are NumPy calls: matmul (BLAS), casts between arenas, and
         the transcendental functions on large arrays (NumPy's SIMD loops)."""
         a = int(self.in_a[i])
+        rule = P.BY_OP[int(self.op[i])].forward
+        if rule is not None:
+            out, inputs = self._python_operands(i)
+            rule(out, *inputs, float(self.param[i]))
+            return
         out = self.value_view(i, (int(self.n[i]),))
         uf = P.NUMPY_RULES.get(int(self.op[i]))
         if uf is not None:
@@ -309,6 +334,13 @@ class Tape:
         b = int(self.in_b[i])
         np.matmul(self.value_view(a, (bs, mm, kk)), self.value_view(b, (bs, kk, nn)),
                   out=out.reshape(bs, mm, nn))
+
+    def _python_operands(self, i: int) -> tuple:
+        """Record ``i``'s output and input values, shaped from its layout (``python_layout``)."""
+        ins = [int(s) for s in (self.in_a[i], self.in_b[i]) if s >= 0]
+        shapes = P.python_shapes(self.meta, int(self.meta_at[i]), 1 + len(ins))
+        return (self.value_view(i, shapes[0]),
+                [self.value_view(s, shape) for s, shape in zip(ins, shapes[1:])])
 
     def _matmul_dims(self, i: int) -> tuple:
         """(batch, m, k, n) of matmul record ``i``: (batch, m, k) @ (batch, k, n)."""
@@ -336,6 +368,8 @@ class Tape:
         touched[root] = 1
         leaf_slots = np.empty(root + 1, np.int64)
         nleaf = np.zeros(1, np.int64)
+        if K.reverse_sweep not in _NOTICED:
+            notice_compile(K.reverse_sweep, "the reverse sweep")
         i = root
         while i >= 0:
             kind = int(self.arena_of[i])
@@ -364,6 +398,16 @@ class Tape:
         op = int(self.op[i])
         g = self.adjoint_view(i)
         a, b = int(self.in_a[i]), int(self.in_b[i])
+        rule = P.BY_OP[op].reverse
+        if rule is not None:
+            out, inputs = self._python_operands(i)
+            slots = [s for s in (a, b) if s >= 0]
+            needs = tuple(self._gets_adjoint(s) for s in slots)
+            adjoints = rule(g.reshape(out.shape), out, *inputs, float(self.param[i]), needs)
+            for s, need, adj in zip(slots, needs, adjoints):
+                if need and adj is not None:
+                    _accumulate(self, s, np.asarray(adj), touched)
+            return
         if op == K.OP_CAST:
             if self._gets_adjoint(a):
                 _accumulate(self, a, g, touched)

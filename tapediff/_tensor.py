@@ -7,7 +7,10 @@ there.
 """
 from __future__ import annotations
 
+import dis
+import sys
 import threading
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -52,7 +55,7 @@ def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> "Tensor
     """
     if isinstance(data, Tensor):
         data = data._v
-    a = np.array(data, dtype=dtype, copy=True)
+    a = np.array(data, dtype=dtype, copy=True, order="C")
     check_dtype(a.dtype)
     t = constant(a)
     if requires_grad:
@@ -80,6 +83,33 @@ _ERR_TO_NUMPY = (
     "its gradient. Keep it a tensor: use tapediff or NumPy functions on the tensor itself, "
     "td.stack / td.concatenate for a list of tensors; or take its values without the "
     "gradient explicitly with .detach() or .numpy(), or under td.no_grad().")
+_ERR_STORE = (
+    "a tensor that requires grad was stored into a NumPy array (a[i] = t), which would drop its "
+    "gradient. Build the result as a tensor instead: a tapediff buffer (b = td.zeros(n); "
+    "b[i] = t), td.stack of the values, or take the value explicitly with t.item() / "
+    "t.detach().")
+_STORE_SUBSCR = dis.opmap["STORE_SUBSCR"]
+
+
+def with_hint(exc: Exception, hint: str) -> Exception:
+    """``exc`` (whose message is PyTorch's own, word for word) with ``hint``, the fix, added as
+    a note: tracebacks show it, ``str(exc)`` stays PyTorch's."""
+    if hasattr(exc, "add_note"):  # Python >= 3.11
+        exc.add_note(hint)
+    return exc
+
+
+HINT_FLOAT = ("hint: create the tensor with a float dtype, e.g. td.tensor([1.0, 2.0], "
+              "requires_grad=True) or x.astype(np.float64).requires_grad_()")
+HINT_SCALAR = ("hint: reduce the output to a scalar first (y.sum().backward()), or pass the "
+               "weights of the outputs: y.backward(gradient=w) with w of y's shape")
+HINT_LEAF_INPLACE = ("hint: update parameters under td.no_grad() (with td.no_grad(): w -= lr "
+                     "* w.grad), or compute a new tensor out of place (y = w + v)")
+_WARN_NONLEAF_GRAD = (
+    "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its .grad "
+    "attribute won't be populated during backward(): only leaves accumulate gradients. An "
+    "update written w = w - lr * w.grad makes w a recorded (non-leaf) tensor; update the leaf "
+    "in place instead: with td.no_grad(): w -= lr * w.grad.")
 ERR_NESTED = (
     "this differentiates through the inputs of an enclosing td.grad / td.value_and_grad, "
     "whose gradient would then miss this dependence: nested differentiation is not supported "
@@ -128,9 +158,12 @@ class Tensor:
         """The accumulated gradient: None until a backward reaches this leaf, then a Tensor
         of the leaf's shape and dtype; ``backward`` adds to it.  Set it to None to reset."""
         try:
-            return self._grad
+            g = self._grad
         except AttributeError:  # recorded tensors do not set it (see __slots__)
-            return None
+            g = None
+        if g is None and self._tape is not None:  # as PyTorch: a non-leaf's is never filled
+            warnings.warn(_WARN_NONLEAF_GRAD, UserWarning, stacklevel=2)
+        return g
 
     @grad.setter
     def grad(self, g: "Tensor | None") -> None:
@@ -156,7 +189,7 @@ class Tensor:
                 raise RuntimeError(_ERR_NONLEAF_RG)
             return
         if flag and dtype_of(self._v).kind != "f":
-            raise RuntimeError(_ERR_FLOAT_ONLY)
+            raise with_hint(RuntimeError(_ERR_FLOAT_ONLY), HINT_FLOAT)
         self._rg = flag
         self._leaf_record = None
 
@@ -210,7 +243,8 @@ class Tensor:
         shape = self.shape
         if gradient is None:
             if size_of(self._v) != 1:
-                raise RuntimeError("grad can be implicitly created only for scalar outputs")
+                raise with_hint(RuntimeError(
+                    "grad can be implicitly created only for scalar outputs"), HINT_SCALAR)
             seed = np.ones(1)
         else:
             g = gradient._v if isinstance(gradient, Tensor) else gradient
@@ -327,6 +361,13 @@ class Tensor:
         observe(self, "float()")
         if size_of(self._v) != 1:
             raise ValueError("only one element tensors can be converted to Python scalars")
+        # NumPy converts a one-element tensor stored into an ndarray (a[i] = t) with float():
+        # that store drops the gradient, so it refuses as np.asarray(t) does.  The caller's
+        # frame tells the store apart from an explicit float(t).
+        if (self._rg and thread_state.grad_enabled
+                and sys._getframe(1).f_code.co_code[sys._getframe(1).f_lasti] == _STORE_SUBSCR
+                and _carries_gradient(self)):
+            raise RuntimeError(_ERR_STORE)
         return float(self.item())
 
     def __int__(self) -> int:
@@ -599,15 +640,39 @@ class Tensor:
         """The values as a 1-d tensor."""
         return _ops.ravel(self)
 
-    def squeeze(self, axis: Any = None) -> "Tensor":
+    def squeeze(self, axis: Any = None, **aliases: Any) -> "Tensor":
         """Without size-1 dimensions (or only ``axis``)."""
-        return _ops.squeeze(self, axis)
+        return _ops.squeeze(self, axis, **aliases)
 
     def transpose(self, *axes: Any) -> "Tensor":
         """Axes permuted (reversed by default), as ``ndarray.transpose``."""
         if len(axes) == 1 and (axes[0] is None or not isinstance(axes[0], (int, np.integer))):
             axes = axes[0]
         return _ops.transpose(self, axes or None)
+
+    def flip(self, axis: Any = None, **aliases: Any) -> "Tensor":
+        """Elements reversed along ``axis`` (PyTorch: ``dims=``)."""
+        return _ops.flip(self, axis, **aliases)
+
+    def unsqueeze(self, dim: int) -> "Tensor":
+        """A new size-1 dimension at ``dim`` (PyTorch's name for ``expand_dims``)."""
+        return _ops.expand_dims(self, dim)
+
+    def roll(self, shift: Any, axis: Any = None, **aliases: Any) -> "Tensor":
+        """Elements rolled along ``axis`` (PyTorch: ``dims=``)."""
+        return _ops.roll(self, shift, axis, **aliases)
+
+    def softmax(self, axis: Any = -1, **aliases: Any) -> "Tensor":
+        """Softmax along ``axis`` (default last; PyTorch: ``dim=``)."""
+        return _ops.softmax(self, axis, **aliases)
+
+    def log_softmax(self, axis: Any = -1, **aliases: Any) -> "Tensor":
+        """Log-softmax along ``axis`` (default last; PyTorch: ``dim=``)."""
+        return _ops.log_softmax(self, axis, **aliases)
+
+    def logsumexp(self, axis: Any = None, keepdims: bool = False, **aliases: Any) -> "Tensor":
+        """log(sum(exp(x))) along ``axis``, without overflow."""
+        return _ops.logsumexp(self, axis, keepdims, **aliases)
 
     def swapaxes(self, axis1: int, axis2: int) -> "Tensor":
         """Two axes interchanged."""
@@ -631,9 +696,9 @@ class Tensor:
         """Sum along a diagonal."""
         return _ops.trace(self, offset, axis1, axis2)
 
-    def repeat(self, repeats: Any, axis: Any = None) -> "Tensor":
+    def repeat(self, repeats: Any, axis: Any = None, **aliases: Any) -> "Tensor":
         """Elements repeated, as ``ndarray.repeat``."""
-        return _ops.repeat(self, repeats, axis)
+        return _ops.repeat(self, repeats, axis, **aliases)
 
     def dot(self, other: Any) -> "Tensor":
         """``np.dot(self, other)``."""
@@ -721,7 +786,8 @@ def tape_gradient(tape: Any, y: Tensor, xs: Any, gradient: Any = None,
     _check_differentiable_here(tape)
     if gradient is None:
         if size_of(y._v) != 1:
-            raise RuntimeError("grad can be implicitly created only for scalar outputs")
+            raise with_hint(RuntimeError(
+                "grad can be implicitly created only for scalar outputs"), HINT_SCALAR)
         seed = np.ones(1)
     else:
         seed = np.asarray(gradient._v if isinstance(gradient, Tensor) else gradient, F64)

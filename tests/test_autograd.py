@@ -154,7 +154,8 @@ def test_tensors_not_requiring_grad_keep_grad_none():
     y.backward()
     np.testing.assert_array_equal(g(x.grad), [4.0, 5.0])
     assert c.grad is None and k.grad is None
-    assert y.grad is None  # non-leaf results do not keep a .grad (no retain_grad)
+    with pytest.warns(UserWarning, match=r"not a leaf Tensor.*td\.no_grad\(\): w -= lr"):
+        assert y.grad is None  # non-leaf results do not keep a .grad (no retain_grad)
 
 
 def test_backward_on_tensor_that_does_not_require_grad_raises():
@@ -951,3 +952,61 @@ def test_grad_accumulated_in_place_after_being_recorded_is_recorded_again(shape)
         z.backward()
         np.testing.assert_allclose(np.asarray(x.grad), np.full(shape, 16.0))
     assert y.item() == 8.0 * max(1, np.prod(shape))
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="notes need Python 3.11")
+@pytest.mark.parametrize("mistake,message,hint", [
+    (lambda: td.tensor([1, 2], requires_grad=True), ERR_FLOAT_ONLY, "float dtype"),
+    (lambda: (td.tensor([1.0, 2.0], requires_grad=True) * 2).backward(),
+     "grad can be implicitly created only for scalar outputs", "y.sum().backward()"),
+    (lambda: td.tensor([1.0], requires_grad=True).__isub__(1.0), ERR_LEAF_INPLACE,
+     "td.no_grad()"),
+], ids=["int requires_grad", "non-scalar backward", "in-place on a leaf"])
+def test_pytorch_messages_carry_a_hint_naming_the_fix(mistake, message, hint):
+    # str(e) stays PyTorch's word for word; the fix is a note the traceback shows
+    with pytest.raises(RuntimeError) as e:
+        mistake()
+    assert str(e.value) == message
+    assert any(hint in note for note in e.value.__notes__)
+
+
+def test_first_compile_is_announced_once(capsys):
+    # a kernel without a valid on-disk cache entry is announced on stderr before it compiles
+    from tapediff import _tape
+
+    class Uncached:
+        class _cache:
+            class _cache_file:
+                @staticmethod
+                def _load_index():
+                    return {}
+
+    kernel = Uncached()
+    _tape.notice_compile(kernel, "the test kernel")
+    _tape.notice_compile(kernel, "the test kernel")
+    err = capsys.readouterr().err
+    assert err.count("tapediff: compiling the test kernel for this machine, once") == 1
+    cached = Uncached()
+    cached._cache = type("C", (), {"_cache_file": type("F", (), {
+        "_load_index": staticmethod(lambda: {"sig": 1})})})
+    _tape.notice_compile(cached, "a cached kernel")
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("make", [lambda a: td.tensor(a, requires_grad=True),
+                                  lambda a: td.tensor(a).requires_grad_()],
+                         ids=["tensor(requires_grad)", "requires_grad_()"])
+def test_fortran_ordered_and_strided_arrays_keep_their_gradients_in_place(make):
+    # views compute strides for C order: a leaf holding a Fortran-ordered or strided array
+    # once sent x[:, 0]'s gradient to the wrong elements
+    w = np.array([1.0, 10.0, 100.0])
+    for a in (np.arange(6.0).reshape(2, 3).T, np.arange(12.0).reshape(3, 4)[:, ::2]):
+        x = make(a)
+        (x[:, 0] * w).sum().backward()
+        expected = np.zeros(a.shape)
+        expected[:, 0] = w
+        np.testing.assert_array_equal(x.grad.numpy(), expected)
+        # an ndarray operand in Fortran order, through a recorded view
+        t = td.tensor([1.0, 2.0], requires_grad=True)
+        (np.asfortranarray(a) * t)[:, 1].sum().backward()
+        np.testing.assert_array_equal(t.grad.numpy(), [0.0, a[:, 1].sum()])

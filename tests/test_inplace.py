@@ -276,3 +276,25 @@ def test_view_of_a_0d_tensor_writes_its_one_element():
     assert y.item() == a.item() == 4.0 and r.numpy().tolist() == b.tolist()
     (y * y).backward()
     assert x.grad.item() == 2 * 4.0 * 2.0
+
+
+def test_ufunc_out_and_at_update_a_tensor_in_place():
+    # np.exp(y, out=y) and np.add.at(y, idx, v): NumPy's in-place spellings, same semantics
+    def program(x):
+        y = x * 1.0
+        np.exp(y, out=y)
+        np.add.at(y, [0, 0, 2], x[:3])
+        np.subtract.at(y, [1], x[3])
+        np.multiply(y, x, out=y)
+        return (y * W6[:4]).sum()
+
+    x0 = np.array([0.5, -1.0, 0.3, 0.8])
+    x = td.tensor(x0, requires_grad=True)
+    out = program(x)
+    np.testing.assert_allclose(out.item(), program(x0.copy()), rtol=1e-13)
+    out.backward()
+    np.testing.assert_allclose(x.grad.numpy(), numerical_grad(program, [x0])[0], rtol=1e-7)
+    with pytest.raises(TypeError, match=r"multiply\.at"):
+        np.multiply.at(x * 1.0, [0], 2.0)
+    with pytest.raises(TypeError, match="mixing tensors and arrays"):
+        np.divmod(x, 2.0, out=(x * 1.0, np.zeros(4)))

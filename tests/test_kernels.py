@@ -71,6 +71,30 @@ _BY_HAND = {
     K.OP_GUARD: lambda x: x * 2.0 if bool(x[0, 0] > 0.5) else x,  # on a replay recording
     K.OP_MATMUL: lambda x: x @ x.T,
     K.OP_CAST: lambda x: x.astype(np.float32).astype(np.float64),
+    # linear algebra (tests/test_linalg.py tests them in depth): 2x2 SPD x @ x.T + I, the
+    # 2x3 x itself; eigenvectors and singular vectors squared (their signs are arbitrary)
+    K.OP_LINALG_SOLVE: lambda x: td.linalg.solve(x @ x.T + np.eye(2), x),
+    K.OP_LINALG_SOLVE_TRIANGULAR: lambda x: td.linalg.solve_triangular(
+        x[:, :2] + 2.0 * np.eye(2), x, lower=True),
+    K.OP_LINALG_CHOLESKY: lambda x: td.linalg.cholesky(x @ x.T + np.eye(2)),
+    K.OP_LINALG_SLOGDET: lambda x: td.linalg.slogdet(x @ x.T + np.eye(2))[1],
+    K.OP_LINALG_EIGH: lambda x: td.concatenate(
+        [td.linalg.eigh(x @ x.T)[0], td.linalg.eigh(x @ x.T)[1].ravel() ** 2]),
+    K.OP_LINALG_SVD: lambda x: td.concatenate(
+        [u.ravel() ** 2 for u in td.linalg.svd(x, full_matrices=False)]),
+    K.OP_LINALG_QR: lambda x: td.concatenate([f.ravel() for f in td.linalg.qr(x.T)]),
+    K.OP_LINALG_PINV: lambda x: td.linalg.pinv(x),
+    # special functions (tests/test_special.py tests them in depth), x in (0.4, 1.3)
+    K.OP_ERFC: lambda x: td.erfc(x),
+    K.OP_ERFINV: lambda x: td.erfinv(x * 0.7),
+    K.OP_NDTRI: lambda x: td.ndtri(x * 0.7),
+    K.OP_GAMMALN: lambda x: td.gammaln(x),
+    K.OP_DIGAMMA: lambda x: td.digamma(x),
+    K.OP_LOG_NDTR: lambda x: td.log_ndtr(x * 3.0 - 3.0),
+    K.OP_LOGIT: lambda x: td.logit(x * 0.7),
+    K.OP_XLOGY: lambda x: td.xlogy(x, x[0]),
+    K.OP_XLOG1PY: lambda x: td.xlog1py(x, x[0]),
+    K.OP_BETALN: lambda x: td.betaln(x, x[0] + 0.5),
 }
 RECORDERS = {**_BY_HAND, **{p.op: _public_row(p) for p in P.PUBLIC}}
 

@@ -335,6 +335,17 @@ def test_replay_hands_back_to_numpy_exactly_the_replay_numpy_rows():
         assert K.TRAITS[op] & K.ONE_INPUT and K.TRAITS[op] & K.ELEMENTWISE
 
 
+def test_rows_with_python_rules_are_python_rule_opcodes():
+    """A row giving NumPy rules (``forward``/``reverse``) gives both and is a PYTHON_RULE
+    opcode; the only PYTHON_RULE opcodes without them are the driver's own (matmul, cast)."""
+    for p in P.PRIMITIVES:
+        tr = int(K.TRAITS[p.op])
+        if p.forward is not None or p.reverse is not None:
+            assert tr & K.PYTHON_RULE and callable(p.forward) and callable(p.reverse), p
+        elif tr & K.PYTHON_RULE:
+            assert p.op in (K.OP_MATMUL, K.OP_CAST), p
+
+
 @pytest.mark.parametrize("p", public(), ids=_id)
 def test_every_public_row_is_a_function_and_a_method(p):
     fn = getattr(td, p.name)

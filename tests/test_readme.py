@@ -49,3 +49,19 @@ def test_replay_with_scipy_example():
     res, fg = ns["res"], ns["fg"]
     assert res.success and np.abs(res.x - 1.0).max() < 1e-4
     assert fg.recordings == 1 and fg.replays == res.nfev - 1
+
+
+def test_gaussian_process_example():
+    pytest.importorskip("scipy")
+    from helpers import numerical_grad
+
+    ns: dict = {}
+    exec(compile(_block("def gp_loss(log_params, X, y):"), "README.md", "exec"), ns)
+    fit, gp, gp_loss = ns["fit"], ns["gp"], ns["gp_loss"]
+    assert fit.success and gp.recordings == 1 and gp.replays >= 5
+    np.testing.assert_allclose(np.exp(fit.x), [0.93, 1.08, 0.12], atol=0.01)  # as printed
+    # the gradient the optimiser used, against central differences of the same NumPy code
+    p = np.array([0.3, -0.2, -1.0])
+    value, grad = gp(p, ns["X"], ns["y"])
+    fd = numerical_grad(lambda q: float(gp_loss(q, ns["X"], ns["y"])), [p])[0]
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)

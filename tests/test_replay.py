@@ -86,7 +86,7 @@ def assert_same_result(actual, expected, tol: dict | None = None) -> None:
 
 def eager(fn: Callable, *args, argnums=0, **kwargs):
     """value_and_grad without replay: ``fn`` recorded afresh at these arguments."""
-    return td.value_and_grad(fn, argnums)(*args, **kwargs)
+    return td.value_and_grad(fn, argnums, allow_unused=True)(*args, **kwargs)
 
 
 def guard_line(message: str) -> str:
@@ -134,7 +134,7 @@ def _table_case(row: Op, dtype) -> None:
             return (row.fn(*operands) * w).sum()
 
         argnums = tuple(range(len(diff)))
-        f = td.value_and_grad(fn, argnums, replay=True)
+        f = td.value_and_grad(fn, argnums, replay=True, allow_unused=True)
         note(f"{row.name}: recording at {first!r}")
         rec = f(*[first[i] for i in diff])
         assert_same_result(rec, eager(fn, *[first[i] for i in diff], argnums=argnums))
@@ -190,7 +190,7 @@ def test_replay_matches_eager_on_generated_programs(prog, data):
     first, second = inputs("first inputs"), inputs("second inputs")
     assume(any(not np.array_equal(a, b) for a, b in zip(first, second)))
     argnums = tuple(range(prog.n_inputs))
-    f = td.value_and_grad(prog, argnums, replay=True)
+    f = td.value_and_grad(prog, argnums, replay=True, allow_unused=True)
     assert_same_result(f(*first), eager(prog, *first, argnums=argnums))
     note(f"replay of\n{prog}\nat {second!r}")
     value, grads = f(*second)
@@ -357,14 +357,14 @@ def _arr(v: list) -> np.ndarray:
 @pytest.mark.parametrize("case", GUARDS, ids=[c.name for c in GUARDS])
 @crash_guard
 def test_guard_holds_on_the_same_branch(case):
-    f = td.value_and_grad(case.fn, replay=True)
+    f = td.value_and_grad(case.fn, replay=True, allow_unused=True)
     assert_same_result(f(_arr(case.rec)), eager(case.fn, _arr(case.rec)))
     got = f(_arr(case.same))
     assert (f.recordings, f.replays) == (1, 1), f.last_guard
     assert f.last_guard is None
     assert_same_result(got, eager(case.fn, _arr(case.same)))
     # raising mode replays the same branch without raising
-    f = td.value_and_grad(case.fn, replay=True, on_guard="raise")
+    f = td.value_and_grad(case.fn, replay=True, on_guard="raise", allow_unused=True)
     f(_arr(case.rec))
     assert_same_result(f(_arr(case.same)), eager(case.fn, _arr(case.same)))
     assert (f.recordings, f.replays) == (1, 1)
@@ -373,7 +373,7 @@ def test_guard_holds_on_the_same_branch(case):
 @pytest.mark.parametrize("case", GUARDS, ids=[c.name for c in GUARDS])
 @crash_guard
 def test_guard_records_again_on_another_branch(case):
-    f = td.value_and_grad(case.fn, replay=True)
+    f = td.value_and_grad(case.fn, replay=True, allow_unused=True)
     f(_arr(case.rec))
     got = f(_arr(case.switch))
     assert (f.recordings, f.replays) == (2, 0)
@@ -389,7 +389,7 @@ def test_guard_records_again_on_another_branch(case):
     assert (f.recordings, f.replays) == (2, 2)
     assert_same_result(got, eager(case.fn, _arr(case.rec)))
     # keeping one recording only, every switch records again
-    f = td.value_and_grad(case.fn, replay=True, max_recordings=1)
+    f = td.value_and_grad(case.fn, replay=True, max_recordings=1, allow_unused=True)
     for x, counts in ((case.rec, (1, 0)), (case.switch, (2, 0)), (case.rec, (3, 0))):
         assert_same_result(f(_arr(x)), eager(case.fn, _arr(x)))
         assert (f.recordings, f.replays) == counts
@@ -398,7 +398,7 @@ def test_guard_records_again_on_another_branch(case):
 @pytest.mark.parametrize("case", GUARDS, ids=[c.name for c in GUARDS])
 @crash_guard
 def test_guard_raises_on_another_branch(case):
-    f = td.value_and_grad(case.fn, replay=True, on_guard="raise")
+    f = td.value_and_grad(case.fn, replay=True, on_guard="raise", allow_unused=True)
     f(_arr(case.rec))
     with pytest.raises(td.GuardError) as info:
         f(_arr(case.switch))
@@ -421,7 +421,7 @@ def test_guards_in_float32():
         def a(v):
             return np.array(v, np.float32)
 
-        f = td.value_and_grad(case.fn, replay=True)
+        f = td.value_and_grad(case.fn, replay=True, allow_unused=True)
         f(a(case.rec))
         got = f(a(case.same))
         assert (f.recordings, f.replays) == (1, 1), (case.name, f.last_guard)
@@ -1018,7 +1018,8 @@ def test_non_numeric_output_raises_type_error(out, replay):
 @crash_guard
 def test_outputs_that_do_not_depend_on_the_inputs():
     for replay in (False, True):
-        vg = td.value_and_grad(lambda x, y: x.detach().sum() * 0.0 + 3.0, (0, 1), replay=replay)
+        vg = td.value_and_grad(lambda x, y: x.detach().sum() * 0.0 + 3.0, (0, 1), replay=replay,
+                               allow_unused=True)
         for k in range(2):
             value, (gx, gy) = vg(np.ones(2) * k, np.ones(3))
             assert value == 3.0 and np.array_equal(gx, np.zeros(2)) and gy.shape == (3,)
@@ -1026,9 +1027,39 @@ def test_outputs_that_do_not_depend_on_the_inputs():
         f = td.value_and_grad(lambda x: x, replay=replay)
         assert f(2.0) == (2.0, 1.0) and f(5.0) == (5.0, 1.0)
         # a Python float output
-        f = td.value_and_grad(lambda x: 1.5, replay=replay)
+        f = td.value_and_grad(lambda x: 1.5, replay=replay, allow_unused=True)
         assert_same_result(f(np.ones(2)), (np.float64(1.5), np.zeros(2)))
         assert_same_result(f(np.ones(2) * 3), (np.float64(1.5), np.zeros(2)))
+
+
+@pytest.mark.parametrize("replay", [False, True])
+@pytest.mark.parametrize("fn", [lambda x: (x * x).sum().item(), lambda x: float((x * x).sum()),
+                                lambda x: x.detach().sum() * 2.0, lambda x: 1.5,
+                                lambda x: np.sum(x.numpy())],
+                         ids=[".item()", "float()", ".detach()", "constant", ".numpy()"])
+def test_a_broken_graph_is_refused_unless_allow_unused(fn, replay):
+    # as torch.autograd.grad: an output that does not depend on the input is a graph
+    # broken on the way far more often than an intended zero
+    for make in (td.grad, td.value_and_grad):
+        with pytest.raises(RuntimeError, match="does not depend on its differentiated "
+                                               "argument.*allow_unused=True"):
+            make(fn, replay=replay)(np.array([1.0, 2.0]))
+    g = td.grad(fn, replay=replay, allow_unused=True)(np.array([1.0, 2.0]))
+    assert np.array_equal(g, np.zeros(2))
+
+
+@pytest.mark.parametrize("replay", [False, True])
+def test_an_unused_argument_is_named(replay):
+    f = td.grad(lambda x, y, z: (x * z).sum(), argnums=(0, 1, 2), replay=replay)
+    with pytest.raises(RuntimeError, match="does not depend on argument 1 of those "
+                                           "differentiated.*allow_unused=True"):
+        f(np.ones(2), np.ones(2), np.ones(2))
+    f = td.grad(lambda x, y, z: (x * z).sum(), argnums=(0, 1, 2), replay=replay,
+                allow_unused=True)
+    gx, gy, gz = f(np.ones(2), np.full(2, 3.0), np.full(2, 2.0))
+    assert np.array_equal(gy, np.zeros(2)) and np.array_equal(gx, [2.0, 2.0])
+    # a zero gradient through the graph is a dependence, not an unused argument
+    assert np.array_equal(td.grad(lambda x: (x * 0.0).sum())(np.ones(2)), np.zeros(2))
 
 
 # ---------------------------------------------------------------------------------------------

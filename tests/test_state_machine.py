@@ -698,7 +698,11 @@ class AutogradMachine(RuleBasedStateMachine):
         assert t.shape == m.shape and t.dtype == np.float64, f"{what}: {t.shape} {t.dtype}"
         np.testing.assert_allclose(t.numpy(), m.value, rtol=1e-10, atol=1e-12,
                                    err_msg=f"value of {what}")
-        g = t.grad
+        if m.leaf or m.grad is not None:
+            g = t.grad
+        else:  # as PyTorch, reading a non-leaf's unset .grad warns (only leaves accumulate)
+            with pytest.warns(UserWarning, match="not a leaf Tensor"):
+                g = t.grad
         if m.grad is None:
             assert g is None, f"{what}: expected no .grad, got {g!r}"
         else:
