@@ -4,10 +4,19 @@ from __future__ import annotations
 import json
 import math
 
-from .case import HAND, PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY
+from .case import AUTOGRAD_NAME, HAND, JAX_NAME, PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME
 from .targets import paired_ratio
 
 _SHORT = {PRIMAL: "primal", HAND: "hand grad", "Python primal": "primal"}
+
+# How to add the peers.  PyPI's Linux wheel of PyTorch pulls in CUDA (gigabytes); its CPU
+# build, installed first, satisfies the extra's pin (2.13.0+cpu is 2.13.0).
+INSTALL_PEERS = 'pip install -e ".[bench]"'
+INSTALL_TORCH_CPU = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+PEERS_HINT = (f"add peers with {INSTALL_PEERS}; on Linux install PyTorch's CPU build first "
+              f"({INSTALL_TORCH_CPU}), or pip fetches the multi-GB CUDA build")
+INSTALL_ONE = {TORCH_NAME: INSTALL_TORCH_CPU, JAX_NAME: 'pip install "jax>=0.4.30"',
+               AUTOGRAD_NAME: 'pip install "autograd>=1.6"'}
 
 
 def fmt_time(s: float) -> str:
@@ -44,13 +53,16 @@ def metric_text(m) -> str:
 
 
 def header_lines(info: dict) -> list[str]:
-    lines = [f"tapediff benchmark  {info['date']}  ({info['mode']})",
-             f"machine: {info['cpu']}, {info['cores']} cores; load average at start "
-             f"{info['load_start']}",
-             f"software: {info['software']}",
-             f"peers: {info['peers']}",
-             f"threads: {info['threads']}",
-             info["allocator"]]
+    lines = [f"tapediff benchmark  {info['date']}  ({info['mode']})"]
+    if info.get("expected"):
+        lines.append(f"expected: {info['expected']}")
+    lines += [f"machine: {info['cpu']}, {info['cores']} cores; load average at start "
+              f"{info['load_start']}",
+              f"software: {info['software']}",
+              f"peers: {info['peers']}"]
+    if info.get("peers_hint"):
+        lines.append(f"       {info['peers_hint']}")
+    lines += [f"threads: {info['threads']}", info["allocator"]]
     if info.get("warning"):
         lines.append(f"note: {info['warning']}")
     lines += ["timing: median per call over paired rounds (every contender once per round, "
@@ -102,13 +114,42 @@ def case_lines(r) -> list[str]:
     return lines
 
 
-def target_lines(verdicts, quick: bool) -> list[str]:
-    lines = ["== targets" + (" (quick sizes: indicative only)" if quick else "")]
+def target_lines(verdicts, quick: bool, missing: dict | None = None) -> list[str]:
+    """Each target as its goal and the figure this run measured.
+
+    Targets no case of this run measured are summarised, not listed one by one: one line
+    per peer that did not run (``missing``: peer name -> why, e.g. "not installed"), naming
+    the targets that compare with it and how to add it, then one line for the rest (cases
+    left out by ``--only``, or at ``--quick`` sizes).
+    """
+    missing = missing or {}
+    lines = ["== targets: the goal, and what this run measured"
+             + (" (quick sizes: indicative only)" if quick else "")]
+    by_peer: dict = {p: [] for p in missing}
+    unmeasured = []
     for v in verdicts:
-        status = {True: "MET", False: "MISSED", None: "not measured"}[v.met]
-        lines.append(f"   [{status}] {v.target}")
-        for case, measured, ok in v.rows:
-            lines.append(f"        {'ok  ' if ok else 'MISS'} {case}: {measured}")
+        if not v.rows:
+            (by_peer[v.peer] if v.peer in missing else unmeasured).append(v.target)
+            continue
+        lines.append(f"   {v.target}")
+        rows = [f"measured {measured} ({case}): {'met' if ok else 'missed'}"
+                for case, measured, ok in v.rows]
+        if len(rows) == 1:
+            lines.append(f"      goal: {v.goal} -- {rows[0]}")
+        else:
+            met = sum(ok for _, _, ok in v.rows)
+            lines.append(f"      goal: {v.goal} -- met in {met} of {len(rows)} cases:")
+            lines += [f"         {row}" for row in rows]
+    if unmeasured:
+        why = ("quick sizes are not the targets' sizes, or --only left their cases out"
+               if quick else "--only left their cases out")
+        lines.append(f"   not measured ({why}): " + "; ".join(unmeasured))
+    for peer, why in missing.items():
+        targets = by_peer[peer]
+        what = (f"{len(targets)} target(s) not measured: " + "; ".join(targets)
+                if targets else "no target needs it")
+        add = f"; add it with {INSTALL_ONE.get(peer, INSTALL_PEERS)}" if "install" in why else ""
+        lines.append(f"   {peer} {why}, not compared: {what}{add}")
     return lines
 
 
@@ -210,13 +251,17 @@ def plot(results, path: str) -> str:
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rs))])
         ax.set_xticklabels([r.name for r in rs], rotation=20, ha="right", fontsize=7)
-        ax.set_ylabel("time / tapediff")
+        ax.set_ylabel("time / tapediff's\n(lower is better)")
         ax.set_title(wl)
         lo = min(min(r.timings[n].ratio for n in r.timings) for r in rs)
         hi = max(max(r.timings[n].ratio for n in r.timings) for r in rs)
-        ax.set_ylim(10 ** math.floor(math.log10(lo)), 10 ** math.ceil(math.log10(hi) + 1e-9))
+        ax.set_ylim(10 ** math.floor(math.log10(lo) - 1e-9),
+                    10 ** math.ceil(math.log10(hi) + 1e-9))
+    inch = 1 / fig.get_figheight()  # as a fraction of the figure's height
+    fig.suptitle("time per call relative to tapediff (log scale): lower is better, "
+                 "below 1 is faster than tapediff", fontsize=10, y=1 - 0.08 * inch, va="top")
     fig.legend(handles=[Patch(color=colors[n], label=n) for n in names], loc="upper center",
-               ncol=min(len(names), 7), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / len(workloads)))
+               bbox_to_anchor=(0.5, 1 - 0.35 * inch), ncol=min(len(names), 7), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 * inch))
     fig.savefig(path, dpi=110)
     return f"plot written to {path}"

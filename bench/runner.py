@@ -17,6 +17,12 @@ For each case of each workload (``--only`` picks workloads):
 The table goes to stdout as each case finishes, progress lines to stderr.  ``--json FILE``
 writes every number, ``--plot FILE.png`` a chart (needs matplotlib).  ``--quick`` runs small
 sizes in well under a minute (CI's smoke test).
+
+Before the first case the runner checks what the run needs (matplotlib for ``--plot``,
+writable folders for the output files; exit code 2 and nothing run otherwise) and prints
+what the run is expected to take (``COST``, measured).  At the end each target is printed
+as its goal and the measured figure; peers that did not run are summed up in one line each,
+with the command that adds them.
 """
 from __future__ import annotations
 
@@ -36,12 +42,16 @@ import tapediff as td
 from . import backends as B
 from . import replay_figures
 from .case import PEER_NAMES, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME, Case, MetricsCase
-from .report import case_lines, header_lines, plot, target_lines, to_json, to_markdown
+from .report import (
+    INSTALL_ONE, INSTALL_PEERS, PEERS_HINT, case_lines, header_lines, plot, target_lines,
+    to_json, to_markdown,
+)
 from .targets import evaluate
 from .timing import paired_rounds, peak_memory, steady_allocator
-from .workloads import array_ops, ba, elementwise, gmm, mlp, scalar, startup
+from .workloads import array_ops, ba, elementwise, gmm, linalg, mlp, scalar, startup
 
-WORKLOADS = {m.WORKLOAD: m for m in (scalar, elementwise, mlp, gmm, ba, array_ops, startup)}
+WORKLOADS = {m.WORKLOAD: m for m in (scalar, elementwise, mlp, gmm, ba, array_ops, linalg,
+                                      startup)}
 
 
 @dataclass
@@ -62,6 +72,64 @@ QUICK = Settings(rounds=5, min_rounds=3, budget_s=1.0, sample_s=0.01, warmup_cal
                  warmup_s=0.05, quick=True)
 FULL = Settings(rounds=21, min_rounds=7, budget_s=25.0, sample_s=0.05, warmup_calls=5,
                 warmup_s=1.0)
+
+# What a run costs, printed before it starts.  Measured with ``--peers none`` (NumPy and
+# tapediff only; PyTorch installed, so imported) under /usr/bin/time -v on a 2-core AMD EPYC
+# with 24 GB, 2026-12-06, other jobs sharing the cores: wall seconds per workload, --quick
+# (load ~2.5, 21 s in all, 0.52 GB peak RSS) and full (load ~4, 10.5 min in all, 8.26 GB
+# peak RSS, in the GMM cases), and the full run's peak RSS (GB) while in that workload.
+# glibc keeps freed memory mapped (see steady_allocator), so a workload's figure includes
+# what earlier ones left behind.  The peak is GMM d=64 K=25 n=10,000 (the others: <= 4.4 GB).
+COST = {  # workload: (quick s, full s, full peak GB)
+    "scalar": (2.7, 57, 0.6),
+    "elementwise": (2.3, 46, 1.4),
+    "mlp": (2.6, 37, 1.4),
+    "gmm": (2.6, 265, 8.3),
+    "ba": (0.9, 75, 4.1),
+    "ops": (1.9, 47, 1.4),
+    "linalg": (2.9, 22, 1.4),
+    "compile": (3.3, 75, 1.4),  # full: a cold compile in a fresh process
+}
+STARTUP_S = (2, 7)  # imports before the first case: --quick, full
+QUICK_PEAK_GB = 0.5  # --quick, every workload
+COST_MACHINE = "a 2-core AMD EPYC shared with other jobs"
+# The full run with PyTorch 2.13.0+cpu took 9.2 min (load ~2.5: the timed rounds are bounded
+# by a time budget per case, so a peer adds little time) and 9.35 GB peak RSS.
+PEER_PEAK_GB = {TORCH_NAME: 1.1}  # added to the full run's peak
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
+
+
+def expected_cost(workloads: list[str], quick: bool, peers: list[str]) -> tuple[str, float]:
+    """What the run will take: a sentence, and its peak memory in GB."""
+    known = [w for w in workloads if w in COST]
+    secs = STARTUP_S[0 if quick else 1] + sum(COST[w][0 if quick else 1] for w in known)
+    peak = QUICK_PEAK_GB if quick else max([QUICK_PEAK_GB] + [COST[w][2] for w in known])
+    if not quick:
+        peak += sum(PEER_PEAK_GB.get(p, 0.0) for p in peers)
+    text = (f"about {_duration(secs)} and {peak:.1f} GB peak memory "
+            f"{'with ' + ', '.join(peers) if peers else 'without peers'} "
+            f"(measured on {COST_MACHINE}")
+    unmeasured = [p for p in peers if p not in PEER_PEAK_GB]
+    text += f"; {', '.join(unmeasured)} not included)" if unmeasured else ")"
+    if len(known) < len(workloads):
+        text += f"; not counted: {', '.join(w for w in workloads if w not in COST)}"
+    if not quick and secs > 120:
+        text += "; python -m bench --quick takes under a minute"
+    return text, peak
+
+
+def _available_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @dataclass
@@ -130,7 +198,8 @@ def machine_info(peers: list[str], quick: bool) -> dict:
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     peer_text = "; ".join(
-        f"{p.name} {p.version}" if p.version else f"{p.name}: not installed ({p.why_not})"
+        f"{p.name} {p.version}" if p.version else f"{p.name}: not installed" + (
+            "" if p.why_not.startswith("No module named") else f" ({p.why_not})")
         for p in B.PEERS.values())
     if set(peers) != {p.name for p in B.PEERS.values() if p.version}:
         peer_text += f"  [running: {', '.join(peers) or 'none'}]"
@@ -155,6 +224,7 @@ def machine_info(peers: list[str], quick: bool) -> dict:
                      f"[{_blas()}], Numba {numba.__version__}, tapediff {td.__version__} "
                      f"({_tapediff_revision()})"),
         "peers": peer_text, "threads": "one thread for every library: " + ", ".join(threads),
+        "peers_hint": "" if all(p.version for p in B.PEERS.values()) else PEERS_HINT,
         "warning": warning,
     }
 
@@ -309,8 +379,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             ap.error(f"--peers: choose from {', '.join(lookup)}")
         missing = [w for w in wanted if w not in available]
         if missing:
-            ap.error(f"--peers: not installed: {', '.join(missing)}")
+            ap.error(f"--peers: not installed: {', '.join(missing)}; add "
+                     + ", ".join(f"{m} with {INSTALL_ONE[m]}" for m in missing))
         args.peer_list = wanted
+    # what the run needs, checked now rather than after it
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error(f"--plot needs matplotlib, which is not installed: pip install matplotlib "
+                     f"(or {INSTALL_PEERS}, which also adds the peers); nothing was run")
+    for opt in ("json", "plot", "markdown"):
+        path = getattr(args, opt)
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            ap.error(f"--{opt} {path}: cannot write into {folder}; nothing was run")
     return args
 
 
@@ -324,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
                  else steady_allocator())
     info = machine_info(args.peer_list, args.quick)
     info["allocator"] = allocator
+    info["expected"], peak_gb = expected_cost(args.workloads, args.quick, args.peer_list)
+    available = _available_gb()
+    if available is not None and peak_gb > 0.9 * available:
+        info["expected"] += (f"; WARNING: only {available:.1f} GB of memory is available now "
+                             "(--quick, or --only without gmm and ba, needs less)")
     for line in header_lines(info):
         print(line)
     print(flush=True)
@@ -344,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     info["elapsed_s"] = round(time.perf_counter() - start, 1)
     verdicts = evaluate(results)
     print()
-    print("\n".join(target_lines(verdicts, args.quick)))
+    missing = {p: ("not installed" if not B.PEERS[p].version else "left out by --peers")
+               for p in PEER_NAMES if p not in args.peer_list}
+    print("\n".join(target_lines(verdicts, args.quick, missing)))
     print(f"\nfinished in {info['elapsed_s']:.0f} s; load average at end {info['load_end']}")
     if args.json:
         to_json(info, results, verdicts, args.json)

@@ -7,6 +7,7 @@ indicative).
 """
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,6 +19,8 @@ from .case import HAND, PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME
 class Verdict:
     target: str
     rows: list = field(default_factory=list)  # (case name, measured text, met)
+    goal: str = ""  # the bound in the measured figure's terms, e.g. "<= 3x primal"
+    peer: str = ""  # the peer the target compares with ("": none)
 
     @property
     def met(self) -> bool | None:
@@ -49,12 +52,20 @@ class Target:
     bound: float
     above: bool  # met when measured >= bound (else <= bound)
     fmt: str  # format of the measured value, e.g. "{:.1f}x"
+    peer: str = ""  # the peer it compares with: not measured when that peer does not run
+
+    @property
+    def goal(self) -> str:
+        """The bound written as the measured figure is, e.g. ``<= 3x primal``."""
+        return re.sub(r"\{[^}]*\}", f"{'>=' if self.above else '<='} {self.bound:g}",
+                      self.fmt, count=1)
 
 
 TARGETS = [
     Target("scalar chain forward+backward >= 25x faster than PyTorch eager",
            lambda r: r.name.startswith("scalar chain"),
-           lambda r: paired_ratio(r, TORCH_NAME, TAPEDIFF), 25.0, True, "{:.1f}x faster"),
+           lambda r: paired_ratio(r, TORCH_NAME, TAPEDIFF), 25.0, True, "{:.1f}x faster",
+           TORCH_NAME),
     Target("recording <= 0.5 us/op (scalar chain)",
            lambda r: r.name.startswith("scalar chain"),
            lambda r: _metric(r, "tapediff recording"), 500.0, False, "{:.0f} ns/op"),
@@ -73,9 +84,12 @@ TARGETS = [
     Target("GMM faster than PyTorch at every size",
            lambda r: r.workload == "gmm",
            lambda r: paired_ratio(r, TORCH_NAME, TAPEDIFF), 1.0, True,
-           "PyTorch/tapediff {:.2f}"),
+           "PyTorch/tapediff {:.2f}", TORCH_NAME),
     Target("BA gradient <= 3x the NumPy primal",
            lambda r: r.workload == "ba",
+           lambda r: paired_ratio(r, TAPEDIFF, PRIMAL), 3.0, False, "{:.2f}x primal"),
+    Target("linalg value+gradient <= 3x the NumPy primal at n = 500 (slogdet, solve, cholesky)",
+           lambda r: r.workload == "linalg" and r.size.get("n") == 500,
            lambda r: paired_ratio(r, TAPEDIFF, PRIMAL), 3.0, False, "{:.2f}x primal"),
     # replay: td.value_and_grad(f, replay=True), replayed calls (bench/replay_figures.py)
     Target("replayed scalar chain value+gradient <= 40 ns/record",
@@ -84,7 +98,7 @@ TARGETS = [
     Target("replayed scalar chain >= 250x faster than PyTorch eager",
            lambda r: r.name.startswith("scalar chain"),
            lambda r: paired_ratio(r, TORCH_NAME, TAPEDIFF_REPLAY), 250.0, True,
-           "{:.0f}x faster"),
+           "{:.0f}x faster", TORCH_NAME),
     Target("replay faster than eager tapediff (MLP, GMM, BA)",
            lambda r: r.workload in ("mlp", "gmm", "ba"),
            lambda r: paired_ratio(r, TAPEDIFF, TAPEDIFF_REPLAY), 1.0, True,
@@ -92,14 +106,14 @@ TARGETS = [
     Target("replay faster than PyTorch eager (MLP, GMM, BA)",
            lambda r: r.workload in ("mlp", "gmm", "ba"),
            lambda r: paired_ratio(r, TORCH_NAME, TAPEDIFF_REPLAY), 1.0, True,
-           "PyTorch/replay {:.2f}"),
+           "PyTorch/replay {:.2f}", TORCH_NAME),
 ]
 
 
 def evaluate(results) -> list[Verdict]:
     out = []
     for t in TARGETS:
-        v = Verdict(t.text)
+        v = Verdict(t.text, goal=t.goal, peer=t.peer)
         for r in results:
             if not t.select(r):
                 continue

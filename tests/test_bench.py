@@ -8,6 +8,10 @@
   reference (``gmm.h``, ``ba.h``), including the column-major packing of the lower triangle
   and the small-angle branch of Rodrigues' rotation.
 * ``python -m bench --quick --only scalar`` exits 0; a gradient disagreement fails a case.
+* A run checks what it needs before it starts (``--plot`` without matplotlib exits 2 at
+  once, naming ``pip install matplotlib``), says what it will cost, presents each target as
+  its goal and the measured figure, and sums up peers that did not run in one line each,
+  saying how to add them.
 * The "tapediff replay" contender (``td.value_and_grad(f, replay=True)``) gives eager
   tapediff's value and gradients on every workload objective, replaying (not recording
   again) at the case's inputs and at new ones; a contender that records again fails the
@@ -34,6 +38,7 @@ if ROOT not in sys.path:  # bench/ is not an installed package; run from the rep
 
 from bench.case import Case  # noqa: E402
 from bench.workloads import array_ops, ba, elementwise, gmm, mlp, scalar  # noqa: E402
+from bench.workloads import linalg as linalg_workload  # noqa: E402
 
 
 class _NS:
@@ -275,6 +280,22 @@ def test_ops_gradients():
         assert_grads_match_fd(case)
 
 
+# -- linalg (issue 12) -----------------------------------------------------------------------
+def test_linalg_gradients():
+    rng = np.random.default_rng(12)
+    a = rng.normal(size=(4, 4)) / 2 + 2 * np.eye(4)
+    g = rng.normal(size=(4, 4))
+    spd = g @ g.T / 4 + np.eye(4)
+    for case in [
+        Case("linalg", "slogdet", linalg_workload.slogdet, [a]),
+        Case("linalg", "solve", linalg_workload.solve, [a, rng.normal(size=4)]),
+        Case("linalg", "cholesky", linalg_workload.cholesky, [spd], [rng.normal(size=(4, 4))]),
+    ]:
+        assert_grads_match_fd(case)
+    assert [c.name for c in linalg_workload.cases(quick=False)] == [
+        "slogdet n=500", "solve n=500", "cholesky n=500"]
+
+
 # -- the runner ------------------------------------------------------------------------------
 def test_a_gradient_mismatch_fails_the_case():
     from bench import runner
@@ -309,6 +330,113 @@ def test_quick_scalar_run_exits_zero(tmp_path):
     metrics = {m["name"] for c in doc["cases"] for m in c["metrics"]}
     assert {"tapediff replay", "replay: recording (first call)"} <= metrics
     assert "replayed scalar chain value+gradient <= 40 ns/record" in proc.stdout
+    # what the run costs comes first; targets as goals; no verdict-per-target wall
+    assert proc.stdout.splitlines()[1].startswith("expected: about ")
+    assert "goal: <= 500 ns/op -- measured " in proc.stdout
+    assert "[not measured]" not in proc.stdout and "[MISSED]" not in proc.stdout
+
+
+# -- what a run needs, what it costs, how it reports -------------------------------------------
+def test_plot_without_matplotlib_fails_before_running(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None  # as if not installed\n"
+            "from bench.runner import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--quick", "--only", "scalar", "--plot",
+         str(tmp_path / "p.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--plot needs matplotlib, which is not installed: pip install matplotlib" in (
+        proc.stderr)
+    assert proc.stdout == "" and "[1/" not in proc.stderr  # nothing ran
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_output_folder_is_checked_before_running(tmp_path, capsys):
+    from bench import runner
+
+    with pytest.raises(SystemExit) as exc:
+        runner.parse(["--quick", "--json", str(tmp_path / "no such folder" / "r.json")])
+    assert exc.value.code == 2
+    assert "--json" in capsys.readouterr().err
+
+
+def test_expected_cost_is_said_before_the_run():
+    from bench import runner
+
+    text, peak = runner.expected_cost(list(runner.WORKLOADS), quick=False, peers=[])
+    assert text.startswith("about ") and " min and " in text and "GB peak memory" in text
+    assert "--quick takes under a minute" in text
+    quick, quick_peak = runner.expected_cost(list(runner.WORKLOADS), quick=True,
+                                             peers=["PyTorch"])
+    assert quick.startswith("about ") and " s and " in quick and quick_peak < peak
+    assert "0.5 GB peak memory with PyTorch (measured on " in quick
+    with_peers, peak_with_peers = runner.expected_cost(["gmm"], quick=False,
+                                                       peers=["PyTorch", "JAX jit"])
+    assert peak_with_peers > peak and "; JAX jit not included)" in with_peers
+
+
+def _timed(*per_round):
+    from bench.timing import Timing
+
+    return Timing(samples=list(per_round))
+
+
+def test_targets_are_goals_with_the_measured_figure():
+    from bench import report, runner, targets
+    from bench.case import PRIMAL, TAPEDIFF
+
+    def rosenbrock(ratio):
+        return runner.CaseResult("elementwise", "Rosenbrock n=1,000,000", {"n": 10 ** 6},
+                                 timings={TAPEDIFF: _timed(ratio, ratio), PRIMAL: _timed(1, 1)})
+
+    for t in targets.TARGETS:  # every goal reads as the measured figure does
+        assert "{" not in t.goal and ("<= " in t.goal or ">= " in t.goal), t.goal
+    text = "Rosenbrock n=10^6 <= 2.5x the NumPy primal"
+    for ratio, verdict in ((2.0, "met"), (3.0, "missed")):
+        lines = report.target_lines(targets.evaluate([rosenbrock(ratio)]), quick=False)
+        i = lines.index(f"   {text}")
+        assert lines[i + 1] == (f"      goal: <= 2.5x primal -- measured {ratio:.2f}x primal "
+                                f"(Rosenbrock n=1,000,000): {verdict}")
+    # a target read from several cases: how many met it, then each case's figure
+    lines = report.target_lines(targets.evaluate([rosenbrock(2.0), rosenbrock(3.0)]), False)
+    i = lines.index(f"   {text}")
+    assert lines[i + 1:i + 4] == [
+        "      goal: <= 2.5x primal -- met in 1 of 2 cases:",
+        "         measured 2.00x primal (Rosenbrock n=1,000,000): met",
+        "         measured 3.00x primal (Rosenbrock n=1,000,000): missed"]
+
+
+def test_peers_that_did_not_run_are_summarised_one_line_each(monkeypatch):
+    from bench import backends, report, runner, targets
+    from bench.case import AUTOGRAD_NAME, JAX_NAME, TORCH_NAME
+
+    missing = {TORCH_NAME: "not installed", JAX_NAME: "not installed",
+               AUTOGRAD_NAME: "left out by --peers"}
+    lines = report.target_lines(targets.evaluate([]), quick=True, missing=missing)
+    assert not any("[not measured]" in x or "[MISSED]" in x for x in lines)
+    torch_targets = [t.text for t in targets.TARGETS if t.peer == TORCH_NAME]
+    others = [t.text for t in targets.TARGETS if t.peer != TORCH_NAME]
+    assert len(torch_targets) == 4
+    assert lines[1:] == [
+        "   not measured (quick sizes are not the targets' sizes, or --only left their cases "
+        "out): " + "; ".join(others),
+        "   PyTorch not installed, not compared: 4 target(s) not measured: "
+        + "; ".join(torch_targets)
+        + "; add it with pip install torch --index-url https://download.pytorch.org/whl/cpu",
+        '   JAX jit not installed, not compared: no target needs it; add it with '
+        'pip install "jax>=0.4.30"',
+        "   autograd left out by --peers, not compared: no target needs it",
+    ]
+    # the header says how to add peers, PyTorch's CPU build included
+    monkeypatch.setattr(backends, "PEERS", {
+        n: backends.Peer(n, None, f"No module named '{n}'") for n in missing})
+    info = runner.machine_info([], quick=True)
+    assert info["peers"] == ("PyTorch: not installed; JAX jit: not installed; "
+                             "autograd: not installed")
+    info.update(allocator="allocator: test", expected="about 1 s")
+    header = report.header_lines(info)
+    hint = header[header.index(f"peers: {info['peers']}") + 1]
+    assert 'pip install -e ".[bench]"' in hint
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in hint
 
 
 # -- replay ------------------------------------------------------------------------------------

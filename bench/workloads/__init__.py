@@ -6,6 +6,7 @@
 * ``gmm``: ``gmm.py``, ADBench's Gaussian mixture model objective;
 * ``ba``: ``ba.py``, ADBench's bundle adjustment objective;
 * ``ops``: ``array_ops.py``, elementwise, matmul and indexing kernels;
+* ``linalg``: ``linalg.py``, value and gradient of slogdet, solve and cholesky at n = 500;
 * ``compile``: ``startup.py``, start-up cost (import, first backward, first replay) in a
   fresh process.
 
