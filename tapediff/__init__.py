@@ -27,7 +27,7 @@ from ._ops import (
 from ._ops import max_ as max
 from ._ops import min_ as min
 from ._ops import sum_ as sum
-from ._numpy import (  # NumPy's functions composed in _numpy, under the names PyTorch has too
+from ._numpy_functions import (  # NumPy's functions composed there, under PyTorch's names too
     arccosh, arcsinh, arctanh, atleast_3d, cross, deg2rad, diag, diagflat, diff, fliplr, flipud,
     fmax, fmin, kron, logaddexp2, nan_to_num, quantile, rad2deg, rot90, sinc, trapezoid, tril,
     triu,

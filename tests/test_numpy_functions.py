@@ -866,3 +866,22 @@ def test_bad_arguments_raise(call, exc, match):
     x = td.tensor([0.5, 1.0, 1.5, 2.5], requires_grad=True)
     with pytest.raises(exc, match=match):
         call(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sinc_near_zero_has_the_taylor_gradient(dtype):
+    # sin(s)/s's derivative is inf - inf at subnormal x and cancels badly for small x: the
+    # series -pi**2 x / 3 is the answer there (found by hypothesis at x = 2.2e-313)
+    xs = np.array([0.0, 2.22507386e-313, 1e-160, 1e-5, -3e-4, 0.7], dtype)
+    x = td.tensor(xs, requires_grad=True)
+    y = np.sinc(x)
+    np.testing.assert_array_equal(y.numpy(), np.sinc(xs))
+    y.sum().backward()
+    x64 = xs.astype(np.float64)
+    s = np.pi * x64
+    small = np.abs(s) < 1e-3
+    series = np.pi * (-s / 3 + s ** 3 / 30)  # d/dx of 1 - s**2/6 + s**4/120
+    direct = (s * np.cos(s) - np.sin(s)) / (np.pi * np.where(small, 1.0, x64) ** 2)
+    assert np.all(np.isfinite(x.grad.numpy()))
+    np.testing.assert_allclose(x.grad.numpy(), np.where(small, series, direct),
+                               rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-300)
