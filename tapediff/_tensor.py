@@ -364,10 +364,10 @@ class Tensor:
         # NumPy converts a one-element tensor stored into an ndarray (a[i] = t) with float():
         # that store drops the gradient, so it refuses as np.asarray(t) does.  The caller's
         # frame tells the store apart from an explicit float(t).
-        if (self._rg and thread_state.grad_enabled
-                and sys._getframe(1).f_code.co_code[sys._getframe(1).f_lasti] == _STORE_SUBSCR
-                and _carries_gradient(self)):
-            raise RuntimeError(_ERR_STORE)
+        if self._rg and thread_state.grad_enabled:
+            caller = sys._getframe(1)
+            if caller.f_code.co_code[caller.f_lasti] == _STORE_SUBSCR and _carries_gradient(self):
+                raise RuntimeError(_ERR_STORE)
         return float(self.item())
 
     def __int__(self) -> int:
