@@ -23,8 +23,7 @@ from . import _primitives as P
 from ._guards import RAW_VALUE
 from ._numpy_functions import array_values
 from ._record import constant
-from ._tape import thread_state
-from ._tensor import Tensor, _carries_gradient
+from ._tensor import Tensor, carries_gradient
 
 
 def _raw(x: Any) -> Any:
@@ -143,7 +142,7 @@ def _carries(x: Any) -> bool:
     take: the test ``np.asarray(t)`` applies (requires grad, grad mode on, and inside
     td.grad & co. depends on the differentiated inputs)."""
     if isinstance(x, Tensor):
-        return x._rg and thread_state.grad_enabled and _carries_gradient(x)
+        return carries_gradient(x)
     if isinstance(x, (list, tuple)):
         return any(_carries(v) for v in x)
     return False

@@ -343,7 +343,7 @@ class Tensor:
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         # NumPy converts silently (np.asarray, np.array([t, u]), SciPy's np.asarray(x)): a
         # tensor that requires grad refuses rather than drop its gradient, as PyTorch's does
-        if self._rg and thread_state.grad_enabled and _carries_gradient(self):
+        if carries_gradient(self):
             raise RuntimeError(_ERR_TO_NUMPY)
         observe(self, "np.asarray()")
         # np.asarray(t) gives the values: a copy for recorded tensors (the arena is reused),
@@ -364,9 +364,9 @@ class Tensor:
         # NumPy converts a one-element tensor stored into an ndarray (a[i] = t) with float():
         # that store drops the gradient, so it refuses as np.asarray(t) does.  The caller's
         # frame tells the store apart from an explicit float(t).
-        if self._rg and thread_state.grad_enabled:
+        if self._rg:  # (the frame is read only for a tensor that requires grad)
             caller = sys._getframe(1)
-            if caller.f_code.co_code[caller.f_lasti] == _STORE_SUBSCR and _carries_gradient(self):
+            if caller.f_code.co_code[caller.f_lasti] == _STORE_SUBSCR and carries_gradient(self):
                 raise RuntimeError(_ERR_STORE)
         return float(self.item())
 
@@ -815,10 +815,12 @@ def tape_gradient(tape: Any, y: Tensor, xs: Any, gradient: Any = None,
     return _pack(out, single)
 
 
-def _carries_gradient(t: Tensor) -> bool:
-    """Whether converting ``t`` (which requires grad) to values would drop a gradient that is
-    being computed: outside td.grad & co. always; inside, when ``t`` depends on the inputs
-    being differentiated (not on data inputs or tensors closed over, which are constants)."""
+def carries_gradient(t: Tensor) -> bool:
+    """Whether converting ``t`` to values would drop a gradient: ``t`` requires grad, grad
+    mode is on, and (inside td.grad & co.) ``t`` depends on the inputs being differentiated
+    (not on data inputs or tensors closed over, which are constants there)."""
+    if not (t._rg and thread_state.grad_enabled):
+        return False
     active = thread_state.differentiating
     if not active:
         return True
