@@ -10,6 +10,12 @@ contract documented at ``Primitive.forward``:
   again by replay's forward sweep.  It depends on nothing but its arguments.
 * ``reverse(g, out, *inputs, param, needs)`` returns one adjoint (or None) per input, given
   the output's adjoint ``g``; ``needs[j]`` says whether input j takes one.
+* ``tangent(tout, out, inputs, tins, param)`` (forward mode) writes the output's tangent,
+  laid out as ``out``, given the inputs' tangents ``tins``; it is the transpose of
+  ``reverse`` (so the functions of a symmetric input take the symmetric part of its tangent).
+* ``graph(T, g, out, inputs, param, needs)`` is ``reverse`` written with tensor operations
+  (``T`` is the ``tapediff`` namespace, the arguments tensors), for a backward that records
+  its own computation and so can be differentiated again.
 
 Matrices are stacked along leading axes (``(..., m, n)``); every rule works on the whole
 stack.  ``param`` holds the static flags of a record (``lower``, ``trans`` ...).  A record has
@@ -421,3 +427,287 @@ def pinv_reverse(g: np.ndarray, out: np.ndarray, a: np.ndarray, p: float,
     k = mm(pa, gh)
     pahk = mm(pah, k)
     return (-mT(mm(k, pa)) + mm(mm(gh - mm(a, k), pa), pah) + pahk - mm(mm(pahk, pa), a),)
+
+
+# ---------------------------------------------------------------------------------------------
+# higher-order rules: tangent(tout, out, inputs, tins, param) writes the output's tangent
+# (forward mode, NumPy); graph(T, g, out, inputs, param, needs) is the reverse rule in tensor
+# operations (T: the tapediff namespace), which a backward can record and differentiate.
+# Both follow PyTorch's linalg_*_jvp and *_backward; degenerate spectra give inf/nan as the
+# reverse rules do.
+# ---------------------------------------------------------------------------------------------
+def _sym(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (x + mT(x))
+
+
+def _value(t: Any) -> np.ndarray:
+    """A tensor's values, read without recording anything (for the rules' branches)."""
+    return t.detach().numpy()
+
+
+def _eye(n: int, like: Any) -> np.ndarray:
+    return np.eye(n, dtype=like.dtype)
+
+
+def _tsolve(T: Any, a: Any, b: Any, lower: bool, trans: bool = False,
+            unit: bool = False) -> Any:
+    """``tri_solve`` on tensors (a recorded triangular solve)."""
+    return T.linalg.solve_triangular(a, b, trans=int(trans), lower=lower, unit_diagonal=unit,
+                                     check_finite=False)
+
+
+# solve: dX = A^-1 (dB - dA X)
+def solve_tangent(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list,
+                  p: float) -> None:
+    a = inputs[0]
+    da, db = (_f64(t) for t in tins)
+    tout[...] = np.linalg.solve(a, db - np.matmul(da, _f64(out)))
+
+
+def solve_graph(T: Any, g: Any, out: Any, inputs: list, p: float, needs: tuple) -> tuple:
+    a = inputs[0]
+    gb = T.linalg.solve(a.mT, g)
+    ga = -T.matmul(gb, out.mT) if needs[0] else None
+    return ga, gb if needs[1] else None
+
+
+# solve_triangular: dX = op(A)^-1 (dB - op(dA) X), dA restricted to the triangle A is read from
+def solve_triangular_tangent(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list,
+                             p: float) -> None:
+    lower, trans, unit = _flags(p)
+    da, db = (_f64(t) for t in tins)
+    da = np.tril(da, -int(unit)) if lower else np.triu(da, int(unit))
+    rhs = db - np.matmul(mT(da) if trans else da, _f64(out))
+    tout[...] = tri_solve(inputs[0], rhs, lower, trans, unit)
+
+
+def solve_triangular_graph(T: Any, g: Any, out: Any, inputs: list, p: float,
+                           needs: tuple) -> tuple:
+    lower, trans, unit = _flags(p)
+    gb = _tsolve(T, inputs[0], g, lower, not trans, unit)
+    ga = None
+    if needs[0]:
+        ga = -T.matmul(out, gb.mT) if trans else -T.matmul(gb, out.mT)
+        ga = T.tril(ga, -int(unit)) if lower else T.triu(ga, int(unit))
+    return ga, gb if needs[1] else None
+
+
+# cholesky: dL = L Phi(L^-1 dA L^-T), Phi the lower triangle with the diagonal halved, along
+# the symmetric part of dA
+def cholesky_tangent(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list,
+                     p: float) -> None:
+    lo = mT(_f64(out)) if p else _f64(out)
+    y = tri_solve(lo, _sym(_f64(tins[0])), lower=True)  # L^-1 dA
+    y = np.tril(tri_solve(lo, mT(y), lower=True))  # L^-1 dA L^-T (symmetric), lower half
+    _diag(y)[...] *= 0.5
+    dl = np.matmul(lo, y)
+    tout[...] = mT(dl) if p else dl
+
+
+def cholesky_graph(T: Any, g: Any, out: Any, inputs: list, p: float, needs: tuple) -> tuple:
+    lo, gl = (out.mT, g.mT) if p else (out, g)
+    x = T.tril(T.matmul(lo.mT, gl))
+    phi = 0.5 * (x + T.tril(x, -1).mT)
+    y = _tsolve(T, lo, phi, lower=True, trans=True)  # L^-T Phi
+    return (_tsolve(T, lo, y.mT, lower=True, trans=True).mT,)
+
+
+# slogdet: d logabsdet = tr(A^-1 dA); the sign and the LU factors kept have tangent 0
+def slogdet_tangent(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list,
+                    p: float) -> None:
+    a, da = _f64(inputs[0]), _f64(tins[0])
+    tout[...] = 0.0
+    try:
+        tout[..., 1] = np.trace(np.linalg.solve(a, da), axis1=-2, axis2=-1)
+        return
+    except LinAlgError:  # a singular matrix among them: one by one, as the reverse rule
+        pass
+    a3, da3 = _batched(a, 2), _batched(da, 2)
+    t = np.zeros(len(a3))
+    for i in np.flatnonzero(da3.reshape(len(da3), -1).any(axis=1)):
+        with np.errstate(invalid="ignore"):
+            t[i] = np.sum(_inv_t(a3[i]) * da3[i])
+    tout[..., 1] = t.reshape(a.shape[:-2])
+
+
+def slogdet_graph(T: Any, g: Any, out: Any, inputs: list, p: float, needs: tuple) -> tuple:
+    """g_logabsdet A^-T.  At an exactly singular matrix (sign 0), where logabsdet is not
+    differentiable, the reverse rule's value (0 for a zero adjoint, else inf/nan), constant."""
+    a = inputs[0]
+    eye = _eye(a.shape[-1], a)
+    sing = (_value(out)[..., 0] == 0)[..., None, None]
+    a_ok = T.where(sing, eye, a) if sing.any() else a
+    ga = g[..., 1][..., None, None] * T.linalg.inv(a_ok).mT
+    if sing.any():
+        const = slogdet_reverse(_value(g), _value(out), _value(a), p, needs)[0]
+        ga = T.where(sing, const.astype(a.dtype), ga)
+    return (ga,)
+
+
+# eigh: dw = diag(V^T dA V), dV = V (F o V^T dA V) with F_ij = 1 / (w_j - w_i) off the
+# diagonal, 0 on it, along the symmetric part of dA
+def eigh_tangent(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list,
+                 p: float) -> None:
+    shape = inputs[0].shape
+    n = shape[-1]
+    out = _f64(out)
+    w, v = out[..., :n], out[..., n:].reshape(shape)
+    x = np.matmul(mT(v), np.matmul(_sym(_f64(tins[0])), v))
+    tout[..., :n] = _diag(x)
+    e = w[..., None, :] - w[..., :, None]
+    _diag(e)[...] = 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = x / e
+    _diag(x)[...] = 0.0
+    tout[..., n:] = np.matmul(v, x).reshape(shape[:-2] + (n * n,))
+
+
+def eigh_graph(T: Any, g: Any, out: Any, inputs: list, p: float, needs: tuple) -> tuple:
+    shape = inputs[0].shape
+    n = shape[-1]
+    eye = _eye(n, out)
+    w, v = out[..., :n], out[..., n:].reshape(shape)
+    gw, gv = g[..., :n], g[..., n:].reshape(shape)
+    if not gv.requires_grad and not _value(gv).any():  # (see svd_graph)
+        return (T.matmul(v * gw[..., None, :], v.mT),)
+    x = T.matmul(v.mT, gv)
+    x = 0.5 * (x - x.mT)
+    e = w[..., None, :] - w[..., :, None] + eye  # w_j - w_i, 1 on the diagonal
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = x / e + gw[..., None, :] * eye
+    return (T.matmul(v, T.matmul(x, v.mT)),)
+
+
+# svd: dP = U^T dA V, dS = diag(dP), dU = U (sym(dP S) / E) (+ (I - U U^T) dA V S^-1 for
+# m > n), dV = V (sym(S dP) / E) (+ (I - V V^T) dA^T U S^-1 for m < n), sym(X) = X + X^T,
+# E_ij = S_j^2 - S_i^2 (PyTorch's linalg_svd_jvp)
+def svd_tangent(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list,
+                p: float) -> None:
+    m, n = inputs[0].shape[-2:]
+    u, s, vh = svd_parts(_f64(out), m, n)
+    tu, ts, tvh = svd_parts(tout, m, n)
+    da, v = _f64(tins[0]), mT(vh)
+    dp = np.matmul(mT(u), np.matmul(da, v))
+    ts[...] = _diag(dp)
+    s2 = s * s
+    e = s2[..., None, :] - s2[..., :, None]
+    _diag(e)[...] = 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = dp * s[..., None, :]
+        ou = (x + mT(x)) / e
+        y = s[..., :, None] * dp
+        ov = (y + mT(y)) / e
+        _diag(ou)[...] = 0.0
+        _diag(ov)[...] = 0.0
+        du, dv = np.matmul(u, ou), np.matmul(v, ov)
+        if m > n:
+            du += (np.matmul(da, v) - np.matmul(u, dp)) / s[..., None, :]
+        if m < n:
+            dv += (np.matmul(mT(da), u) - np.matmul(v, mT(dp))) / s[..., None, :]
+    tu[...], tvh[...] = du, mT(dv)
+
+
+def _svd_parts_t(x: Any, m: int, n: int) -> tuple:
+    k = min(m, n)
+    batch = x.shape[:-1]
+    return (x[..., :m * k].reshape(batch + (m, k)), x[..., m * k:m * k + k],
+            x[..., m * k + k:].reshape(batch + (k, n)))
+
+
+def svd_graph(T: Any, g: Any, out: Any, inputs: list, p: float, needs: tuple) -> tuple:
+    m, n = inputs[0].shape[-2:]
+    u, s, vh = _svd_parts_t(out, m, n)
+    gu, gs, gvh = _svd_parts_t(g, m, n)
+    # a part is skipped only when no gradient reaches it: a zero-valued adjoint that is
+    # recorded may still have a derivative (at repeated singular values the full formula
+    # gives nan there, as PyTorch's)
+    has_u = gu.requires_grad or bool(_value(gu).any())
+    has_v = gvh.requires_grad or bool(_value(gvh).any())
+    if not has_u and not has_v:
+        return (T.matmul(u * gs[..., None, :], vh),)
+    eye = _eye(min(m, n), out)
+    mm = T.matmul
+    s2 = s * s
+    e = s2[..., None, :] - s2[..., :, None] + eye
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = 0.0
+        if has_u:
+            x = mm(u.mT, gu)
+            r = (x - x.mT) * s[..., None, :]
+        if has_v:
+            y = mm(vh, gvh.mT)
+            r = r + s[..., :, None] * (y - y.mT)
+        r = r / e + gs[..., None, :] * eye
+        if m > n and has_u:
+            gus = gu / s[..., None, :]
+            return (mm(mm(u, r) + gus - mm(u, mm(u.mT, gus)), vh),)
+        if m < n and has_v:
+            sgv = gvh / s[..., :, None]
+            return (mm(u, mm(r, vh) + sgv - mm(mm(sgv, vh.mT), vh)),)
+    return (mm(u, mm(r, vh)),)
+
+
+# qr (m >= n): C = Q^T dA R^-1, Omega = tril(C, -1) - tril(C, -1)^T (Q^T dQ), dR = (C - Omega)
+# R, dQ = dA R^-1 - Q (C - Omega); m < n: that of the leading square block A1 = Q R1, then
+# dR2 = dQ^T A2 + Q^T dA2
+def _qr_square_tangent(q: np.ndarray, r: np.ndarray, da: np.ndarray) -> tuple:
+    dar = mT(tri_solve(r, mT(da), lower=False, trans=True))  # dA R^-1
+    c = np.matmul(mT(q), dar)
+    lo = np.tril(c, -1)
+    c = c - lo + mT(lo)  # C - Omega, upper triangular
+    return dar - np.matmul(q, c), np.matmul(c, r)
+
+
+def qr_tangent(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list, p: float) -> None:
+    a = inputs[0]
+    m, n = a.shape[-2:]
+    q, r = qr_parts(_f64(out), m, n)
+    tq, tr = qr_parts(tout, m, n)
+    da = _f64(tins[0])
+    if m >= n:
+        tq[...], tr[...] = _qr_square_tangent(q, r, da)
+        return
+    dq, dr1 = _qr_square_tangent(q, r[..., :m], da[..., :m])
+    tq[...], tr[..., :m] = dq, dr1
+    tr[..., m:] = np.matmul(mT(dq), _f64(a[..., m:])) + np.matmul(mT(q), da[..., m:])
+
+
+def qr_graph(T: Any, g: Any, out: Any, inputs: list, p: float, needs: tuple) -> tuple:
+    m, n = inputs[0].shape[-2:]
+    k = min(m, n)
+    batch = out.shape[:-1]
+    q, r = out[..., :m * k].reshape(batch + (m, k)), out[..., m * k:].reshape(batch + (k, n))
+    gq, gr = g[..., :m * k].reshape(batch + (m, k)), g[..., m * k:].reshape(batch + (k, n))
+    x = T.matmul(gr, r.mT) - T.matmul(q.mT, gq)
+    if m >= n:
+        ga = T.matmul(q, T.triu(x) + T.triu(x, 1).mT) + gq
+        return (_tsolve(T, r, ga.mT, lower=False).mT,)  # ga R^-T
+    t = T.tril(x.mT - x)
+    ga = _tsolve(T, r[..., :m], T.matmul(q, t).mT, lower=False).mT
+    ga = T.concatenate([ga, np.zeros(batch + (m, n - m), ga.dtype)], axis=-1)
+    return (ga + T.matmul(q, gr),)
+
+
+# pinv (X = A^+, at constant rank): dX = -X dA X + X X^T dA^T (I - A X) + (I - X A) dA^T X^T X
+def pinv_tangent(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list,
+                 p: float) -> None:
+    a, x, da = _f64(inputs[0]), _f64(out), _f64(tins[0])
+    mm, dah = np.matmul, mT(da)
+    left = mm(x, mT(x))  # X X^T (n, n)
+    right = mm(mT(x), x)  # X^T X (m, m)
+    tout[...] = (-mm(x, mm(da, x)) + mm(left, dah - mm(mm(dah, a), x))
+                 + mm(dah - mm(x, mm(a, dah)), right))
+
+
+def pinv_graph(T: Any, g: Any, out: Any, inputs: list, p: float, needs: tuple) -> tuple:
+    a, pa = inputs[0], out
+    m, n = a.shape[-2:]
+    pah, gh = pa.mT, g.mT
+    mm = T.matmul
+    if m <= n:
+        k = mm(gh, pa)
+        kpah = mm(k, pah)
+        return (-mm(pa, k).mT + kpah - mm(mm(a, pa), kpah) + mm(mm(pah, pa), gh - mm(k, a)),)
+    k = mm(pa, gh)
+    pahk = mm(pah, k)
+    return (-mm(k, pa).mT + mm(mm(gh - mm(a, k), pa), pah) + pahk - mm(mm(pahk, pa), a),)

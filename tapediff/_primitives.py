@@ -68,6 +68,14 @@ class Primitive:
     #   ``needs[j]`` says whether input j takes one (the rule may skip the work otherwise)
     forward: Callable[..., Any] | None = None
     reverse: Callable[..., Any] | None = None
+    # Its higher-order rules, on the same views:
+    #   tangent(tout, out, inputs, tins, param) -> None   forward mode: writes the output's
+    #   tangent into ``tout`` (shaped as ``out``) from the inputs' tangents ``tins``
+    #   graph(T, g, out, inputs, param, needs) -> tuple    the reverse rule written with
+    #   tensor operations (``T`` is the ``tapediff`` namespace; g, out and inputs are
+    #   tensors), which a backward with ``create_graph=True`` records
+    tangent: Callable[..., Any] | None = None
+    graph: Callable[..., Any] | None = None
 
 
 # -- eager forwards written here (the others are NumPy's and math's) -------------------------
@@ -224,31 +232,44 @@ PRIMITIVES: tuple[Primitive, ...] = (
     Primitive(K.OP_CAST, "ToCopy"),
     # linear algebra (recorded by tapediff.linalg; rules and layouts in _linalg_rules)
     Primitive(K.OP_LINALG_SOLVE, "LinalgSolveEx", forward=LR.solve_forward,
-              reverse=LR.solve_reverse),
+              reverse=LR.solve_reverse, tangent=LR.solve_tangent, graph=LR.solve_graph),
     Primitive(K.OP_LINALG_SOLVE_TRIANGULAR, "LinalgSolveTriangular",
-              forward=LR.solve_triangular_forward, reverse=LR.solve_triangular_reverse),
+              forward=LR.solve_triangular_forward, reverse=LR.solve_triangular_reverse,
+              tangent=LR.solve_triangular_tangent, graph=LR.solve_triangular_graph),
     Primitive(K.OP_LINALG_CHOLESKY, "LinalgCholeskyEx", forward=LR.cholesky_forward,
-              reverse=LR.cholesky_reverse),
+              reverse=LR.cholesky_reverse, tangent=LR.cholesky_tangent,
+              graph=LR.cholesky_graph),
     Primitive(K.OP_LINALG_SLOGDET, "LinalgSlogdet", forward=LR.slogdet_forward,
-              reverse=LR.slogdet_reverse),
+              reverse=LR.slogdet_reverse, tangent=LR.slogdet_tangent, graph=LR.slogdet_graph),
     Primitive(K.OP_LINALG_EIGH, "LinalgEigh", forward=LR.eigh_forward,
-              reverse=LR.eigh_reverse),
-    Primitive(K.OP_LINALG_SVD, "LinalgSvd", forward=LR.svd_forward, reverse=LR.svd_reverse),
-    Primitive(K.OP_LINALG_QR, "LinalgQr", forward=LR.qr_forward, reverse=LR.qr_reverse),
+              reverse=LR.eigh_reverse, tangent=LR.eigh_tangent, graph=LR.eigh_graph),
+    Primitive(K.OP_LINALG_SVD, "LinalgSvd", forward=LR.svd_forward, reverse=LR.svd_reverse,
+              tangent=LR.svd_tangent, graph=LR.svd_graph),
+    Primitive(K.OP_LINALG_QR, "LinalgQr", forward=LR.qr_forward, reverse=LR.qr_reverse,
+              tangent=LR.qr_tangent, graph=LR.qr_graph),
     Primitive(K.OP_LINALG_PINV, "LinalgPinv", forward=LR.pinv_forward,
-              reverse=LR.pinv_reverse),
+              reverse=LR.pinv_reverse, tangent=LR.pinv_tangent, graph=LR.pinv_graph),
     # special functions (recorded by tapediff.special; rules in _special_rules)
-    Primitive(K.OP_ERFC, "Erfc", forward=SR.fwd_erfc, reverse=SR.adj_erfc),
-    Primitive(K.OP_ERFINV, "Erfinv", forward=SR.fwd_erfinv, reverse=SR.adj_erfinv),
-    Primitive(K.OP_NDTRI, "SpecialNdtri", forward=SR.fwd_ndtri, reverse=SR.adj_ndtri),
-    Primitive(K.OP_GAMMALN, "Lgamma", forward=SR.fwd_gammaln, reverse=SR.adj_gammaln),
-    Primitive(K.OP_DIGAMMA, "Digamma", forward=SR.fwd_digamma, reverse=SR.adj_digamma),
+    Primitive(K.OP_ERFC, "Erfc", forward=SR.fwd_erfc, reverse=SR.adj_erfc,
+              tangent=SR.tan_erfc, graph=SR.graph_erfc),
+    Primitive(K.OP_ERFINV, "Erfinv", forward=SR.fwd_erfinv, reverse=SR.adj_erfinv,
+              tangent=SR.tan_erfinv, graph=SR.graph_erfinv),
+    Primitive(K.OP_NDTRI, "SpecialNdtri", forward=SR.fwd_ndtri, reverse=SR.adj_ndtri,
+              tangent=SR.tan_ndtri, graph=SR.graph_ndtri),
+    Primitive(K.OP_GAMMALN, "Lgamma", forward=SR.fwd_gammaln, reverse=SR.adj_gammaln,
+              tangent=SR.tan_gammaln, graph=SR.graph_gammaln),
+    Primitive(K.OP_DIGAMMA, "Digamma", forward=SR.fwd_digamma, reverse=SR.adj_digamma,
+              tangent=SR.tan_digamma, graph=SR.graph_digamma),
     Primitive(K.OP_LOG_NDTR, "SpecialLogNdtr", forward=SR.fwd_log_ndtr,
-              reverse=SR.adj_log_ndtr),
-    Primitive(K.OP_LOGIT, "Logit", forward=SR.fwd_logit, reverse=SR.adj_logit),
-    Primitive(K.OP_XLOGY, "Xlogy", forward=SR.fwd_xlogy, reverse=SR.adj_xlogy),
-    Primitive(K.OP_XLOG1PY, "SpecialXlog1py", forward=SR.fwd_xlog1py, reverse=SR.adj_xlog1py),
-    Primitive(K.OP_BETALN, "Betaln", forward=SR.fwd_betaln, reverse=SR.adj_betaln),
+              reverse=SR.adj_log_ndtr, tangent=SR.tan_log_ndtr, graph=SR.graph_log_ndtr),
+    Primitive(K.OP_LOGIT, "Logit", forward=SR.fwd_logit, reverse=SR.adj_logit,
+              tangent=SR.tan_logit, graph=SR.graph_logit),
+    Primitive(K.OP_XLOGY, "Xlogy", forward=SR.fwd_xlogy, reverse=SR.adj_xlogy,
+              tangent=SR.tan_xlogy, graph=SR.graph_xlogy),
+    Primitive(K.OP_XLOG1PY, "SpecialXlog1py", forward=SR.fwd_xlog1py, reverse=SR.adj_xlog1py,
+              tangent=SR.tan_xlog1py, graph=SR.graph_xlog1py),
+    Primitive(K.OP_BETALN, "Betaln", forward=SR.fwd_betaln, reverse=SR.adj_betaln,
+              tangent=SR.tan_betaln, graph=SR.graph_betaln),
 )
 
 BY_OP: dict[int, Primitive] = {p.op: p for p in PRIMITIVES}

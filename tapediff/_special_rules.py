@@ -624,3 +624,155 @@ def adj_betaln(g: np.ndarray, out: np.ndarray, a: np.ndarray, b: np.ndarray, c: 
         da = unbroadcast(g * (digamma(a) - dab), a.shape) if needs[0] else None
         db = unbroadcast(g * (digamma(b) - dab), b.shape) if needs[1] else None
     return da, db
+
+
+# ---------------------------------------------------------------------------------------------
+# higher-order rules (see ``_primitives.Primitive.tangent``): tangent(tout, out, inputs, tins,
+# c) writes the derivative times the inputs' tangents; graph(T, g, out, inputs, c, needs) is
+# the reverse rule in tensor operations (T: the tapediff namespace), which a backward can
+# record and differentiate again.  digamma's derivative, trigamma, is not a tensor operation:
+# its graph rule raises NotImplementedError (and so do gammaln's and betaln's one order up,
+# through the digamma they record).
+# ---------------------------------------------------------------------------------------------
+def _unary_tangent(name: str, deriv: Callable) -> Callable:
+    """The tangent rule of a unary primitive: ``deriv(x, y)`` (y its value) times dx."""
+    def tangent(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list, c: float) -> None:
+        with np.errstate(all="ignore"):
+            tout[...] = deriv(_f64(inputs[0]), _f64(out)) * _f64(tins[0])
+    tangent.__name__ = tangent.__qualname__ = f"tan_{name}"
+    return tangent
+
+
+tan_erfc = _unary_tangent("erfc", lambda x, y: -_2_SQRT_PI * _exp_sq_np(x, -1.0))
+tan_erfinv = _unary_tangent("erfinv", lambda x, y: 0.5 * _SQRT_PI * _exp_sq_np(y, 1.0))
+tan_ndtri = _unary_tangent("ndtri", lambda x, y: _SQRT_2PI * _exp_sq_np(y, 0.5))
+tan_gammaln = _unary_tangent("gammaln", lambda x, y: digamma(x))
+tan_digamma = _unary_tangent("digamma", lambda x, y: own("trigamma", x))
+tan_log_ndtr = _unary_tangent("log_ndtr", lambda x, y: own("dlog_ndtr", x))
+tan_logit = _unary_tangent("logit", lambda x, y: np.where((x < 0) | (x > 1), np.nan,
+                                                          1 / (x * (1 - x))))
+
+
+def tan_xlogy(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list, c: float) -> None:
+    """xlogy(dx, y) (0 where x == 0 and y <= 0) + dy x / y: the reverse rule's transpose."""
+    x, y = (_f64(v) for v in inputs)
+    dx, dy = (_f64(t) for t in tins)
+    with np.errstate(all="ignore"):
+        tout[...] = np.where((x == 0) & (y <= 0), 0.0, xlogy_np(dx, y)) + dy * x / y
+
+
+def tan_xlog1py(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list,
+                c: float) -> None:
+    """xlog1py(dx, y) (0 where x == 0 and y <= -1) + dy x / (1 + y)."""
+    x, y = (_f64(v) for v in inputs)
+    dx, dy = (_f64(t) for t in tins)
+    with np.errstate(all="ignore"):
+        tout[...] = np.where((x == 0) & (y <= -1), 0.0, xlog1py_np(dx, y)) + dy * x / (1 + y)
+
+
+def tan_betaln(tout: np.ndarray, out: np.ndarray, inputs: list, tins: list, c: float) -> None:
+    """(digamma(a) - digamma(a + b)) da + (digamma(b) - digamma(a + b)) db."""
+    a, b = (_f64(v) for v in inputs)
+    da, db = (_f64(t) for t in tins)
+    with np.errstate(all="ignore"):
+        dab = digamma(a + b)
+        tout[...] = (digamma(a) - dab) * da + (digamma(b) - dab) * db
+
+
+def _value(t: Any) -> np.ndarray:
+    """A tensor's values, read without recording anything (for masks)."""
+    return t.detach().numpy()
+
+
+def _unbroadcast_t(a: Any, shape: tuple) -> Any:
+    """``unbroadcast`` on tensors: ``a`` summed down to ``shape``."""
+    if a.shape == shape:
+        return a
+    if a.ndim > len(shape):
+        a = a.sum(axis=tuple(range(a.ndim - len(shape))))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and a.shape[i] != 1)
+    return (a.sum(axis=axes, keepdims=True) if axes else a).reshape(shape)
+
+
+def graph_erfc(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
+    """-2/sqrt(pi) e^(-x^2)."""
+    x = inputs[0]
+    return (g * (T.exp(-(x * x)) * -_2_SQRT_PI),)
+
+
+def graph_erfinv(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
+    """sqrt(pi)/2 e^(y^2), y = erfinv(x) (the recorded output)."""
+    return (g * (T.exp(out * out) * (0.5 * _SQRT_PI)),)
+
+
+def graph_ndtri(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
+    """sqrt(2 pi) e^(y^2/2), y = ndtri(p) (the recorded output)."""
+    return (g * (T.exp(0.5 * (out * out)) * _SQRT_2PI),)
+
+
+def graph_gammaln(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
+    """digamma(x), recorded (its own derivative is trigamma)."""
+    return (g * T.special.digamma(inputs[0]),)
+
+
+def graph_digamma(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
+    """trigamma(x), which is not a tensor operation: raises NotImplementedError."""
+    if not needs[0]:
+        return (None,)
+    raise NotImplementedError(
+        "digamma: a higher derivative of digamma is not available (its derivative, trigamma, "
+        "is not a differentiable operation in tapediff)")
+
+
+def graph_log_ndtr(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
+    """phi(x) / Phi(x) = e^(-x^2/2 - log_ndtr(x)) / sqrt(2 pi), with the recorded output
+    (far in the left tail the exponent cancels: a relative error of about x^2 ulps, where
+    the reverse rule's erfcx formula has none)."""
+    x = inputs[0]
+    return (g * (T.exp(-0.5 * (x * x) - out) * (1.0 / _SQRT_2PI)),)
+
+
+def graph_logit(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
+    """1 / (x (1 - x)); nan outside [0, 1]."""
+    x = inputs[0]
+    xv = _value(x)
+    with np.errstate(all="ignore"):
+        return (T.where((xv < 0) | (xv > 1), np.nan, g / (x * (1 - x))),)
+
+
+def graph_xlogy(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
+    """(xlogy(g, y), 0 where x == 0 and y <= 0; g x / y), summed to the operands' shapes."""
+    x, y = inputs
+    dx = dy = None
+    with np.errstate(all="ignore"):
+        if needs[0]:
+            xv, yv = _value(x), _value(y)
+            dx = T.where((xv == 0) & (yv <= 0), 0.0, T.special.xlogy(g, y))
+            dx = _unbroadcast_t(dx, x.shape)
+        if needs[1]:
+            dy = _unbroadcast_t(g * x / y, y.shape)
+    return dx, dy
+
+
+def graph_xlog1py(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
+    """(xlog1py(g, y), 0 where x == 0 and y <= -1; g x / (1 + y)), summed to the operands'
+    shapes."""
+    x, y = inputs
+    dx = dy = None
+    with np.errstate(all="ignore"):
+        if needs[0]:
+            xv, yv = _value(x), _value(y)
+            dx = T.where((xv == 0) & (yv <= -1), 0.0, T.special.xlog1py(g, y))
+            dx = _unbroadcast_t(dx, x.shape)
+        if needs[1]:
+            dy = _unbroadcast_t(g * x / (1 + y), y.shape)
+    return dx, dy
+
+
+def graph_betaln(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
+    """(digamma(a) - digamma(a + b), digamma(b) - digamma(a + b)), recorded."""
+    a, b = inputs
+    dab = T.special.digamma(a + b)
+    da = _unbroadcast_t(g * (T.special.digamma(a) - dab), a.shape) if needs[0] else None
+    db = _unbroadcast_t(g * (T.special.digamma(b) - dab), b.shape) if needs[1] else None
+    return da, db
