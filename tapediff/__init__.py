@@ -35,6 +35,7 @@ from ._numpy_functions import (  # NumPy's functions composed there, under PyTor
 from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from ._tape import Tape, current_tape, tape
 from ._replay import GuardError, Replayed, grad, value_and_grad
+from ._higher import hessian, hvp, jacfwd, jacobian, jacrev, jvp, vjp
 from . import linalg  # td.linalg.solve ... (np.linalg on tensors dispatches there too)
 from . import special  # td.special.gammaln ... (scipy.special on tensors dispatches there too)
 from .special import (
@@ -55,6 +56,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Tensor", "Tape", "BroadcastError", "tensor", "tape", "current_tape", "no_grad",
     "value_and_grad", "grad", "Replayed", "GuardError",
+    "jvp", "vjp", "hvp", "jacobian", "jacrev", "jacfwd", "hessian",
     "enable_grad", "set_grad_enabled", "is_grad_enabled", *_functions.__all__,
     "square", "reciprocal", "sign", "remainder", "mod", "fmod", "sum",
     "mean", "var", "std", "max", "min", "argmax", "argmin", "prod", "cumsum", "cumprod",

@@ -12,6 +12,13 @@ order of declaration by ``_opcode``, with the traits the sweeps need), then its 
 (g dy/da, g dy/db)`` with x, z the inputs' values (z unused by unary rules), y the output's
 value, c the record's parameter and g the output's adjoint.  The scalar path, the array loops,
 the forward sweep and the reverse sweep all call these; nothing else writes the maths again.
+The tangent sweep (forward mode) calls the adj rules with g = 1 for the partial derivatives.
+A backward that records itself (``create_graph``, ``tapediff._graph``) runs the adj rule's
+Python source on tensors; a rule that branches or calls ``math`` has a plain-Python twin
+``vjp_<name>(g, x, z, y, c, T)`` written with tensor operations (T is ``tapediff``) beside it.
+Forward mode needs no elementwise rule of its own (a tangent is the partials of ``adj`` at
+g = 1 times the inputs' tangents) and none for the linear primitives (their forward rule,
+applied to tangents); the others have a ``tan_<name>`` rule in their block.
 The Python side of a primitive (eager NumPy and float forwards, NumPy dispatch, ``td.*``
 names, test domain) is its row in ``_primitives.PRIMITIVES``.
 
@@ -38,6 +45,11 @@ compiles it once per kind, on first use).  It hands control back to the Python d
 ``OP_MATMUL`` (BLAS; a BLAS call compiled into the sweep costs ~7 s of cold compile) and
 ``OP_CAST`` (it spans both arenas).  ``forward_sweep`` is its mirror for replay: it recomputes
 each record's value from its inputs and stops at a guard record whose value changed.
+``tangent_sweep`` is forward mode: each record's tangent from its inputs' tangents, in a
+tangent arena laid out as the values (``Tape.tangent`` drives it, as ``Tape.forward`` drives
+``forward_sweep``).  ``reverse_rows`` and ``tangent_columns`` run many reverse or tangent
+sweeps in one call (the rows or columns of a Jacobian); each compiles on its first call, so
+neither ``import tapediff`` nor a first-order backward pays for them.
 
 Kernels use ``error_model="numpy"``: division by zero and the like give inf/nan as in NumPy
 (Numba's default raises ZeroDivisionError) and loops need no per-element checks.
@@ -172,6 +184,13 @@ def adj_pow(g, x, z, y, c):
     da = 0.0 if z == 0.0 else g * z * x ** (z - 1.0)
     db = 0.0 if (x == 0.0 and z >= 0.0) else g * y * math.log(x)
     return da, db
+
+
+def vjp_pow(g, x, z, y, c, T):
+    # adj_pow with tensors (T is tapediff).  log(1) = 0 where a == 0 gives its zero there
+    # without a log(0) whose infinite slope would make a second derivative nan.
+    da = T.where(z == 0.0, 0.0, g * z * x ** (z - 1.0))
+    return da, g * y * T.log(T.where(x == 0.0, 1.0, x))
 
 
 OP_ARCTAN2 = _opcode(BINARY_RULE)  # atan2(a, b)
@@ -355,6 +374,10 @@ def adj_sin(g, x, z, y, c):
     return g * math.cos(x), 0.0
 
 
+def vjp_sin(g, x, z, y, c, T):
+    return g * x.cos(), None
+
+
 OP_COS = _opcode(UNARY_RULE)
 
 
@@ -366,6 +389,10 @@ def fwd_cos(x, z, c):
 @rule
 def adj_cos(g, x, z, y, c):
     return -g * math.sin(x), 0.0
+
+
+def vjp_cos(g, x, z, y, c, T):
+    return -g * x.sin(), None
 
 
 OP_TAN = _opcode(UNARY_RULE)
@@ -421,6 +448,10 @@ def adj_relu(g, x, z, y, c):  # 0 at 0, as PyTorch
     return (g if x > 0.0 else 0.0), 0.0
 
 
+def vjp_relu(g, x, z, y, c, T):
+    return T.where(x > 0.0, g, 0.0), None
+
+
 OP_ABS = _opcode(UNARY_RULE)
 
 
@@ -432,6 +463,10 @@ def fwd_abs(x, z, c):
 @rule
 def adj_abs(g, x, z, y, c):  # sign(x), 0 at 0 (PyTorch's subgradient)
     return (g if x > 0.0 else (-g if x < 0.0 else 0.0)), 0.0
+
+
+def vjp_abs(g, x, z, y, c, T):
+    return T.where(x > 0.0, g, T.where(x < 0.0, -g, 0.0)), None
 
 
 OP_LOG1P = _opcode(UNARY_RULE)
@@ -473,6 +508,10 @@ def adj_sinh(g, x, z, y, c):
     return g * math.cosh(x), 0.0
 
 
+def vjp_sinh(g, x, z, y, c, T):
+    return g * x.cosh(), None
+
+
 OP_COSH = _opcode(UNARY_RULE)
 
 
@@ -484,6 +523,10 @@ def fwd_cosh(x, z, c):
 @rule
 def adj_cosh(g, x, z, y, c):
     return g * math.sinh(x), 0.0
+
+
+def vjp_cosh(g, x, z, y, c, T):
+    return g * x.sinh(), None
 
 
 OP_ARCSIN = _opcode(UNARY_RULE)
@@ -499,6 +542,10 @@ def adj_arcsin(g, x, z, y, c):  # 1 / sqrt(1 - x^2)
     return g / math.sqrt(1.0 - x * x), 0.0
 
 
+def vjp_arcsin(g, x, z, y, c, T):
+    return g / (1.0 - x * x).sqrt(), None
+
+
 OP_ARCCOS = _opcode(UNARY_RULE)
 
 
@@ -510,6 +557,10 @@ def fwd_arccos(x, z, c):
 @rule
 def adj_arccos(g, x, z, y, c):  # -1 / sqrt(1 - x^2)
     return -g / math.sqrt(1.0 - x * x), 0.0
+
+
+def vjp_arccos(g, x, z, y, c, T):
+    return -g / (1.0 - x * x).sqrt(), None
 
 
 OP_ARCTAN = _opcode(UNARY_RULE)
@@ -577,6 +628,10 @@ def adj_softplus(g, x, z, y, c):  # sigmoid(x) = 1 - exp(-softplus(x)), accurate
     return -g * math.expm1(-y), 0.0
 
 
+def vjp_softplus(g, x, z, y, c, T):
+    return -g * (-y).expm1(), None
+
+
 OP_ERF = _opcode(UNARY_RULE)
 
 
@@ -588,6 +643,10 @@ def fwd_erf(x, z, c):
 @rule
 def adj_erf(g, x, z, y, c):  # 2/sqrt(pi) e^(-x^2)
     return g * _2_SQRT_PI * math.exp(-x * x), 0.0
+
+
+def vjp_erf(g, x, z, y, c, T):
+    return g * _2_SQRT_PI * (-(x * x)).exp(), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -924,6 +983,96 @@ def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
     _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, True)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _term(p, d):
+    """A partial times a tangent, 0 for a zero tangent even where the partial is infinite or
+    NaN (sqrt at 0, a power's slope in a negative base): an input that does not move adds
+    nothing, as it gets no adjoint in reverse mode."""
+    return p * d if d != 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _vector_tangent(o, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c, generic=False):
+    """dy[k] = pa dx[k & ma] + pb dz[k & mb] over a record of nn elements, with (pa, pb)
+    the rule's partials (its reverse rule at g = 1; ``generic``: any rule, through
+    ``partials``).  An input without a tangent (``ga``/``gb`` false: a constant, or the
+    absent b of a unary rule) adds nothing, nor does a zero tangent (``_term``)."""
+    dy = tan[oo:oo + nn]
+    y = val[oo:oo + nn]
+    x = val[oa:]
+    z = val[ob:]
+    dx = tan[oa:]
+    dz = tan[ob:]
+    for k in range(nn):
+        if generic:
+            pa, pb = partials(o, 1.0, x[k & ma], z[k & mb], y[k], c)
+        else:
+            pa, pb = partials_hot(o, 1.0, x[k & ma], z[k & mb], y[k], c)
+        t = 0.0
+        if ga:
+            t += _term(pa, dx[k & ma])
+        if gb:
+            t += _term(pb, dz[k & mb])
+        dy[k] = t
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _vector_tangent_any(o, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c):
+    """``_vector_tangent`` for the rules without a specialised loop in ``tangent_sweep``: the
+    common unary rules get a loop each (as in ``_vector_rule_any``), the rest the dispatch
+    per element."""
+    if ga and not gb and TRAITS[o] & ONE_INPUT:
+        dy = tan[oo:oo + nn]
+        y = val[oo:oo + nn]
+        x = val[oa:]
+        dx = tan[oa:]
+        if o == OP_EXP:
+            for k in range(nn):
+                dy[k] = _term(adj_exp(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+        if o == OP_TANH:
+            for k in range(nn):
+                dy[k] = _term(adj_tanh(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+        if o == OP_SIGMOID:
+            for k in range(nn):
+                dy[k] = _term(adj_sigmoid(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+        if o == OP_RELU:
+            for k in range(nn):
+                dy[k] = _term(adj_relu(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+        if o == OP_LOG:
+            for k in range(nn):
+                dy[k] = _term(adj_log(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+        if o == OP_SQRT:
+            for k in range(nn):
+                dy[k] = _term(adj_sqrt(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+        if o == OP_SIN:
+            for k in range(nn):
+                dy[k] = _term(adj_sin(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+        if o == OP_COS:
+            for k in range(nn):
+                dy[k] = _term(adj_cos(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+        if o == OP_ABS:
+            for k in range(nn):
+                dy[k] = _term(adj_abs(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+        if o == OP_LOG1P:
+            for k in range(nn):
+                dy[k] = _term(adj_log1p(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+        if o == OP_SOFTPLUS:
+            for k in range(nn):
+                dy[k] = _term(adj_softplus(1.0, x[k & ma], 0.0, y[k], c)[0], dx[k & ma])
+            return
+    _vector_tangent(o, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c, True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Layout: OP_RESTRIDE, a strided gather (slicing, broadcasting, transposes) or sum (axis sums,
 # the adjoint of a broadcast).  Its adjoint is the one place broadcasts are summed back.
@@ -1091,6 +1240,24 @@ def fwd_prod(meta, m, val, oo, oa, nn):
         val[oo + j] = acc
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def tan_prod(meta, m, val, tan, oo, oa, nn):
+    """Tangent of ``fwd_prod``: the product rule applied along each group, (p, dp) <- (p x,
+    dp x + p dx), so zeros in the group are handled exactly (no division)."""
+    r = meta[m + 3]
+    pos = restride_positions(meta, m)
+    x = val[oa:]
+    dx = tan[oa:]
+    for j in range(nn):
+        p = 1.0
+        dp = 0.0
+        for t in range(r):
+            q = pos[j * r + t]
+            dp = dp * x[q] + p * dx[q]
+            p *= x[q]
+        tan[oo + j] = dp
+
+
 OP_EXTREME = _opcode()  # max (p = 1) or min (p = -1) over groups; ties share the adjoint
 
 
@@ -1132,6 +1299,27 @@ def adj_extreme(meta, m, val, adj, oo, oa, nn):
             v = x[q]
             if v == y or (v != v and y != y):
                 a[q] += g
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def tan_extreme(meta, m, val, tan, oo, oa, nn):
+    """Tangent of a group's extreme: the mean of the tangents of the elements equal to it
+    (the transpose of ``adj_extreme``'s equal shares)."""
+    r = meta[m + 3]
+    pos = restride_positions(meta, m)
+    x = val[oa:]
+    dx = tan[oa:]
+    for j in range(nn):
+        y = val[oo + j]
+        cnt = 0
+        acc = 0.0
+        for t in range(r):
+            q = pos[j * r + t]
+            v = x[q]
+            if v == y or (v != v and y != y):
+                cnt += 1
+                acc += dx[q]
+        tan[oo + j] = acc / max(cnt, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1188,6 +1376,28 @@ def adj_scan(o, meta, m, val, adj, oo, oa):
                     acc *= x[b + (i + 1) * inner]
                 acc += g[b + i * inner]
                 a[b + i * inner] += acc * (1.0 if i == 0 else y[b + (i - 1) * inner])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def tan_cumprod(meta, m, val, tan, oo, oa):
+    """Tangent of cumprod along the middle axis: dy_i = dy_{i-1} x_i + y_{i-1} dx_i (the
+    product rule step by step: exact with zeros).  Cumsum's tangent is its forward rule."""
+    outer = meta[m + 1]
+    ln = meta[m + 2]
+    inner = meta[m + 3]
+    dy = tan[oo:]
+    x = val[oa:]
+    dx = tan[oa:]
+    for u in range(outer):
+        for q in range(inner):
+            b = u * ln * inner + q
+            p = 1.0
+            dp = 0.0
+            for i in range(ln):
+                xi = x[b + i * inner]
+                dp = dp * xi + p * dx[b + i * inner]
+                p *= xi
+                dy[b + i * inner] = dp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1318,6 +1528,23 @@ def adj_where(adj, w, mw, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb):  # a: g w, b:
             db[k] = g[k] * (1.0 - wk)
         elif gb:
             db[k & mb] += g[k] * (1.0 - wk)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def tan_where(tan, w, mw, oo, oa, ob, nn, ma, mb):  # w da + (1 - w) db
+    """Tangent of ``fwd_where``: a weight of 1 or 0 selects (an infinite tangent of the
+    branch not taken stays out), a tie weight blends."""
+    dy = tan[oo:oo + nn]
+    da = tan[oa:]
+    db = tan[ob:]
+    for k in range(nn):
+        wk = w[k & mw]
+        if wk >= 1.0:
+            dy[k] = da[k & ma]
+        elif wk <= 0.0:
+            dy[k] = db[k & mb]
+        else:
+            dy[k] = wk * da[k & ma] + (1.0 - wk) * db[k & mb]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1617,6 +1844,93 @@ def forward_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, are
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def tangent_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, arena_of, meta, val,
+                  tan):
+    """Forward mode: the tangents of ``kind`` records ``start`` .. ``stop - 1`` from their
+    inputs' tangents, in ``tan`` (an arena of the size of ``val``, at the same offsets).
+
+    Each record's tangent is overwritten, never accumulated, so ``tan`` needs no clearing;
+    the caller writes the leaves' tangents (left untouched here) and those of records below
+    ``start``.  Constants, comparisons and guards get tangent 0.  Elementwise rules use
+    their partials (``partials`` at g = 1; a zero tangent adds nothing, even against an
+    infinite partial), the linear records (restride, gather, scatter, concat, cumsum)
+    their forward rule on the tangents, the others a ``tan_<name>`` rule.
+    ``val`` must hold the values of the records swept (the forward pass ran).
+
+    Returns ``SWEEP_DONE``; or the index of a record the Python driver (``Tape.tangent``)
+    must handle (another kind, or a ``PYTHON_RULE``) before resuming after it; or
+    ``UNKNOWN_OPCODE``.
+    """
+    for i in range(start, stop):
+        o = op[i]
+        if o == OP_LEAF:
+            continue
+        if o < 0 or o >= NUM_OPCODES:
+            return UNKNOWN_OPCODE
+        tr = TRAITS[o]
+        if arena_of[i] != kind or tr & PYTHON_RULE:
+            return i
+        a = in_a[i]
+        b = in_b[i]
+        oo = off[i]
+        nn = n[i]
+        if o == OP_CONST or tr & NO_GRADIENT:
+            tan[oo:oo + nn] = 0.0
+            continue
+        c = param[i]
+        oa = off[a] if a >= 0 else oo
+        ob = off[b] if b >= 0 else oa
+        ma = -1 if a >= 0 and n[a] == nn else 0
+        mb = -1 if b >= 0 and n[b] == nn else 0
+        if tr & ELEMENTWISE:
+            # the inputs that carry a tangent (as reverse_sweep's ga/gb, without the flags)
+            ga = a >= 0 and op[a] != OP_CONST and not TRAITS[op[a]] & NO_GRADIENT
+            gb = (b >= 0 and not tr & ONE_INPUT and op[b] != OP_CONST
+                  and not TRAITS[op[b]] & NO_GRADIENT)
+            if nn == 1:
+                pa, pb = partials(o, 1.0, val[oa], val[ob], val[oo], c)
+                t = 0.0
+                if ga:
+                    t += _term(pa, tan[oa])
+                if gb:
+                    t += _term(pb, tan[ob])
+                tan[oo] = t
+            elif o == OP_ADD:
+                _vector_tangent(OP_ADD, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            elif o == OP_SUB:
+                _vector_tangent(OP_SUB, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            elif o == OP_MUL:
+                _vector_tangent(OP_MUL, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c)
+            elif tr & LINEAR_C:  # d/da is a constant: MUL_C's loop with the slope
+                k = partials(o, 1.0, 0.0, 0.0, 0.0, c)[0]
+                _vector_tangent(OP_MUL_C, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, k)
+            else:
+                _vector_tangent_any(o, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c)
+        elif o == OP_RESTRIDE:
+            fwd_restride(meta, meta_at[i], tan, oo, oa, nn)
+        elif o == OP_GATHER:
+            fwd_gather(meta, meta_at[i], tan, oo, oa, nn)
+        elif o == OP_SCATTER:
+            fwd_scatter(meta, meta_at[i], tan, oo, oa, nn, n[a])
+        elif o == OP_WHERE:
+            ws = meta[meta_at[i] + 2]
+            tan_where(tan, val[off[ws]:], -1 if n[ws] == nn else 0, oo, oa, ob, nn, ma, mb)
+        elif o == OP_CONCAT:
+            fwd_concat(meta, meta_at[i], off, n, tan, oo)
+        elif o == OP_PROD:
+            tan_prod(meta, meta_at[i], val, tan, oo, oa, nn)
+        elif o == OP_EXTREME:
+            tan_extreme(meta, meta_at[i], val, tan, oo, oa, nn)
+        elif o == OP_CUMSUM:
+            fwd_scan(o, meta, meta_at[i], tan, oo, oa)
+        elif o == OP_CUMPROD:
+            tan_cumprod(meta, meta_at[i], val, tan, oo, oa)
+        else:
+            return UNKNOWN_OPCODE
+    return SWEEP_DONE
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def replay_sweeps(top, root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
                   val, adj, touched, leaf_slots, nleaf, to_numpy):
     """Replay in one call: the forward sweep over records 0 .. top - 1, then the reverse
@@ -1633,6 +1947,67 @@ def replay_sweeps(top, root, kind, op, in_a, in_b, off, n, param, meta_at, flag,
     nleaf[0] = 0
     return reverse_sweep(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
                          val, adj, touched, leaf_slots, nleaf)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def reverse_rows(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta, val,
+                 adj, seeds, leaf_off, leaf_n, out):
+    """Rows of a Jacobian in one call: for each row r of ``seeds`` (m, n[root]), the reverse
+    sweep from ``root`` seeded with ``seeds[r]``, and into ``out[r]`` the adjoints of the
+    arena ranges ``leaf_off[j]:leaf_off[j] + leaf_n[j]`` side by side (0 for a range the
+    sweep did not reach: each is cleared before the sweep, which assigns on a first touch).
+
+    For tapes of one arena kind without Python rules below ``root``.  Nothing is released
+    (every row sweeps the same records).  Returns ``SWEEP_DONE`` or the first code of a
+    sweep that did not finish (see ``reverse_sweep``).
+    """
+    touched = np.zeros(root + 1, np.uint8)
+    leaf_slots = np.empty(root + 1, np.int64)
+    nleaf = np.zeros(1, np.int64)
+    oo = off[root]
+    nr = n[root]
+    for r in range(seeds.shape[0]):
+        touched[:] = 0
+        touched[root] = 1
+        nleaf[0] = 0
+        for j in range(len(leaf_off)):
+            adj[leaf_off[j]:leaf_off[j] + leaf_n[j]] = 0.0
+        adj[oo:oo + nr] = seeds[r]  # after the clearing: the root may be one of the ranges
+        code = reverse_sweep(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of,
+                             meta, val, adj, touched, leaf_slots, nleaf)
+        if code != SWEEP_DONE:
+            return code
+        p = 0
+        for j in range(len(leaf_off)):
+            out[r, p:p + leaf_n[j]] = adj[leaf_off[j]:leaf_off[j] + leaf_n[j]]
+            p += leaf_n[j]
+    return SWEEP_DONE
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def tangent_columns(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, arena_of, meta,
+                    val, tan, seeds, leaf_off, leaf_n, out_off, out_n, out):
+    """Columns of a Jacobian in one call: for each row r of ``seeds`` (m, sum of leaf_n),
+    ``seeds[r]`` split over the tangent ranges ``leaf_off[j]:leaf_off[j] + leaf_n[j]``,
+    the tangent sweep over ``start`` .. ``stop - 1``, and ``tan[out_off:out_off + out_n]``
+    into ``out[r]``.
+
+    For tapes of one arena kind without Python rules in the range.  Nothing else of ``tan``
+    is written before a sweep: every other input's tangent stays as the caller left it
+    (zeros, usually), and the sweep overwrites the records' own.  Returns ``SWEEP_DONE`` or
+    the first code of a sweep that did not finish (see ``tangent_sweep``).
+    """
+    for r in range(seeds.shape[0]):
+        p = 0
+        for j in range(len(leaf_off)):
+            tan[leaf_off[j]:leaf_off[j] + leaf_n[j]] = seeds[r, p:p + leaf_n[j]]
+            p += leaf_n[j]
+        code = tangent_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, arena_of,
+                             meta, val, tan)
+        if code != SWEEP_DONE:
+            return code
+        out[r, :] = tan[out_off:out_off + out_n]
+    return SWEEP_DONE
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -46,8 +46,19 @@ from ._tape import BIG, Tape, notice_compile, thread_state
 from ._guards import observe
 from ._record import F64, constant, size_of
 from ._tensor import ERR_NESTED, Tensor, holds_enclosing_inputs, tensor
+from ._higher import nested, nested_value_and_grad
 
 _ON_GUARD = ("rerecord", "raise")
+
+
+def calibrate(tape: Tape) -> None:
+    """Run the forward sweep once at the recorded inputs and let each guard expect the value
+    the compiled rules give there (see ``_Recording._calibrate``)."""
+    g = tape.forward()
+    while g >= 0:
+        a, b = int(tape.in_a[g]), int(tape.in_b[g])
+        tape.value_view(b, (int(tape.n[b]),))[...] = tape.value_view(a, (int(tape.n[a]),))
+        g = tape.forward(g + 1)
 
 
 class GuardError(RuntimeError):
@@ -108,6 +119,9 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
+        if nested(args, nums):  # the gradient must be differentiable itself
+            y, grads = nested_value_and_grad(fn, nums, args, kwargs, allow_unused)
+            return y, grads[0] if single else tuple(grads)
         rec = _Recording(fn, nums, args, kwargs, False, allow_unused)
         return rec.result(single, True)
     return run
@@ -129,6 +143,9 @@ def grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *, replay: bo
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
+        if nested(args, nums):  # the gradient must be differentiable itself
+            grads = nested_value_and_grad(fn, nums, args, kwargs, allow_unused)[1]
+            return grads[0] if single else tuple(grads)
         return _Recording(fn, nums, args, kwargs, False, allow_unused).result(single, False)
     return run
 
@@ -248,7 +265,7 @@ class _Recording:
                 kw[pos] = leaf
             self.inputs.append(leaf)
         self.diff = [call[i] for i in order]
-        active.append((tape, {id(x) for x in self.diff}))
+        active.append((tape, {id(x) for x in self.diff}, ()))
         try:
             with enable_grad(), tape:  # (the tape closes first: see _State.grad_enabled)
                 y = fn(*call, **kw)
@@ -312,12 +329,7 @@ class _Recording:
         value the compiled rules give there.  They may differ from NumPy's in the last bits
         (another exp, another summation order): unadjusted, a guarded value could fail at
         the very inputs it was recorded at."""
-        tape = self.tape
-        g = tape.forward()
-        while g >= 0:
-            a, b = int(tape.in_a[g]), int(tape.in_b[g])
-            tape.value_view(b, (int(tape.n[b]),))[...] = tape.value_view(a, (int(tape.n[a]),))
-            g = tape.forward(g + 1)
+        calibrate(self.tape)
 
     def slot(self, t: Tensor) -> int:
         """The slot of input ``t`` on the tape, or -1 when ``fn`` did not use it."""

@@ -46,6 +46,11 @@ BIG = 2048
 
 _NOTICED: set = set()  # jitted kernels checked for a compile this process
 
+# (the message Tensor.backward gives, for the sweeps of Jacobians)
+_ERR_RELEASED = ("Trying to backward through the graph a second time: a backward without "
+                 "retain_graph=True released the records a Jacobian needs.  Compute the "
+                 "Jacobian first, or pass retain_graph=True to that backward.")
+
 
 def notice_compile(kernel: Any, what: str) -> None:
     """Say on stderr, before the first call of ``kernel`` in this process, that Numba is about
@@ -261,12 +266,15 @@ class Tape:
         adj = self.adj if self.arena_of[slot] == K.KIND_F64 else self.adj32
         return adj[o:o + int(self.n[slot])]
 
-    def gradient(self, y: Any, xs: Any, gradient: Any = None, retain_graph: bool = False) -> Any:
+    def gradient(self, y: Any, xs: Any, gradient: Any = None, retain_graph: bool | None = None,
+                 create_graph: bool = False) -> Any:
         """The gradient of ``y`` (recorded here) with respect to the tensor ``xs`` or each of
         the sequence ``xs``, as new tensors; no ``.grad`` is touched.
 
         ``gradient`` weights a non-scalar ``y`` (as in ``backward``).  The records swept are
-        released unless ``retain_graph``.  An ``x`` that ``y`` does not depend on gets zeros.
+        released unless ``retain_graph`` (by default ``create_graph``).  An ``x`` that ``y``
+        does not depend on gets zeros.  With ``create_graph=True`` the gradients are
+        recorded tensors, differentiable again (``torch.autograd.grad``'s option).
 
         >>> import tapediff as td
         >>> x = td.tensor([1.0, 2.0], requires_grad=True)
@@ -278,7 +286,7 @@ class Tape:
         gradient_on = getattr(y, "_gradient_on", None)  # Tensor's: the storage knows no tensors
         if gradient_on is None:
             raise TypeError(f"gradient() needs a Tensor output, got {type(y).__name__}")
-        return gradient_on(self, xs, gradient, retain_graph)
+        return gradient_on(self, xs, gradient, retain_graph, create_graph)
 
     @property
     def records_for_replay(self) -> bool:
@@ -347,6 +355,199 @@ class Tape:
         m = int(self.meta_at[i])
         return tuple(int(v) for v in self.meta[m + 1:m + 5])
 
+    # -- forward mode --------------------------------------------------------------------------
+    def tangent(self, start: int, stop: int, tan: np.ndarray, tan32: np.ndarray) -> None:
+        """Forward mode: compute the tangent of every record ``start`` .. ``stop - 1`` from its
+        inputs' tangents.
+
+        ``tan`` and ``tan32`` are tangent arenas the caller owns, of the sizes of the value
+        arenas (float64 and float32), at the same offsets.  The caller writes the tangents of
+        the leaves (left untouched here) and of the records below ``start``; every other
+        record's tangent is overwritten.  The jitted sweep runs over the records of one arena
+        kind and hands back at records of the other kind and at the rules that are NumPy
+        calls (matmul, casts, the table's ``tangent`` rules), which are run here.  Raises
+        NotImplementedError at a primitive without a tangent rule.
+        """
+        if K.tangent_sweep not in _NOTICED:
+            notice_compile(K.tangent_sweep, "the tangent sweep")
+        i = start
+        while i < stop:
+            kind = int(self.arena_of[i])
+            r = K.tangent_sweep(i, stop, kind, self.op, self.in_a, self.in_b, self.off, self.n,
+                                self.param, self.meta_at, self.arena_of, self.meta,
+                                self.arena(kind)[0], tan if kind == K.KIND_F64 else tan32)
+            if r == K.SWEEP_DONE:
+                return
+            if r == K.UNKNOWN_OPCODE:
+                raise AssertionError("tangent sweep met an opcode it has no rule for")
+            if int(self.arena_of[r]) != kind and not K.TRAITS[self.op[r]] & K.PYTHON_RULE:
+                i = r  # resume on the other arena
+                continue
+            self._python_tangent(r, tan, tan32)
+            i = r + 1
+
+    def _tangent_view(self, slot: int, tan: np.ndarray, tan32: np.ndarray,
+                      shape: tuple) -> np.ndarray:
+        """The range of ``slot`` in the tangent arena of its kind, as an array of ``shape``."""
+        o = int(self.off[slot])
+        t = tan if self.arena_of[slot] == K.KIND_F64 else tan32
+        return t[o:o + int(self.n[slot])].reshape(shape)
+
+    def _python_tangent(self, i: int, tan: np.ndarray, tan32: np.ndarray) -> None:
+        """The tangent rules that are NumPy calls: matmul (BLAS), casts between arenas, and
+        the ``tangent`` rules of the table's primitives (linear algebra, special functions)."""
+        op = int(self.op[i])
+        a, b = int(self.in_a[i]), int(self.in_b[i])
+        if op == K.OP_CAST:
+            flat = (int(self.n[i]),)
+            self._tangent_view(i, tan, tan32, flat)[...] = self._tangent_view(a, tan, tan32, flat)
+            return
+        if op == K.OP_MATMUL:  # (bs, m, k) @ (bs, k, n): dC = dA B + A dB
+            bs, mm, kk, nn = self._matmul_dims(i)
+            tout = self._tangent_view(i, tan, tan32, (bs, mm, nn))
+            va, vb = self.value_view(a, (bs, mm, kk)), self.value_view(b, (bs, kk, nn))
+            ta = self._tangent_view(a, tan, tan32, (bs, mm, kk))
+            tb = self._tangent_view(b, tan, tan32, (bs, kk, nn))
+            da, db = self.op[a] != K.OP_CONST, self.op[b] != K.OP_CONST  # constants: 0
+            if da:
+                np.matmul(ta, vb, out=tout)
+            if db:
+                if da:
+                    tout += np.matmul(va, tb)
+                else:
+                    np.matmul(va, tb, out=tout)
+            if not (da or db):
+                tout[...] = 0.0
+            return
+        p = P.BY_OP[op]
+        if p.tangent is None:
+            raise NotImplementedError(
+                f"forward-mode derivative of {p.grad_fn} is not implemented (its primitive "
+                "has no tangent rule); use reverse mode (backward, td.grad) instead")
+        out, inputs = self._python_operands(i)
+        tins = [self._tangent_view(s, tan, tan32, x.shape)
+                for s, x in zip([s for s in (a, b) if s >= 0], inputs)]
+        p.tangent(self._tangent_view(i, tan, tan32, out.shape), out, inputs, tins,
+                  float(self.param[i]))
+
+    # -- Jacobians ---------------------------------------------------------------------------
+    def _jitted(self, lo: int, hi: int, kind: int, slots: list) -> bool:
+        """Whether records ``lo`` .. ``hi - 1`` and ``slots`` are all of arena ``kind`` and no
+        record there has a Python rule: one jitted call can then run all the sweeps."""
+        ops = self.op[lo:hi]
+        return bool((self.arena_of[lo:hi] == kind).all()
+                    and not (K.TRAITS[ops] & K.PYTHON_RULE).any()
+                    and all(int(self.arena_of[s]) == kind for s in slots))
+
+    def _ranges(self, slots: list) -> tuple:
+        """(offsets, sizes) of ``slots`` in their arenas, as int64 arrays."""
+        idx = np.asarray(slots, np.int64)
+        return np.ascontiguousarray(self.off[idx]), np.ascontiguousarray(self.n[idx])
+
+    def _dtype_of(self, slots: list) -> np.dtype:
+        kinds = {int(self.arena_of[s]) for s in slots}
+        return np.dtype(np.float32 if kinds == {K.KIND_F32} else np.float64)
+
+    def jacobian_rows(self, root: int, seeds: np.ndarray, slots) -> np.ndarray:
+        """Vector-Jacobian products of record ``root`` with respect to ``slots``: row r is
+        ``seeds[r] @ J`` (seeds of shape (m, n[root])), the derivatives with respect to each
+        slot side by side, shape (m, sum of n[slots]); 0 for a slot ``root`` does not depend
+        on.  The rows of the Jacobian for ``seeds`` = the identity.
+
+        One reverse sweep per row, nothing released; all of them in one jitted call when the
+        records up to ``root`` are of one arena kind without Python rules, else a loop over
+        ``sweep``.  The result has the slots' dtype (float64 if they differ).
+        """
+        slots = [int(s) for s in slots]
+        nr = int(self.n[root])
+        seeds = np.asarray(seeds).reshape(-1, nr)
+        kind = int(self.arena_of[root])
+        dtype = self._dtype_of(slots) if slots else self.arena(kind)[0].dtype
+        sizes = [int(self.n[s]) for s in slots]
+        if self._jitted(0, root + 1, kind, slots):
+            self._size_adjoints()
+            val, adj = self.arena(kind)
+            leaf_off, leaf_n = self._ranges(slots)
+            out = np.empty((len(seeds), sum(sizes)), val.dtype)
+            if K.reverse_rows not in _NOTICED:
+                notice_compile(K.reverse_rows, "the batched reverse sweep")
+            r = K.reverse_rows(root, kind, self.op, self.in_a, self.in_b, self.off, self.n,
+                               self.param, self.meta_at, self.flag, self.arena_of, self.meta,
+                               val, adj, np.ascontiguousarray(seeds, val.dtype), leaf_off,
+                               leaf_n, out)
+            if r == K.UNKNOWN_OPCODE:
+                raise AssertionError("reverse sweep met an opcode it has no rule for")
+            if r != K.SWEEP_DONE:
+                raise RuntimeError(_ERR_RELEASED)
+            return out
+        out = np.zeros((len(seeds), sum(sizes)), dtype)
+        for row, seed in zip(out, seeds):
+            touched = np.zeros(root + 1, np.uint8)
+            if self.sweep(root, seed, True, touched) is None:
+                raise RuntimeError(_ERR_RELEASED)
+            p = 0
+            for s, k in zip(slots, sizes):
+                if s <= root and touched[s]:
+                    row[p:p + k] = self.adjoint_view(s)
+                p += k
+        return out
+
+    def jacobian_columns(self, start: int, stop: int, seeds: np.ndarray, slots,
+                         out_slot: int) -> np.ndarray:
+        """Jacobian-vector products of record ``out_slot`` with respect to ``slots``: row r is
+        ``J @ seeds[r]`` (seeds of shape (m, sum of n[slots]), split over the slots), shape
+        (m, n[out_slot]), from tangent sweeps over records ``start`` .. ``stop - 1`` (none
+        above ``out_slot``).  The columns of the Jacobian, as rows, for ``seeds`` = the
+        identity.
+
+        ``slots`` are leaves or records below ``start``; every other input has tangent 0.  A
+        slot listed twice gets the sum of its blocks of seeds.  All the sweeps run in one
+        jitted call when the records swept are of one arena kind without Python rules, else
+        in a loop over ``tangent``.  The result has the dtype of ``out_slot``'s arena.
+        """
+        slots = [int(s) for s in slots]
+        stop = min(stop, out_slot + 1)  # the records above cannot change out_slot's tangent
+        for s in slots:
+            if start <= s < stop and self.op[s] != K.OP_LEAF:
+                raise ValueError(f"slot {s} is computed by the records swept: its tangent "
+                                 "would be overwritten")
+        sizes = [int(self.n[s]) for s in slots]
+        seeds = np.asarray(seeds).reshape(-1, sum(sizes))
+        unique = list(dict.fromkeys(slots))
+        if len(unique) < len(slots):  # J [v1; v2] = J_s (v1 + v2) for a slot s listed twice
+            at = dict(zip(unique, np.cumsum([0] + [int(self.n[s]) for s in unique])))
+            merged = np.zeros((len(seeds), sum(int(self.n[s]) for s in unique)))
+            p = 0
+            for s, k in zip(slots, sizes):
+                merged[:, at[s]:at[s] + k] += seeds[:, p:p + k]
+                p += k
+            seeds, slots, sizes = merged, unique, [int(self.n[s]) for s in unique]
+        kind = int(self.arena_of[out_slot])
+        tan, tan32 = np.zeros(len(self.val)), np.zeros(len(self.val32), np.float32)
+        no = int(self.n[out_slot])
+        if self._jitted(start, stop, kind, slots):
+            val, t = self.arena(kind)[0], (tan if kind == K.KIND_F64 else tan32)
+            leaf_off, leaf_n = self._ranges(slots)
+            out = np.empty((len(seeds), no), val.dtype)
+            if K.tangent_columns not in _NOTICED:
+                notice_compile(K.tangent_columns, "the batched tangent sweep")
+            r = K.tangent_columns(start, stop, kind, self.op, self.in_a, self.in_b, self.off,
+                                  self.n, self.param, self.meta_at, self.arena_of, self.meta,
+                                  val, t, np.ascontiguousarray(seeds, val.dtype), leaf_off,
+                                  leaf_n, int(self.off[out_slot]), no, out)
+            if r != K.SWEEP_DONE:
+                raise AssertionError("tangent sweep met an opcode it has no rule for")
+            return out
+        out = np.empty((len(seeds), no), self.arena(kind)[0].dtype)
+        for row, seed in zip(out, seeds):
+            p = 0
+            for s, k in zip(slots, sizes):
+                self._tangent_view(s, tan, tan32, (k,))[...] = seed[p:p + k]
+                p += k
+            self.tangent(start, stop, tan, tan32)
+            row[...] = self._tangent_view(out_slot, tan, tan32, (no,))
+        return out
+
     # -- differentiation -----------------------------------------------------------------------
     def sweep(self, root: int, seed: np.ndarray, retain_graph: bool,
               touched: np.ndarray | None = None):
@@ -358,10 +559,7 @@ class Tape:
         Unless ``retain_graph``, every non-leaf record swept is released.  ``touched`` (zeros,
         at least ``root + 1`` long) may be passed to learn which slots got an adjoint.
         """
-        if len(self.adj) != len(self.val) and self.vtop:
-            self.adj = np.empty(len(self.val), np.float64)
-        if len(self.adj32) != len(self.val32) and self.vtop32:
-            self.adj32 = np.empty(len(self.val32), np.float32)
+        self._size_adjoints()
         self.adjoint_view(root)[:] = seed.ravel()
         if touched is None:
             touched = np.zeros(root + 1, np.uint8)
@@ -392,6 +590,13 @@ class Tape:
             swept = touched.view(bool) & (self.op[:root + 1] != K.OP_LEAF)
             self.flag[:root + 1][swept] |= K.FLAG_RELEASED
         return leaf_slots[:nleaf[0]]
+
+    def _size_adjoints(self) -> None:
+        """Give the adjoint arenas the sizes of the value arenas (contents unset)."""
+        if len(self.adj) != len(self.val) and self.vtop:
+            self.adj = np.empty(len(self.val), np.float64)
+        if len(self.adj32) != len(self.val32) and self.vtop32:
+            self.adj32 = np.empty(len(self.val32), np.float32)
 
     def _python_rule(self, i: int, touched: np.ndarray) -> None:
         """The reverse rules that are NumPy calls: matmul (BLAS) and casts between arenas."""
@@ -572,7 +777,8 @@ class _State(threading.local):
         self.tape = self.default  # innermost open tape, else the default one
         self.rec: Tape | None = self.default  # the tape recording now; None under no_grad
         # functional differentiations running (td.grad & co.), innermost last: each one's
-        # (tape, ids of its input leaves); a nested one must not differentiate through them
+        # (tape, ids of its input leaves, its recorded inputs); what depends on them must
+        # not leave the tape (a conversion to values would drop that dependence)
         self.differentiating: list[tuple] = []
 
     @property

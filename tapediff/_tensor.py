@@ -111,10 +111,12 @@ _WARN_NONLEAF_GRAD = (
     "update written w = w - lr * w.grad makes w a recorded (non-leaf) tensor; update the leaf "
     "in place instead: with td.no_grad(): w -= lr * w.grad.")
 ERR_NESTED = (
-    "this differentiates through the inputs of an enclosing td.grad / td.value_and_grad, "
-    "whose gradient would then miss this dependence: nested differentiation is not supported "
-    "yet. Differentiate the whole expression in one td.grad, or compute the inner derivative "
-    "by hand.")
+    "this takes a gradient of the inputs of an enclosing td.grad / td.value_and_grad as "
+    "numbers (backward() or Tape.gradient() without create_graph=True, or a function made "
+    "with replay=True), which would be a constant to the enclosing differentiation and its "
+    "gradient silently wrong. Record it instead: backward(create_graph=True), "
+    "Tape.gradient(..., create_graph=True), or td.grad / td.value_and_grad without "
+    "replay=True inside.")
 
 
 class Tensor:
@@ -226,17 +228,39 @@ class Tensor:
         v = self._v
         return wrap(v if type(v) is float else v.copy())
 
-    def _gradient_on(self, tape: Any, xs: Any, gradient: Any, retain_graph: bool) -> Any:
+    def _gradient_on(self, tape: Any, xs: Any, gradient: Any, retain_graph: Any,
+                     create_graph: bool) -> Any:
         """``tape.gradient(self, xs, ...)`` (the storage layer calls back here)."""
-        return tape_gradient(tape, self, xs, gradient, retain_graph)
+        return tape_gradient(tape, self, xs, gradient, retain_graph, create_graph)
 
-    def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
+    def backward(self, gradient: Any = None, retain_graph: bool | None = None,
+                 create_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into ``.grad`` of every leaf this tensor depends on.
 
         ``gradient`` is required when ``self`` has more than one element (it weights the
         outputs, as a vector-Jacobian product).  The records swept are released unless
-        ``retain_graph=True``; leaves are never released.
+        ``retain_graph=True`` (by default ``create_graph``); leaves are never released.
+
+        With ``create_graph=True`` the gradient is computed with recorded operations, so
+        ``.grad`` is itself a recorded tensor that can be differentiated again (gradient
+        penalties, second derivatives):
+
+        >>> import tapediff as td
+        >>> x = td.tensor(3.0, requires_grad=True)
+        >>> (x ** 3).backward(create_graph=True)
+        >>> g = x.grad  # 3 x^2
+        >>> x.grad = None
+        >>> g.backward(); x.grad  # 6 x
+        tensor(18.)
         """
+        if retain_graph is None:
+            retain_graph = create_graph
+        if create_graph and self._tape is not None:
+            if not self._rg:
+                raise RuntimeError(
+                    "element 0 of tensors does not require grad and does not have a grad_fn")
+            _graph_backward(self, gradient, retain_graph)
+            return
         if not self._rg:
             raise RuntimeError(
                 "element 0 of tensors does not require grad and does not have a grad_fn")
@@ -731,6 +755,44 @@ class Tensor:
 
 
 
+def _seed_of(y: Tensor, gradient: Any) -> Any:
+    """backward's ``gradient`` argument checked against ``y``: None for a scalar ``y``, else
+    a tensor of ``y``'s shape (kept as given when it is a tensor: it may require grad)."""
+    if gradient is None:
+        if size_of(y._v) != 1:
+            raise with_hint(RuntimeError(
+                "grad can be implicitly created only for scalar outputs"), HINT_SCALAR)
+        return None
+    g = gradient if isinstance(gradient, Tensor) else constant(np.asarray(gradient, y.dtype))
+    if g.shape != y.shape:
+        raise RuntimeError(f"Mismatch in shape: gradient has a shape of {g.shape} "
+                           f"and output has a shape of {y.shape}.")
+    return g
+
+
+def _graph_backward(y: Tensor, gradient: Any, retain_graph: bool) -> None:
+    """``y.backward(create_graph=True)``: each leaf's ``.grad`` gets (or has added) a
+    recorded tensor, the gradient as a function of the leaves (see ``_graph``)."""
+    from ._graph import graph_gradients
+    seed = _seed_of(y, gradient)
+    tape = y._tape
+    leaves = {}
+    for s, r in tape._cached.items():
+        t = r()
+        if t is not None and t._rg and t._leaf_record is not None and t._leaf_record.slot == s:
+            leaves[s] = t
+    adjoints = graph_gradients(y, seed, None, retain_graph)
+    from ._grad_mode import enable_grad
+    with _GRAD_LOCK, enable_grad(), tape:
+        for s, g in adjoints.items():
+            leaf = leaves.get(s)
+            if leaf is None:
+                continue
+            g = g.reshape(leaf.shape)
+            old = leaf._grad
+            leaf._grad = g if old is None else old + g
+
+
 def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
     """Add the flat adjoint ``g`` into ``leaf.grad`` (created on first use).
 
@@ -765,7 +827,7 @@ def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
 
 
 def tape_gradient(tape: Any, y: Tensor, xs: Any, gradient: Any = None,
-                  retain_graph: bool = False) -> Any:
+                  retain_graph: bool | None = None, create_graph: bool = False) -> Any:
     """See ``Tape.gradient``."""
     if not isinstance(y, Tensor):
         raise TypeError(f"gradient() needs a Tensor output, got {type(y).__name__}")
@@ -783,6 +845,10 @@ def tape_gradient(tape: Any, y: Tensor, xs: Any, gradient: Any = None,
     if y._tape is not None and y._tape is not tape:
         raise RuntimeError("the output was recorded on another tape; call gradient() on the "
                            "tape that recorded it")
+    if retain_graph is None:
+        retain_graph = create_graph
+    if create_graph and y._tape is not None:
+        return _pack(_graph_gradient(tape, y, xs, _seed_of(y, gradient), retain_graph), single)
     _check_differentiable_here(tape)
     if gradient is None:
         if size_of(y._v) != 1:
@@ -815,6 +881,30 @@ def tape_gradient(tape: Any, y: Tensor, xs: Any, gradient: Any = None,
     return _pack(out, single)
 
 
+def _graph_gradient(tape: Any, y: Tensor, xs: list, seed: Any, retain_graph: bool) -> list:
+    """The gradients of ``y`` with respect to each of ``xs`` as recorded tensors (zeros for
+    an ``x`` that ``y`` does not depend on), computed by ``_graph.graph_gradients``."""
+    from ._graph import graph_gradients
+    records: dict = {}  # id of a tape-less tensor -> its (leaf) records on this tape
+    for s, r in tape._cached.items():
+        records.setdefault(id(r()), []).append(s)
+    wanted = [[x._slot] if x._tape is tape else records.get(id(x), []) for x in xs]
+    adjoints = graph_gradients(y, seed, sorted({s for ss in wanted for s in ss}), retain_graph)
+    from ._grad_mode import enable_grad
+    out = []
+    with enable_grad(), tape:
+        for x, ss in zip(xs, wanted):
+            parts = [adjoints[s] for s in ss if s in adjoints]
+            if not parts:
+                out.append(constant(np.zeros(x.shape, x.dtype)))
+                continue
+            g = parts[0]
+            for p in parts[1:]:
+                g = g + p
+            out.append(g.reshape(x.shape))
+    return out
+
+
 def carries_gradient(t: Tensor) -> bool:
     """Whether converting ``t`` to values would drop a gradient: ``t`` requires grad, grad
     mode is on, and (inside td.grad & co.) ``t`` depends on the inputs being differentiated
@@ -824,12 +914,15 @@ def carries_gradient(t: Tensor) -> bool:
     active = thread_state.differentiating
     if not active:
         return True
-    tape, differentiated = active[-1]
     if t._tape is None:
-        return id(t) in differentiated
-    if t._tape is not tape:
-        return True
-    slots = [s for s, r in tape._cached.items() if id(r()) in differentiated]
+        return any(id(t) in ids for _, ids, _ in active)
+    levels = [(ids, recorded) for tape, ids, recorded in active if tape is t._tape]
+    if not levels:
+        return True  # recorded outside every differentiation running now
+    tape = t._tape
+    slots = [x._slot for _, recorded in levels for x in recorded if x._tape is tape]
+    ids = set().union(*(ids for ids, _ in levels))
+    slots += [s for s, r in tape._cached.items() if id(r()) in ids]
     if not slots:
         return False
     mark = np.zeros(t._slot + 1, np.uint8)
@@ -847,14 +940,14 @@ def _check_differentiable_here(tape: Any) -> None:
             "a constant of the recording.  Differentiate outside the function, or call it "
             "without replay=True")
     if holds_enclosing_inputs(tape) or any(outer is tape
-                                           for outer, _ in thread_state.differentiating):
+                                           for outer, *_ in thread_state.differentiating):
         raise RuntimeError(ERR_NESTED)
 
 
 def holds_enclosing_inputs(tape: Any) -> bool:
     """Whether ``tape`` records an input of a td.grad & co. running now: differentiating it,
     or returning its values, would hide that dependence from the enclosing call."""
-    return any(id(r()) in leaves for _, leaves in thread_state.differentiating
+    return any(id(r()) in leaves for _, leaves, _ in thread_state.differentiating
                for r in tape._cached.values())
 
 

@@ -885,11 +885,14 @@ def _check_float32_outputs(vg):
 
 
 def _check_tensor_outputs(vg):
-    # a tensor among the differentiated arguments: tensors out, outside any graph
+    # a tensor among the differentiated arguments: tensors out; recorded (functions of x,
+    # as torch.func.grad's) unless replayed (a replay gives numbers: constants)
     x = td.tensor([1.0, 2.0], requires_grad=True)
     value, (gx, gy) = vg(x, np.array(3.0))
+    recorded = not isinstance(vg, td.Replayed)
     for t in (value, gx, gy):
-        assert isinstance(t, td.Tensor) and not t.requires_grad and t.grad_fn is None
+        assert isinstance(t, td.Tensor) and t.requires_grad == recorded
+        assert (t.grad_fn is not None) == recorded
     assert value.item() == 9.0 and gx.tolist() == [3.0, 3.0] and gy.item() == 3.0
     assert gy.shape == () and gx.dtype == np.float64
     assert x.grad is None and x.requires_grad and x.is_leaf
@@ -1377,18 +1380,21 @@ def test_differentiating_inside_a_replayed_function_is_refused(how):
 
 
 @pytest.mark.parametrize("replay", [False, True])
-def test_a_gradient_of_the_differentiated_inputs_inside_the_function_is_refused(replay):
-    """An inner td.value_and_grad of the outer inputs would be a constant to the outer
-    differentiation (d/dx sum(x * 3x^2) is 9x^2, not 3x^2): refused until nested
-    differentiation is supported."""
+def test_a_gradient_of_the_differentiated_inputs_inside_the_function_is_recorded(replay):
+    """An inner td.value_and_grad of the outer inputs is recorded, so the outer gradient
+    sees it: d/dx sum(x * 3x^2) is 9x^2 (not 3x^2, what a constant inner gradient gives),
+    and a replay recomputes it at new inputs."""
     inner = td.value_and_grad(lambda x: (x ** 3).sum())
 
     def f(x):
         _, g = inner(x)
         return (x * g).sum()
 
-    with pytest.raises(RuntimeError, match="nested differentiation is not supported"):
-        td.value_and_grad(f, replay=replay)(np.array([1.0, -2.0]))
+    outer = td.value_and_grad(f, replay=replay)
+    for x in (np.array([1.0, -2.0]), np.array([0.5, 3.0])):
+        value, g = outer(x)
+        np.testing.assert_allclose(value, 3.0 * (x ** 3).sum())
+        np.testing.assert_allclose(g, 9.0 * x ** 2)
 
 
 def test_np_asarray_in_a_replayed_function():

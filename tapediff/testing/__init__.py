@@ -7,8 +7,9 @@
   differentiable programs whose inputs stay in every operation's domain.  It needs the
   ``hypothesis`` package and is therefore not imported here; import it explicitly.
 
-Planned: ``gradgradcheck`` (second derivatives through Hessian-vector products) arrives with
-double-backward support in a later release.
+* ``gradgradcheck(fn, inputs)`` does the same for second derivatives: the derivatives of
+  the recorded gradient (``backward(create_graph=True)``, nested ``td.grad``) against
+  central differences of the first-order gradient.
 
 >>> import tapediff as td
 >>> from tapediff.testing import gradcheck
@@ -16,6 +17,6 @@ double-backward support in a later release.
 >>> gradcheck(lambda x: (td.exp(x) * x).sum(), x)
 True
 """
-from ._gradcheck import GRADCHECK_DEFAULTS, GradcheckError, gradcheck
+from ._gradcheck import GRADCHECK_DEFAULTS, GradcheckError, gradcheck, gradgradcheck
 
-__all__ = ["gradcheck", "GradcheckError", "GRADCHECK_DEFAULTS"]
+__all__ = ["gradcheck", "gradgradcheck", "GradcheckError", "GRADCHECK_DEFAULTS"]

@@ -1,4 +1,5 @@
-"""``gradcheck``: compare tapediff's reverse-mode gradients with central finite differences."""
+"""``gradcheck`` and ``gradgradcheck``: compare tapediff's first and second derivatives with
+central finite differences."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -7,7 +8,7 @@ import numpy as np
 
 import tapediff as td
 
-__all__ = ["GradcheckError", "gradcheck", "GRADCHECK_DEFAULTS"]
+__all__ = ["GradcheckError", "gradcheck", "gradgradcheck", "GRADCHECK_DEFAULTS"]
 
 _F64 = np.dtype(np.float64)
 _F32 = np.dtype(np.float32)
@@ -283,3 +284,54 @@ def _mismatch(j: int, k: int | None, i: int, ana: np.ndarray, num: np.ndarray, a
             f"|difference| {err:.6g} > atol + rtol * |numerical| = {tol:.6g} "
             f"(atol={atol:g}, rtol={rtol:g}); {bad} of {ana.size} elements differ\n"
             f"numerical:\n{_fmt(num)}\nanalytical:\n{_fmt(ana)}")
+
+
+def gradgradcheck(fn: Callable[..., Any], inputs: Any, grad_outputs: Any = None, *,
+                  eps: float | None = None, atol: float | None = None,
+                  rtol: float | None = None, raise_exception: bool = True) -> bool:
+    """Check the second derivatives tapediff computes for ``fn`` against central finite
+    differences of its (first-order) gradient, in the spirit of
+    ``torch.autograd.gradgradcheck``.
+
+    ``fn`` returns one floating-point Tensor; ``inputs`` are as in ``gradcheck``.  The
+    function checked is the vector-Jacobian product ``G(inputs, v) = v^T d fn / d inputs``
+    (``td.vjp``) with ``v`` = ``grad_outputs`` (by default fixed random weights of the
+    output's shape): ``gradcheck(G, (*inputs, v))`` compares the derivatives of ``G``, which
+    tapediff computes by differentiating its recorded gradient (second derivatives, and the
+    derivative with respect to ``v``), with central differences of ``G`` computed in
+    first-order mode.  Tolerances and the error raised are ``gradcheck``'s.
+
+    >>> import tapediff as td
+    >>> from tapediff.testing import gradgradcheck
+    >>> x = td.tensor([0.5, 1.0, 2.0], requires_grad=True)
+    >>> gradgradcheck(lambda x: td.sin(x) * x, x)
+    True
+    """
+    args, checked = _as_inputs(inputs)
+    arrays = {i: np.array(args[i].numpy()) for i in checked}
+    with td.no_grad():
+        out = fn(*_fresh(args, checked, arrays))
+    (out,) = _as_outputs(out)
+    if grad_outputs is None:
+        v = _weights(out.shape, 0, 0).astype(out.dtype)
+    else:
+        v = np.asarray(grad_outputs.numpy() if isinstance(grad_outputs, td.Tensor)
+                       else grad_outputs, dtype=out.dtype)
+        if v.shape != out.shape:
+            raise ValueError(f"gradgradcheck: grad_outputs has shape {v.shape} but fn's output "
+                             f"has shape {out.shape}")
+    n = len(args)
+
+    def first_order(*call: Any) -> tuple:
+        full = list(call[:n])
+
+        def f(*xs: Any) -> Any:
+            inner = list(full)
+            for i, x in zip(checked, xs):
+                inner[i] = x
+            return fn(*inner)
+        _, pull = td.vjp(f, *[full[i] for i in checked])
+        return pull(call[n])
+
+    return gradcheck(first_order, (*args, td.tensor(v, requires_grad=True)), eps=eps,
+                     atol=atol, rtol=rtol, raise_exception=raise_exception)
