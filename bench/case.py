@@ -81,3 +81,28 @@ class MetricsCase:
     run: Callable[[], list[Metric]]
     size: dict = field(default_factory=dict)
     note: str = ""
+
+
+@dataclass
+class FunctionsCase:
+    """Functions timed side by side whose results are not one value and gradient: a gradient
+    beside a Hessian-vector product, a Hessian (``bench/workloads/higher.py``).
+
+    ``build(peers)`` returns ``({name: (run, result)}, skipped)``: ``run()`` is timed,
+    ``result()`` returns what it computes (an array, for ``check``); tapediff's functions
+    come first, and the first is the reference of the paired ratios ("x tapediff").
+    ``skipped``: peer name -> why it is not run.  ``check({name: result})`` returns
+    (problems, names): each problem fails the run, and the names are not timed.
+    ``figures(res)`` returns Metrics read from the timed rounds (the ratios);
+    ``memory(name, quick)`` returns a contender's peak memory in bytes (None: not measured),
+    asked in full runs only.
+    """
+
+    workload: str
+    name: str
+    build: Callable[[list], tuple[dict, dict]]
+    check: Callable[[dict], tuple[list, set]]
+    figures: Callable[[Any], list] | None = None
+    memory: Callable[[str, bool], Any] | None = None
+    size: dict = field(default_factory=dict)
+    note: str = ""

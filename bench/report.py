@@ -91,8 +91,8 @@ def case_lines(r) -> list[str]:
                          f"{t.ratio:>10.2f}  {fmt_bytes(r.memory.get(name)):>9}{extra}")
         summary = []
         for name in r.order:
-            if name == TAPEDIFF or name not in r.timings:
-                continue
+            if name == TAPEDIFF or name not in r.timings or TAPEDIFF not in r.timings:
+                continue  # (cases without a "tapediff" contender print their own ratios)
             if name == TAPEDIFF_REPLAY:
                 x = paired_ratio(r, TAPEDIFF, name)
                 summary.append(f"tapediff/replay {x:.2f}x")

@@ -41,17 +41,21 @@ import tapediff as td
 
 from . import backends as B
 from . import replay_figures
-from .case import PEER_NAMES, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME, Case, MetricsCase
+from .case import (
+    PEER_NAMES, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME, Case, FunctionsCase, MetricsCase,
+)
 from .report import (
     INSTALL_ONE, INSTALL_PEERS, PEERS_HINT, case_lines, header_lines, plot, target_lines,
     to_json, to_markdown,
 )
 from .targets import evaluate
 from .timing import paired_rounds, peak_memory, steady_allocator
-from .workloads import array_ops, ba, elementwise, gmm, linalg, mlp, scalar, startup
+from .workloads import (
+    array_ops, ba, elementwise, gmm, higher, linalg, mlp, scalar, startup,
+)
 
 WORKLOADS = {m.WORKLOAD: m for m in (scalar, elementwise, mlp, gmm, ba, array_ops, linalg,
-                                      startup)}
+                                      higher, startup)}
 
 
 @dataclass
@@ -89,6 +93,9 @@ COST = {  # workload: (quick s, full s, full peak GB)
     "ops": (1.9, 47, 1.4),
     "linalg": (2.9, 22, 1.4),
     "compile": (3.3, 75, 1.4),  # full: a cold compile in a fresh process
+    # measured with PyTorch (its contenders and their memory processes), load ~1,
+    # 2026-12-06: quick 6 s, full 66 s and 0.78 GB peak RSS
+    "higher": (6.0, 70, 0.8),
 }
 STARTUP_S = (2, 7)  # imports before the first case: --quick, full
 QUICK_PEAK_GB = 0.5  # --quick, every workload
@@ -276,7 +283,48 @@ def check(case: Case, cons: list, res: CaseResult) -> list:
     return keep
 
 
+def run_functions_case(case: FunctionsCase, peers: list[str], settings: Settings,
+                       tag: str) -> CaseResult:
+    """A case of functions the workload builds (see ``FunctionsCase``): each computed once
+    and checked by the case, then timed in paired rounds against the first (tapediff's)."""
+    res = CaseResult(case.workload, case.name, case.size, case.note)
+    progress(f"{tag} {case.name}: building contenders")
+    fns, res.skipped = case.build(peers)
+    first = next(iter(fns))
+    outputs = {}
+    for name, (_, result) in fns.items():
+        try:
+            outputs[name] = result()
+        except Exception as e:  # tapediff failing fails the run, and so does a peer here
+            res.errors.append(f"{case.name}: {name} raised {type(e).__name__}: {e}")
+            if name.startswith(TAPEDIFF):
+                traceback.print_exc()
+    progress(f"{tag} {case.name}: checking {len(outputs)} results")
+    problems, drop = case.check(outputs)
+    res.errors += problems
+    cons = [B.Contender(name, run, None) for name, (run, _) in fns.items()
+            if name in outputs and name not in drop]
+    if not cons or cons[0].name != first:
+        return res
+    res.order = [c.name for c in cons]
+    progress(f"{tag} {case.name}: warming up and timing {len(cons)} contenders")
+    t0 = time.perf_counter()
+    res.timings = paired_rounds(
+        cons, first, rounds=settings.rounds, min_rounds=settings.min_rounds,
+        budget_s=settings.budget_s, sample_s=settings.sample_s,
+        warmup_calls=settings.warmup_calls, warmup_s=settings.warmup_s)
+    progress(f"{tag} {case.name}: timed in {time.perf_counter() - t0:.1f} s")
+    if case.memory is not None and not settings.quick:
+        progress(f"{tag} {case.name}: memory, one process per contender")
+        res.memory = {c.name: case.memory(c.name, settings.quick) for c in cons}
+    if case.figures is not None:
+        res.metrics = case.figures(res)
+    return res
+
+
 def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult:
+    if isinstance(case, FunctionsCase):
+        return run_functions_case(case, peers, settings, tag)
     res = CaseResult(case.workload, case.name, case.size, case.note)
     if isinstance(case, MetricsCase):
         progress(f"{tag} {case.name}: measuring")

@@ -14,6 +14,9 @@ from typing import Callable
 
 from .case import HAND, PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME
 
+# the full-size cases of bench/workloads/higher.py that the Hessian-vector product target reads
+HVP_TARGET_CASES = ("hvp Rosenbrock n=100,000", "hvp MLP 784-256-256-10 batch 64")
+
 
 @dataclass
 class Verdict:
@@ -91,6 +94,12 @@ TARGETS = [
     Target("linalg value+gradient <= 3x the NumPy primal at n = 500 (slogdet, solve, cholesky)",
            lambda r: r.workload == "linalg" and r.size.get("n") == 500,
            lambda r: paired_ratio(r, TAPEDIFF, PRIMAL), 3.0, False, "{:.2f}x primal"),
+    # higher order (issue 13): bench/workloads/higher.py, the product and the gradient
+    # (td.hvp, td.grad) timed in the same paired rounds
+    Target("Hessian-vector product <= 4x one gradient (Rosenbrock n=10^5, MLP 784-256-256-10)",
+           lambda r: r.workload == "higher" and r.name in HVP_TARGET_CASES,
+           lambda r: paired_ratio(r, "tapediff hvp", "tapediff grad"), 4.0, False,
+           "{:.2f}x gradient"),
     # replay: td.value_and_grad(f, replay=True), replayed calls (bench/replay_figures.py)
     Target("replayed scalar chain value+gradient <= 40 ns/record",
            lambda r: r.name.startswith("scalar chain"),

@@ -8,6 +8,9 @@
   reference (``gmm.h``, ``ba.h``), including the column-major packing of the lower triangle
   and the small-angle branch of Rodrigues' rotation.
 * ``python -m bench --quick --only scalar`` exits 0; a gradient disagreement fails a case.
+* The higher-order cases (``td.grad`` beside ``td.hvp``, ``td.hessian``) check tapediff
+  against SciPy's closed forms and the hand-written MLP gradient, time their functions in
+  paired rounds, and fail the run when a Hessian is wrong.
 * A run checks what it needs before it starts (``--plot`` without matplotlib exits 2 at
   once, naming ``pip install matplotlib``), says what it will cost, presents each target as
   its goal and the measured figure, and sums up peers that did not run in one line each,
@@ -37,7 +40,7 @@ if ROOT not in sys.path:  # bench/ is not an installed package; run from the rep
     sys.path.insert(0, ROOT)
 
 from bench.case import Case  # noqa: E402
-from bench.workloads import array_ops, ba, elementwise, gmm, mlp, scalar  # noqa: E402
+from bench.workloads import array_ops, ba, elementwise, gmm, higher, mlp, scalar  # noqa: E402
 from bench.workloads import linalg as linalg_workload  # noqa: E402
 
 
@@ -294,6 +297,47 @@ def test_linalg_gradients():
         assert_grads_match_fd(case)
     assert [c.name for c in linalg_workload.cases(quick=False)] == [
         "slogdet n=500", "solve n=500", "cholesky n=500"]
+
+
+# -- higher order (issue 13) ------------------------------------------------------------------
+def test_higher_cases_check_and_time():
+    from bench import runner, targets
+
+    cases = [higher.rosenbrock_hvp_case(50), higher.mlp_hvp_case((5, 4, 3, 3), 4),
+             higher.rosenbrock_hessian_case(12)]
+    for case in cases:
+        res = runner.run_case(case, [], runner.QUICK, "[test]")
+        assert res.errors == [], res.errors
+        assert res.order[0].startswith("tapediff") and set(res.order) == set(res.timings)
+        assert res.memory == {}  # measured in full runs only
+    ratios = {m.name for m in runner.run_case(cases[0], [], runner.QUICK, "[t]").metrics}
+    assert "tapediff hvp / tapediff grad" in ratios
+    full = [c.name for c in higher.cases(quick=False)]
+    assert set(targets.HVP_TARGET_CASES) <= set(full)
+    assert not set(targets.HVP_TARGET_CASES) & {c.name for c in higher.cases(quick=True)}
+
+
+def test_a_wrong_hessian_fails_the_higher_case(monkeypatch):
+    from bench import runner
+
+    case = higher.rosenbrock_hessian_case(6)
+    build = case.build
+
+    def wrong(peers):
+        fns, skipped = build(peers)
+        run, result = fns[higher.TD_HESS]
+        fns[higher.TD_HESS] = (run, lambda: result() * 1.01)
+        return fns, skipped
+
+    case.build = wrong
+    res = runner.run_case(case, [], runner.QUICK, "[test]")
+    assert any("TAPEDIFF HESSIAN IS WRONG" in e and "rosen_hess" in e for e in res.errors)
+    assert res.timings == {}  # tapediff's Hessian is not timed
+
+
+def test_higher_memory_is_the_contenders_own_process():
+    rss = higher.rss_of("hvp Rosenbrock n=10,000", higher.TD_GRAD, quick=True)
+    assert rss is not None and 10 * 2 ** 20 < rss < 4 * 2 ** 30
 
 
 # -- the runner ------------------------------------------------------------------------------

@@ -65,3 +65,29 @@ def test_gaussian_process_example():
     value, grad = gp(p, ns["X"], ns["y"])
     fd = numerical_grad(lambda q: float(gp_loss(q, ns["X"], ns["y"])), [p])[0]
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_higher_order_examples():
+    ns: dict = {}
+    exec(compile(_block("td.hvp(f, x, v)"), "README.md", "exec"), ns)
+    td_, x, v, f = ns["td"], ns["x"], ns["v"], ns["f"]
+    np.testing.assert_allclose(td_.jvp(lambda x: x ** 3, (x,), (v,))[1], [3.0, 12.0])
+    np.testing.assert_allclose(ns["f_vjp"](np.array([1.0, 10.0]))[0], [2.0, 40.0])
+    value, hv = td_.hvp(f, x, v)
+    assert value == 9.0
+    np.testing.assert_allclose(hv, [6.0, 12.0])
+    np.testing.assert_allclose(td_.jacobian(lambda x: x ** 2)(x), [[2.0, 0.0], [0.0, 4.0]])
+    np.testing.assert_allclose(td_.hessian(f)(x), [[6.0, 0.0], [0.0, 12.0]])
+    assert td_.grad(td_.grad(lambda x: x ** 3))(2.0) == 12.0
+    assert td_.grad(lambda x: x * td_.grad(lambda y: x * y)(2.0))(1.5) == 3.0
+    ns = {}
+    exec(compile(_block("penalty = (w.grad ** 2).sum()"), "README.md", "exec"), ns)
+    np.testing.assert_allclose(ns["w"].grad.numpy(), [36.0, 288.0])
+
+
+def test_trust_ncg_example():
+    pytest.importorskip("scipy")
+    ns: dict = {}
+    exec(compile(_block('method="trust-ncg"'), "README.md", "exec"), ns)
+    res = ns["res"]
+    assert res.success and np.allclose(res.x, 1.0)

@@ -7,10 +7,12 @@
 * ``ba``: ``ba.py``, ADBench's bundle adjustment objective;
 * ``ops``: ``array_ops.py``, elementwise, matmul and indexing kernels;
 * ``linalg``: ``linalg.py``, value and gradient of slogdet, solve and cholesky at n = 500;
+* ``higher``: ``higher.py``, a Hessian-vector product against one gradient (Rosenbrock at
+  n = 10^5, the MLP's flattened parameters) and the Hessian of Rosenbrock at n = 100;
 * ``compile``: ``startup.py``, start-up cost (import, first backward, first replay) in a
   fresh process.
 
 Each module defines ``WORKLOAD`` (its ``--only`` name) and ``cases(quick)``, a list of
-``Case`` or ``MetricsCase`` (``bench/case.py``); ``bench/runner.py`` lists them in
-``WORKLOADS``.
+``Case``, ``MetricsCase`` or ``FunctionsCase`` (``bench/case.py``); ``bench/runner.py``
+lists them in ``WORKLOADS``.
 """

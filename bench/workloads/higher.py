@@ -1,0 +1,407 @@
+"""Higher order (issue 13): Hessian-vector products and Hessians, against one gradient.
+
+``python -m bench --only higher``.  Each case times functions side by side in paired rounds
+(a ``FunctionsCase``, ``bench/case.py``): "x tapediff" is a time over tapediff's first
+function (its gradient, or its Hessian), and the ratios below each table come from the same
+rounds.
+
+* ``hvp Rosenbrock n=100,000``: ``elementwise.rosenbrock`` (array code) at n = 10^5: one
+  gradient (``td.grad``) and one Hessian-vector product (``td.hvp``); target: the product
+  costs <= 4x the gradient.  Checked against SciPy's closed forms (``rosen_der``,
+  ``rosen_hess_prod``).
+* ``hvp MLP 784-256-256-10 batch 64``: the loss of ``mlp.py`` as a function of its 269,322
+  parameters flattened into one vector (sliced and reshaped inside the function); same
+  target.  Checked against the hand-written backpropagation (``mlp.mlp_hand``) and central
+  differences of it along the tangent.
+* ``hessian Rosenbrock n=100``: ``td.hessian``, beside SciPy's closed form ``rosen_hess``;
+  a Hessian that is not ``np.allclose`` to it fails the run.
+
+Peers, where installed: PyTorch (``torch.func.grad``; the product as ``torch.func.jvp`` of
+``torch.func.grad``, forward over reverse as tapediff's, and as
+``torch.autograd.functional.hvp``, reverse over reverse; ``torch.func.hessian``) and JAX (jit of
+``jax.grad``, of ``jax.jvp(jax.grad(f))``, of ``jax.hessian``).  Each must agree with tapediff
+(rtol 1e-6) to be timed.  ``--quick`` runs n = 10^4 and the 32-64-64-8 net.
+
+Memory (full runs): each contender's own process's RSS high-water mark.  A fresh process
+(``python -m bench.workloads.higher CASE CONTENDER``) imports only what that contender needs,
+builds the case, calls the contender 8 times and reports its peak RSS (``VmHWM``), so it includes
+the interpreter and the library's import (PyTorch's is larger than tapediff's); the RSS
+before the first call is printed beside it.  A process that had to compile Numba's sweeps
+(the cache was stale) is run again, so that compiling is not counted.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import resource
+import subprocess
+import sys
+
+import numpy as np
+
+import tapediff as td
+
+from ..case import JAX_NAME, TORCH_NAME, FunctionsCase, Metric
+from ..targets import paired_ratio
+from . import elementwise, mlp
+
+WORKLOAD = "higher"
+
+TD_GRAD, TD_HVP, TD_HESS = "tapediff grad", "tapediff hvp", "tapediff hessian"
+TORCH_GRAD, TORCH_HVP = "PyTorch grad", "PyTorch hvp"
+TORCH_FHVP = "PyTorch functional.hvp"  # torch.autograd.functional.hvp
+TORCH_HESS = "PyTorch hessian"
+JAX_GRAD, JAX_HVP, JAX_HESS = "JAX jit grad", "JAX jit hvp", "JAX jit hessian"
+SCIPY_HESS = "SciPy rosen_hess"
+RTOL = 1e-6
+CALLS_FOR_RSS = 8
+
+
+def _namespaces():
+    from .. import backends as B  # imports the peers: only where a peer is built
+    return B
+
+
+def _numpy_ns():
+    """The runner's NumPy namespace (``bench.backends.NUMPY``) without importing the peers."""
+    def logsumexp(a, axis):
+        m = np.max(a.detach() if isinstance(a, td.Tensor) else a, axis=axis, keepdims=True)
+        return np.log(np.sum(np.exp(a - m), axis=axis)) + np.squeeze(m, axis=axis)
+
+    class NS:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    ns = NS()
+    ns.logsumexp = logsumexp
+    return ns
+
+
+# -- objectives -------------------------------------------------------------------------------
+class Problem:
+    """A scalar objective ``f(xp, x)`` of one float vector, its point and a tangent."""
+
+    def __init__(self, f, x, v=None):
+        self.f, self.x, self.v = f, x, v
+
+
+def rosenbrock_problem(n: int) -> Problem:
+    rng = np.random.default_rng(13)
+    return Problem(elementwise.rosenbrock, rng.uniform(-1, 1, n), rng.normal(size=n))
+
+
+def mlp_problem(widths: tuple, batch: int) -> tuple[Problem, object]:
+    """The MLP loss as a function of its parameters flattened into one vector."""
+    case = mlp._case(widths, batch)
+    shapes = [p.shape for p in case.params]
+    data = list(case.data)
+
+    def loss(xp, theta, *data_override):
+        parts, o = [], 0
+        for s in shapes:
+            k = int(np.prod(s))
+            parts.append(theta[o:o + k].reshape(s))
+            o += k
+        return mlp.mlp_loss(xp, *parts, *(data_override or data))
+
+    theta = np.concatenate([p.ravel() for p in case.params])
+    v = np.random.default_rng(14).normal(size=theta.size)
+    return Problem(loss, theta, v), case
+
+
+# -- contenders -------------------------------------------------------------------------------
+def _tapediff(p: Problem, kind: str) -> dict:
+    f = functools.partial(p.f, _numpy_ns())
+    if kind == "hessian":
+        h = td.hessian(f)
+        return {TD_HESS: (lambda: h(p.x), lambda: h(p.x))}
+    g = td.grad(f)
+    return {TD_GRAD: (lambda: g(p.x), lambda: g(p.x)),
+            TD_HVP: (lambda: td.hvp(f, p.x, p.v), lambda: td.hvp(f, p.x, p.v)[1])}
+
+
+def _torch(p: Problem, kind: str, data=None) -> dict:
+    B = _namespaces()
+    torch = B.torch
+    x = torch.tensor(p.x, dtype=torch.float64)
+    tdata = [B._torch_from(d, False) for d in data or ()]
+
+    def f(q):
+        return p.f(B.TORCH, q, *tdata)
+
+    if kind == "hessian":
+        h = torch.func.hessian(f)
+        return {TORCH_HESS: (lambda: h(x), lambda: h(x).numpy())}
+    v = torch.tensor(p.v, dtype=torch.float64)
+    g = torch.func.grad(f)
+
+    def hvp():
+        return torch.func.jvp(g, (x,), (v,))[1]
+
+    def functional_hvp():
+        return torch.autograd.functional.hvp(f, x, v)[1]
+
+    return {TORCH_GRAD: (lambda: g(x), lambda: g(x).numpy()),
+            TORCH_HVP: (hvp, lambda: hvp().numpy()),
+            TORCH_FHVP: (functional_hvp, lambda: functional_hvp().numpy())}
+
+
+def _jax(p: Problem, kind: str, data=None) -> dict:
+    B = _namespaces()
+    jax, jnp = B.jax, B.jnp
+    x = jnp.asarray(p.x)
+    jdata = [B._jax_from(d) for d in data or ()]
+
+    def f(q):
+        return p.f(B.JAX, q, *jdata)
+
+    def ready(fn, *args):
+        compiled = jax.jit(fn).lower(*args).compile()
+        return lambda: jax.block_until_ready(compiled(*args))
+
+    if kind == "hessian":
+        h = ready(jax.hessian(f), x)
+        return {JAX_HESS: (h, lambda: np.asarray(h()))}
+    v = jnp.asarray(p.v)
+    g = ready(jax.grad(f), x)
+    hv = ready(lambda q, t: jax.jvp(jax.grad(f), (q,), (t,))[1], x, v)
+    return {JAX_GRAD: (g, lambda: np.asarray(g())), JAX_HVP: (hv, lambda: np.asarray(hv()))}
+
+
+def _build(p: Problem, kind: str, peers: list, extra: dict | None = None,
+           data=None) -> tuple[dict, dict]:
+    """tapediff's functions first, then each requested peer's (a peer that fails to build is
+    reported as skipped, not fatal)."""
+    fns = _tapediff(p, kind)
+    fns.update(extra or {})
+    skipped = {}
+    for name, make in ((TORCH_NAME, _torch), (JAX_NAME, _jax)):
+        if name not in peers:
+            continue
+        try:
+            fns.update(make(p, kind, data))
+        except Exception as e:
+            skipped[name] = f"failed to build: {type(e).__name__}: {e}"
+    return fns, skipped
+
+
+# -- checks -----------------------------------------------------------------------------------
+def _close(a, b) -> tuple[bool, str]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return False, f"shape {a.shape} vs {b.shape}"
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    ok = bool(np.allclose(a, b, rtol=RTOL, atol=1e-9 * max(scale, 1e-300)))
+    return ok, f"max |diff| {float(np.max(np.abs(a - b))):.3g} (largest |entry| {scale:.3g})"
+
+
+def _check_peers(case_name: str, out: dict, refs: dict) -> tuple[list, set]:
+    """Every peer's result against tapediff's of the same kind (``refs``: kind -> name)."""
+    problems, drop = [], set()
+    for name, value in out.items():
+        if name.startswith("tapediff") or name == SCIPY_HESS:
+            continue
+        kind = "hessian" if name.endswith("hessian") else (
+            "hvp" if name.endswith("hvp") else "grad")
+        ref = refs.get(kind)
+        if ref is None or ref not in out:
+            continue
+        ok, why = _close(value, out[ref])
+        if not ok:
+            problems.append(f"MISMATCH in {WORKLOAD} / {case_name}: {name} disagrees with "
+                            f"{ref}: {why}")
+            drop.add(name)
+    return problems, drop
+
+
+def _check_against(case_name: str, out: dict, name: str, ref, what: str) -> list:
+    if name not in out:
+        return []
+    ok, why = _close(out[name], ref)
+    return [] if ok else [f"{name.upper()} IS WRONG in {WORKLOAD} / {case_name}: it differs "
+                          f"from {what}: {why}"]
+
+
+# -- figures ----------------------------------------------------------------------------------
+def _ratio_metrics(res, pairs: list) -> list[Metric]:
+    out = []
+    for a, b, note in pairs:
+        x = paired_ratio(res, a, b)
+        if x is not None:
+            out.append(Metric(f"{a} / {b}", x, "x", note))
+    return out
+
+
+def _hvp_figures(res) -> list[Metric]:
+    return _ratio_metrics(res, [
+        (TD_HVP, TD_GRAD, "target <= 4"),
+        (TORCH_HVP, TORCH_GRAD, "torch.func.jvp of torch.func.grad"),
+        (TORCH_FHVP, TORCH_GRAD, "torch.autograd.functional.hvp"),
+        (JAX_HVP, JAX_GRAD, ""),
+        (TORCH_GRAD, TD_GRAD, "> 1: tapediff faster"),
+        (TORCH_HVP, TD_HVP, "> 1: tapediff faster"),
+        (JAX_HVP, TD_HVP, "> 1: tapediff faster"),
+    ]) + _rss_note(res)
+
+
+def _hessian_figures(res) -> list[Metric]:
+    return _ratio_metrics(res, [(TORCH_HESS, TD_HESS, "> 1: tapediff faster"),
+                                (JAX_HESS, TD_HESS, "> 1: tapediff faster")]) + _rss_note(res)
+
+
+# -- memory: each contender in a process of its own --------------------------------------------
+_BASELINES: dict = {}  # (case name, contender) -> RSS high-water mark before the first call
+
+
+def _rss_note(res) -> list[Metric]:
+    base = {n: _BASELINES.get((res.name, n)) for n in res.order}
+    if not any(base.values()):
+        return []
+    text = ", ".join(f"{n} {b / 1e6:.0f} MB" for n, b in base.items() if b)
+    return [Metric("peak mem", 0.0, "", text="RSS high-water mark of a process running "
+                   f"only that contender; before its first call (imports, inputs): {text}")]
+
+
+def rss_of(case_name: str, contender: str, quick: bool) -> int | None:
+    """The RSS high-water mark (bytes) of a fresh process that builds ``case_name`` and calls
+    ``contender`` ``CALLS_FOR_RSS`` times; None if that process fails."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cmd = [sys.executable, "-m", "bench.workloads.higher", case_name, contender]
+    if quick:
+        cmd.append("--quick")
+    for _ in range(3):  # a process that compiled Numba's sweeps (a stale cache) runs again
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 or "compiling" not in proc.stderr:
+            break
+    if proc.returncode != 0 or "compiling" in proc.stderr:
+        print(f"RSS of {contender} ({case_name}) not measured: {proc.stderr.strip()[-500:]}",
+              file=sys.stderr)
+        return None
+    before, peak = (int(x) for x in proc.stdout.split()[-2:])
+    _BASELINES[(case_name, contender)] = before
+    return peak
+
+
+def _max_rss() -> int:
+    """This process's RSS high-water mark in bytes.  On Linux from ``VmHWM``: ``ru_maxrss``
+    of a process started by fork + exec begins at its parent's peak (the runner's), which the
+    kernel carries over the exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _rss_main(argv: list[str]) -> int:
+    from ..timing import steady_allocator
+
+    steady_allocator()  # as in the runner
+    case_name, contender = argv[0], argv[1]
+    quick = "--quick" in argv[2:]
+    case = next(c for c in cases(quick) if c.name == case_name)
+    peers = [p for p in (TORCH_NAME, JAX_NAME) if contender.startswith(p.split()[0])]
+    fns, _ = case.build(peers)
+    run = fns[contender][0]
+    before = _max_rss()
+    for _ in range(CALLS_FOR_RSS):
+        run()
+    print(before, _max_rss())
+    return 0
+
+
+# -- cases ------------------------------------------------------------------------------------
+def _memory(name: str):
+    return lambda contender, quick: rss_of(name, contender, quick)
+
+
+def rosenbrock_hvp_case(n: int) -> FunctionsCase:
+    from scipy.optimize import rosen_der, rosen_hess_prod
+
+    p = rosenbrock_problem(n)
+    name = f"hvp Rosenbrock n={n:,}"
+
+    def check(out):
+        problems, drop = _check_peers(name, out, {"grad": TD_GRAD, "hvp": TD_HVP})
+        problems += _check_against(name, out, TD_GRAD, rosen_der(p.x),
+                                   "scipy.optimize.rosen_der")
+        problems += _check_against(name, out, TD_HVP, rosen_hess_prod(p.x, p.v),
+                                   "scipy.optimize.rosen_hess_prod")
+        return problems, drop
+
+    return FunctionsCase(WORKLOAD, name, lambda peers: _build(p, "grad", peers), check,
+                         _hvp_figures, _memory(name), size={"n": n},
+                         note="one gradient vs one Hessian-vector product")
+
+
+def mlp_hvp_case(widths: tuple, batch: int) -> FunctionsCase:
+    p, case = mlp_problem(widths, batch)
+    name = f"hvp MLP {'-'.join(str(w) for w in widths)} batch {batch}"
+    data = list(case.data)
+
+    def hand_grad(theta):
+        parts, o = [], 0
+        for q in case.params:
+            parts.append(theta[o:o + q.size].reshape(q.shape))
+            o += q.size
+        return np.concatenate([g.ravel() for g in mlp.mlp_hand(*parts, *data)[1]])
+
+    def check(out):
+        problems, drop = _check_peers(name, out, {"grad": TD_GRAD, "hvp": TD_HVP})
+        problems += _check_against(name, out, TD_GRAD, hand_grad(p.x),
+                                   "the hand-written backpropagation (mlp.mlp_hand)")
+        if TD_HVP in out:  # central differences of the hand gradient along v
+            h = 1e-5 / max(1.0, float(np.max(np.abs(p.v))))
+            fd = (hand_grad(p.x + h * p.v) - hand_grad(p.x - h * p.v)) / (2 * h)
+            scale = float(np.max(np.abs(fd)))
+            err = float(np.max(np.abs(np.asarray(out[TD_HVP]) - fd)))
+            if not err <= 1e-5 * scale:
+                problems.append(f"TAPEDIFF HVP IS WRONG in {WORKLOAD} / {name}: it differs "
+                                f"from central differences of mlp.mlp_hand along v: max "
+                                f"|diff| {err:.3g} (largest |entry| {scale:.3g})")
+        return problems, drop
+
+    return FunctionsCase(WORKLOAD, name, lambda peers: _build(p, "grad", peers, data=data),
+                         check, _hvp_figures, _memory(name),
+                         size={"widths": list(widths), "batch": batch,
+                               "parameters": int(p.x.size)},
+                         note="the loss of mlp.py as a function of its parameters, flattened")
+
+
+def rosenbrock_hessian_case(n: int) -> FunctionsCase:
+    from scipy.optimize import rosen_hess
+
+    p = rosenbrock_problem(n)
+    name = f"hessian Rosenbrock n={n}"
+    scipy_fns = {SCIPY_HESS: (lambda: rosen_hess(p.x), lambda: rosen_hess(p.x))}
+
+    def check(out):
+        problems, drop = _check_peers(name, out, {"hessian": TD_HESS})
+        if TD_HESS in out and not np.allclose(out[TD_HESS], rosen_hess(p.x)):
+            err = float(np.max(np.abs(np.asarray(out[TD_HESS]) - rosen_hess(p.x))))
+            problems.append(f"TAPEDIFF HESSIAN IS WRONG in {WORKLOAD} / {name}: "
+                            "td.hessian is not np.allclose to scipy.optimize.rosen_hess "
+                            f"(max |diff| {err:.3g})")
+            drop.add(TD_HESS)
+        return problems, drop
+
+    return FunctionsCase(WORKLOAD, name,
+                         lambda peers: _build(p, "hessian", peers, scipy_fns), check,
+                         _hessian_figures, _memory(name), size={"n": n},
+                         note="td.hessian vs SciPy's closed form")
+
+
+def cases(quick: bool) -> list[FunctionsCase]:
+    if quick:
+        return [rosenbrock_hvp_case(10_000), mlp_hvp_case((32, 64, 64, 8), 16),
+                rosenbrock_hessian_case(100)]
+    return [rosenbrock_hvp_case(100_000), mlp_hvp_case((784, 256, 256, 10), 64),
+            rosenbrock_hessian_case(100)]
+
+
+if __name__ == "__main__":
+    sys.exit(_rss_main(sys.argv[1:]))
