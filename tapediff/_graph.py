@@ -61,7 +61,8 @@ def _elementwise_rules() -> dict:
         if twin is not None:
             rules[op] = twin
         else:
-            adj = getattr(K, "adj_" + base).py_func
+            adj = getattr(K, "adj_" + base)
+            adj = getattr(adj, "py_func", adj)  # (plain Python already with the JIT off)
             rules[op] = lambda g, x, z, y, c, T, adj=adj: adj(g, x, z, y, c)
     return rules
 
