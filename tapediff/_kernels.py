@@ -2079,9 +2079,13 @@ def mark_live(top, op, in_a, in_b, meta_at, flag, meta, keep):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def compact(top, keep, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta, val, new_val,
-            val32, new_val32, new_slot):
+            val32, new_val32, new_slot, in_place, in_place32):
     """Move kept records down in place, their values into ``new_val``/``new_val32`` (by kind),
     their meta blocks down (remapping listed input slots).
+
+    ``in_place`` (``in_place32``): ``new_val`` is ``val`` itself.  Values then move down
+    within the arena, front to back (a kept value's new offset is never above its old one:
+    offsets grow with the record index), and those already in place are not copied.
 
     Writes each old slot's new index (-1 if dropped) to ``new_slot`` and returns
     ``(records, float64 values, float32 values, meta)`` now in use.  Inputs always precede
@@ -2097,12 +2101,21 @@ def compact(top, keep, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, m
             continue
         new_slot[i] = j
         nn = n[i]
+        o = off[i]
         if arena_of[i] == KIND_F64:
-            new_val[vt:vt + nn] = val[off[i]:off[i] + nn]
+            if not in_place:
+                new_val[vt:vt + nn] = val[o:o + nn]
+            elif vt != o:
+                for t in range(nn):  # front to back: the ranges may overlap, vt < o
+                    val[vt + t] = val[o + t]
             off[j] = vt
             vt += nn
         else:
-            new_val32[vt32:vt32 + nn] = val32[off[i]:off[i] + nn]
+            if not in_place32:
+                new_val32[vt32:vt32 + nn] = val32[o:o + nn]
+            elif vt32 != o:
+                for t in range(nn):
+                    val32[vt32 + t] = val32[o + t]
             off[j] = vt32
             vt32 += nn
         op[j] = op[i]

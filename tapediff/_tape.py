@@ -39,6 +39,10 @@ from . import _primitives as P
 _MIN_RECORDS = 4096
 _MIN_VALUES = 65536  # a minimum arena is 512 KB of float64 (virtual until written)
 _MIN_META = 1024
+# ``Tape.settle`` compacts a tape in place after a backward once it holds this many values
+# (8 MB of float64): below that a tape is cheap to keep as it is, and scalar code, whose
+# tapes are small and whose backward calls are many, never pays for a compaction there.
+SETTLE_AT = 1 << 20
 # Replay hands the forward rule of a ``replay_numpy`` primitive back to NumPy on records of at
 # least ``BIG`` elements: NumPy's SIMD loops beat a scalar libm call per element by more than
 # a hand-back costs (e.g. tanh: ~0.8 ns/element against ~9), and give NumPy's values exactly.
@@ -650,10 +654,26 @@ class Tape:
         self._recent = (0, 0, 0)
         self._reclaim()
 
-    def _reclaim(self, nrec: int = 0, nval: int = 0, nmeta: int = 0, nval32: int = 0) -> None:
+    def settle(self) -> None:
+        """At a point where no operation is being recorded (the end of ``backward``): when the
+        tape holds at least ``SETTLE_AT`` values, drop what no live tensor can reach and move
+        what is left to the front of the same arenas, and let go of the spare arenas.  The
+        next step then records into the same warm pages, with one arena resident.
+
+        Only here may values move in place: while an operation records, it may hold views
+        of its inputs' values taken before its ``reserve`` (a reclaim there compacts into the
+        spare arena and leaves the old one intact until the next reclaim).  A settle keeps the
+        arenas' sizes (what the steps need); ``reclaim()`` returns memory explicitly."""
+        if self._guards is not None or self.vtop + self.vtop32 < SETTLE_AT:
+            return
+        self._reclaim(in_place=True)
+
+    def _reclaim(self, nrec: int = 0, nval: int = 0, nmeta: int = 0, nval32: int = 0,
+                 in_place: bool = False) -> None:
         """Drop every record no live tensor can reach; grow (x2) or shrink (/2) the arrays to
         fit what is live plus the requested room.  Live tensors are re-pointed to their
-        slot's new index and value range."""
+        slot's new index and value range.  ``in_place`` (``settle`` only): an arena that keeps
+        its size is compacted within itself and no spare arena is kept."""
         top = self.top
         keep = np.zeros(top, np.uint8)
         alive = []
@@ -681,21 +701,27 @@ class Tape:
         v64 = int(sizes[kinds == K.KIND_F64].sum())
         v32 = int(sizes.sum()) - v64
         needs = (int(kept.sum()) + nrec, v64 + nval, v32 + nval32)
-        self._recent = tuple(max(n, r // 2) for n, r in zip(needs, self._recent))
-        cap_r = _fit(self.rcap, needs[0], _MIN_RECORDS, self._recent[0])
-        cap_v = _fit(self.vcap, needs[1], _MIN_VALUES, self._recent[1])
-        cap_v32 = _fit(self.vcap32, needs[2], _MIN_VALUES, self._recent[2])
+        if in_place:  # a settle keeps the sizes the steps need: no shrinking between steps
+            cap_r, cap_v, cap_v32 = self.rcap, self.vcap, self.vcap32
+        else:
+            self._recent = tuple(max(n, r // 2) for n, r in zip(needs, self._recent))
+            cap_r = _fit(self.rcap, needs[0], _MIN_RECORDS, self._recent[0])
+            cap_v = _fit(self.vcap, needs[1], _MIN_VALUES, self._recent[1])
+            cap_v32 = _fit(self.vcap32, needs[2], _MIN_VALUES, self._recent[2])
         # Compact into the spare arenas when they have the right size: their pages are
         # already mapped, where fresh memory would page-fault on every first write (~5 ms per
         # 100 MB).  No view into them survives: every tensor was re-pointed by the last
         # reclaim, and np.asarray / detach hand out copies of arena values.
-        new_val = _reuse(self._spare, cap_v, np.float64)
-        new_val32 = _reuse(self._spare32, cap_v32, np.float32)
+        same = in_place and cap_v == len(self.val)
+        same32 = in_place and cap_v32 == len(self.val32)
+        new_val = self.val if same else _reuse(self._spare, cap_v, np.float64)
+        new_val32 = self.val32 if same32 else _reuse(self._spare32, cap_v32, np.float32)
         new_slot = np.empty(top, np.int64)
         old_val, old_val32 = self.val, self.val32
         j, vt, vt32, mt = K.compact(top, keep, self.op, self.in_a, self.in_b, self.off, self.n,
                                     self.param, self.meta_at, self.flag, self.arena_of, self.meta,
-                                    old_val, new_val, old_val32, new_val32, new_slot)
+                                    old_val, new_val, old_val32, new_val32, new_slot, same,
+                                    same32)
         self.top, self.mtop = int(j), int(mt)
         if cap_r != self.rcap:
             self._alloc_records(cap_r)
@@ -704,9 +730,11 @@ class Tape:
             meta = np.zeros(cap_m, np.int64)
             meta[:self.mtop] = self.meta[:self.mtop]
             self.meta = meta
-        # (a minimum-size arena is cheap to allocate: no spare is kept for it)
-        self._spare = old_val if len(old_val) == cap_v > _MIN_VALUES else None
-        self._spare32 = old_val32 if len(old_val32) == cap_v32 > _MIN_VALUES else None
+        # (a minimum-size arena is cheap to allocate: no spare is kept for it; settling keeps
+        # none: the next step records into the arena's warm front)
+        self._spare = old_val if len(old_val) == cap_v > _MIN_VALUES and not in_place else None
+        self._spare32 = (old_val32 if len(old_val32) == cap_v32 > _MIN_VALUES and not in_place
+                         else None)
         self._set_arena(K.KIND_F64, new_val, int(vt))
         self._set_arena(K.KIND_F32, new_val32, int(vt32))
 

@@ -310,6 +310,7 @@ class Tensor:
                 leaf = r() if r is not None else None
                 if leaf is not None:
                     _accumulate_grad(leaf, tape.adjoint_view(s))
+        tape.settle()  # a large tape: the next step records into the same warm arena
 
     # -- array attributes --------------------------------------------------------------------
     @property
