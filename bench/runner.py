@@ -283,6 +283,18 @@ def check(case: Case, cons: list, res: CaseResult) -> list:
     return keep
 
 
+def _time(res: CaseResult, cons: list, reference: str, settings: Settings, what: str) -> None:
+    """Time ``cons`` in paired rounds against ``reference``, into ``res``."""
+    res.order = [c.name for c in cons]
+    progress(f"{what}: warming up and timing {len(cons)} contenders")
+    t0 = time.perf_counter()
+    res.timings = paired_rounds(
+        cons, reference, rounds=settings.rounds, min_rounds=settings.min_rounds,
+        budget_s=settings.budget_s, sample_s=settings.sample_s,
+        warmup_calls=settings.warmup_calls, warmup_s=settings.warmup_s)
+    progress(f"{what}: timed in {time.perf_counter() - t0:.1f} s")
+
+
 def run_functions_case(case: FunctionsCase, peers: list[str], settings: Settings,
                        tag: str) -> CaseResult:
     """A case of functions the workload builds (see ``FunctionsCase``): each computed once
@@ -306,14 +318,7 @@ def run_functions_case(case: FunctionsCase, peers: list[str], settings: Settings
             if name in outputs and name not in drop]
     if not cons or cons[0].name != first:
         return res
-    res.order = [c.name for c in cons]
-    progress(f"{tag} {case.name}: warming up and timing {len(cons)} contenders")
-    t0 = time.perf_counter()
-    res.timings = paired_rounds(
-        cons, first, rounds=settings.rounds, min_rounds=settings.min_rounds,
-        budget_s=settings.budget_s, sample_s=settings.sample_s,
-        warmup_calls=settings.warmup_calls, warmup_s=settings.warmup_s)
-    progress(f"{tag} {case.name}: timed in {time.perf_counter() - t0:.1f} s")
+    _time(res, cons, first, settings, f"{tag} {case.name}")
     if case.memory is not None and not settings.quick:
         progress(f"{tag} {case.name}: memory, one process per contender")
         res.memory = {c.name: case.memory(c.name, settings.quick) for c in cons}
@@ -358,14 +363,8 @@ def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult
     cons = check(case, cons, res)
     if not cons:
         return res
-    res.order = [c.name for c in cons]
-    progress(f"{tag} {case.name}: warming up and timing {len(cons)} contenders")
-    t0 = time.perf_counter()
-    res.timings = paired_rounds(
-        cons, TAPEDIFF, rounds=settings.rounds, min_rounds=settings.min_rounds,
-        budget_s=settings.budget_s, sample_s=settings.sample_s,
-        warmup_calls=settings.warmup_calls, warmup_s=settings.warmup_s)
-    progress(f"{tag} {case.name}: timed in {time.perf_counter() - t0:.1f} s; measuring memory")
+    _time(res, cons, TAPEDIFF, settings, f"{tag} {case.name}")
+    progress(f"{tag} {case.name}: measuring memory")
     res.memory = {c.name: peak_memory(c) for c in cons}
     for c in cons:
         problem = c.verify() if c.verify is not None else None

@@ -577,9 +577,11 @@ def adj_logit(g: np.ndarray, out: np.ndarray, x: np.ndarray, c: float, needs: tu
         return (np.where((x < 0) | (x > 1), np.nan, g / (x * (1 - x))),)
 
 
-def unbroadcast(a: np.ndarray, shape: tuple) -> np.ndarray:
-    """``a`` summed down to ``shape``, the shape of an operand NumPy broadcast to a's."""
-    a = np.asarray(a)
+def unbroadcast(a: Any, shape: tuple) -> Any:
+    """``a`` summed down to ``shape``, the shape of an operand NumPy broadcast to a's (an
+    array, or a tensor: the graph rules use it too)."""
+    if not hasattr(a, "sum"):
+        a = np.asarray(a)
     if a.shape == shape:
         return a
     if a.ndim > len(shape):
@@ -684,16 +686,6 @@ def _value(t: Any) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _unbroadcast_t(a: Any, shape: tuple) -> Any:
-    """``unbroadcast`` on tensors: ``a`` summed down to ``shape``."""
-    if a.shape == shape:
-        return a
-    if a.ndim > len(shape):
-        a = a.sum(axis=tuple(range(a.ndim - len(shape))))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and a.shape[i] != 1)
-    return (a.sum(axis=axes, keepdims=True) if axes else a).reshape(shape)
-
-
 def graph_erfc(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) -> tuple:
     """-2/sqrt(pi) e^(-x^2)."""
     x = inputs[0]
@@ -748,9 +740,9 @@ def graph_xlogy(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple) 
         if needs[0]:
             xv, yv = _value(x), _value(y)
             dx = T.where((xv == 0) & (yv <= 0), 0.0, T.special.xlogy(g, y))
-            dx = _unbroadcast_t(dx, x.shape)
+            dx = unbroadcast(dx, x.shape)
         if needs[1]:
-            dy = _unbroadcast_t(g * x / y, y.shape)
+            dy = unbroadcast(g * x / y, y.shape)
     return dx, dy
 
 
@@ -763,9 +755,9 @@ def graph_xlog1py(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple
         if needs[0]:
             xv, yv = _value(x), _value(y)
             dx = T.where((xv == 0) & (yv <= -1), 0.0, T.special.xlog1py(g, y))
-            dx = _unbroadcast_t(dx, x.shape)
+            dx = unbroadcast(dx, x.shape)
         if needs[1]:
-            dy = _unbroadcast_t(g * x / (1 + y), y.shape)
+            dy = unbroadcast(g * x / (1 + y), y.shape)
     return dx, dy
 
 
@@ -773,6 +765,6 @@ def graph_betaln(T: Any, g: Any, out: Any, inputs: list, c: float, needs: tuple)
     """(digamma(a) - digamma(a + b), digamma(b) - digamma(a + b)), recorded."""
     a, b = inputs
     dab = T.special.digamma(a + b)
-    da = _unbroadcast_t(g * (T.special.digamma(a) - dab), a.shape) if needs[0] else None
-    db = _unbroadcast_t(g * (T.special.digamma(b) - dab), b.shape) if needs[1] else None
+    da = unbroadcast(g * (T.special.digamma(a) - dab), a.shape) if needs[0] else None
+    db = unbroadcast(g * (T.special.digamma(b) - dab), b.shape) if needs[1] else None
     return da, db

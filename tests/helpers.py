@@ -226,3 +226,32 @@ def crash_guard(test: Callable) -> Callable:
                     pytrace=False)
 
     return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# matrices for the linear-algebra tests
+# ---------------------------------------------------------------------------------------------
+def _orth(rng, n: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def well_conditioned(rng, shape: tuple) -> np.ndarray:
+    """Matrices of ``shape`` (..., m, n): singular values 1 .. 3, distinct."""
+    m, n = shape[-2:]
+    k = min(m, n)
+    out = np.empty(shape)
+    for idx in np.ndindex(shape[:-2]):
+        s = np.linspace(3.0, 1.0, k) + rng.uniform(0, 0.2, k)
+        out[idx] = (_orth(rng, m)[:, :k] * s) @ _orth(rng, n)[:k]
+    return out
+
+
+def spd_matrices(rng, shape: tuple) -> np.ndarray:
+    """Symmetric positive-definite matrices, eigenvalues 1 .. 4, distinct."""
+    n = shape[-1]
+    out = np.empty(shape)
+    for idx in np.ndindex(shape[:-2]):
+        q = _orth(rng, n)
+        out[idx] = (q * (np.linspace(1.0, 4.0, n) + rng.uniform(0, 0.1, n))) @ q.T
+    return out

@@ -27,7 +27,7 @@ from tapediff import _kernels as K
 from tapediff import _linalg_rules as LR
 from tapediff import _primitives as P
 
-from helpers import numerical_grad
+from helpers import numerical_grad, spd_matrices, well_conditioned
 
 RULED = [p for p in P.PRIMITIVES if p.forward is not None]
 
@@ -35,30 +35,7 @@ RULED = [p for p in P.PRIMITIVES if p.forward is not None]
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
-def _orth(rng, n: int) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
-    return q * np.sign(np.diag(r))
-
-
-def general(rng, shape: tuple) -> np.ndarray:
-    """Well-conditioned matrices: singular values 1 .. 3, distinct."""
-    m, n = shape[-2:]
-    k = min(m, n)
-    out = np.empty(shape)
-    for idx in np.ndindex(shape[:-2]):
-        s = np.linspace(3.0, 1.0, k) + rng.uniform(0, 0.2, k)
-        out[idx] = (_orth(rng, m)[:, :k] * s) @ _orth(rng, n)[:k]
-    return out
-
-
-def spd(rng, shape: tuple) -> np.ndarray:
-    """Symmetric positive-definite matrices, eigenvalues 1 .. 4, distinct."""
-    n = shape[-1]
-    out = np.empty(shape)
-    for idx in np.ndindex(shape[:-2]):
-        q = _orth(rng, n)
-        out[idx] = (q * (np.linspace(1.0, 4.0, n) + rng.uniform(0, 0.1, n))) @ q.T
-    return out
+general, spd = well_conditioned, spd_matrices
 
 
 def triangular(rng, shape: tuple) -> np.ndarray:

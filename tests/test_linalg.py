@@ -22,7 +22,7 @@ import tapediff as td
 from tapediff import _kernels as K
 from tapediff import _linalg_rules as LR
 
-from helpers import check_grad, projection
+from helpers import check_grad, projection, spd_matrices, well_conditioned
 
 LinAlgError = np.linalg.LinAlgError
 
@@ -30,32 +30,14 @@ LinAlgError = np.linalg.LinAlgError
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
-def _orth(rng, n: int) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
-    return q * np.sign(np.diag(r))
-
-
 def general(shape: tuple, seed: int = 0) -> np.ndarray:
     """Well-conditioned matrices of ``shape`` (..., m, n): singular values 1 .. 3, distinct."""
-    rng = np.random.default_rng(seed)
-    m, n = shape[-2:]
-    k = min(m, n)
-    out = np.empty(shape)
-    for idx in np.ndindex(shape[:-2]):
-        s = np.linspace(3.0, 1.0, k) + rng.uniform(0, 0.2, k)
-        out[idx] = (_orth(rng, m)[:, :k] * s) @ _orth(rng, n)[:k]
-    return out
+    return well_conditioned(np.random.default_rng(seed), shape)
 
 
 def spd(shape: tuple, seed: int = 0) -> np.ndarray:
     """Symmetric positive-definite matrices, eigenvalues 1 .. 4, distinct."""
-    rng = np.random.default_rng(seed)
-    n = shape[-1]
-    out = np.empty(shape)
-    for idx in np.ndindex(shape[:-2]):
-        q = _orth(rng, n)
-        out[idx] = (q * (np.linspace(1.0, 4.0, n) + rng.uniform(0, 0.1, n))) @ q.T
-    return out
+    return spd_matrices(np.random.default_rng(seed), shape)
 
 
 def lower(shape: tuple, seed: int = 0) -> np.ndarray:
