@@ -586,3 +586,31 @@ def test_replay_throughput_from_two_threads_records_once_per_thread():
 
     metrics = {m.name: m for m in thread_throughput(mlp._case((5, 4, 3, 3), 4), quick=True)}
     assert metrics[THREADS].value > 0 and metrics[THREADS_CONTROL].value > 0
+
+
+_WITHOUT_EXTRAS = """
+import importlib.abc, runpy, sys
+
+class _Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("scipy", "torch", "jax", "autograd", "matplotlib"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, _Absent())
+import bench.runner  # every workload module, as the main job imports them
+for module in bench.runner.WORKLOADS.values():
+    module.cases(True)
+sys.argv = ["bench", "--only", "higher", "--quick"]
+runpy.run_module("bench", run_name="__main__")
+"""
+
+
+def test_the_main_job_needs_only_the_runtime_dependencies():
+    """The Quickstart's first command installs tapediff alone (numpy, numba): every workload
+    must build its cases, and the higher-order one run, with SciPy, PyTorch, JAX, autograd and
+    matplotlib absent."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_EXTRAS], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "closed-form rosen_hess" in proc.stdout

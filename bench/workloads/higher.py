@@ -7,13 +7,14 @@ rounds.
 
 * ``hvp Rosenbrock n=100,000``: ``elementwise.rosenbrock`` (array code) at n = 10^5: one
   gradient (``td.grad``) and one Hessian-vector product (``td.hvp``); target: the product
-  costs <= 4x the gradient.  Checked against SciPy's closed forms (``rosen_der``,
+  costs <= 4x the gradient.  Checked against the closed forms (SciPy's ``rosen_der``,
   ``rosen_hess_prod``).
 * ``hvp MLP 784-256-256-10 batch 64``: the loss of ``mlp.py`` as a function of its 269,322
   parameters flattened into one vector (sliced and reshaped inside the function); same
   target.  Checked against the hand-written backpropagation (``mlp.mlp_hand``) and central
   differences of it along the tangent.
-* ``hessian Rosenbrock n=100``: ``td.hessian``, beside SciPy's closed form ``rosen_hess``;
+* ``hessian Rosenbrock n=100``: ``td.hessian``, beside the closed form ``rosen_hess``
+  (SciPy's when installed, else the same formula in this module: the main job needs NumPy only);
   a Hessian that is not ``np.allclose`` to it fails the run.
 
 Peers, where installed: PyTorch (``torch.func.grad``; the product as ``torch.func.jvp`` of
@@ -53,6 +54,7 @@ TORCH_FHVP = "PyTorch functional.hvp"  # torch.autograd.functional.hvp
 TORCH_HESS = "PyTorch hessian"
 JAX_GRAD, JAX_HVP, JAX_HESS = "JAX jit grad", "JAX jit hvp", "JAX jit hessian"
 SCIPY_HESS = "SciPy rosen_hess"
+CLOSED_HESS = "closed-form rosen_hess"  # the same formula written here, without SciPy
 RTOL = 1e-6
 CALLS_FOR_RSS = 8
 
@@ -199,7 +201,7 @@ def _check_peers(case_name: str, out: dict, refs: dict) -> tuple[list, set]:
     """Every peer's result against tapediff's of the same kind (``refs``: kind -> name)."""
     problems, drop = [], set()
     for name, value in out.items():
-        if name.startswith("tapediff") or name == SCIPY_HESS:
+        if name.startswith("tapediff") or name in (SCIPY_HESS, CLOSED_HESS):
             continue
         kind = "hessian" if name.endswith("hessian") else (
             "hvp" if name.endswith("hvp") else "grad")
@@ -314,23 +316,61 @@ def _rss_main(argv: list[str]) -> int:
     return 0
 
 
+# -- Rosenbrock's closed forms: SciPy's when installed (the main job needs only numpy) ---------
+def _rosen_der(x: np.ndarray) -> np.ndarray:
+    """d/dx of sum(100 (x[1:] - x[:-1]^2)^2 + (1 - x[:-1])^2)."""
+    d = np.zeros_like(x)
+    t = x[1:] - x[:-1] ** 2
+    d[:-1] = -400.0 * x[:-1] * t - 2.0 * (1.0 - x[:-1])
+    d[1:] += 200.0 * t
+    return d
+
+
+def _rosen_hess(x: np.ndarray) -> np.ndarray:
+    """The (tridiagonal) Hessian of the same function."""
+    n = x.size
+    h = np.zeros((n, n))
+    i = np.arange(n - 1)
+    h[i, i + 1] = h[i + 1, i] = -400.0 * x[:-1]
+    diag = np.zeros(n)
+    diag[:-1] = 1200.0 * x[:-1] ** 2 - 400.0 * x[1:] + 2.0
+    diag[1:] += 200.0
+    h[np.arange(n), np.arange(n)] = diag
+    return h
+
+
+def _rosen_hess_prod(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The Hessian of the same function times ``v``, without forming it."""
+    hv = np.zeros_like(x)
+    hv[:-1] = (1200.0 * x[:-1] ** 2 - 400.0 * x[1:] + 2.0) * v[:-1] - 400.0 * x[:-1] * v[1:]
+    hv[1:] += 200.0 * v[1:] - 400.0 * x[:-1] * v[:-1]
+    return hv
+
+
+def closed_forms() -> tuple:
+    """(rosen_der, rosen_hess_prod, rosen_hess, source): SciPy's, or the formulas above."""
+    try:
+        from scipy.optimize import rosen_der, rosen_hess, rosen_hess_prod
+    except ImportError:
+        return _rosen_der, _rosen_hess_prod, _rosen_hess, "its closed form"
+    return rosen_der, rosen_hess_prod, rosen_hess, "scipy.optimize"
+
+
 # -- cases ------------------------------------------------------------------------------------
 def _memory(name: str):
     return lambda contender, quick: rss_of(name, contender, quick)
 
 
 def rosenbrock_hvp_case(n: int) -> FunctionsCase:
-    from scipy.optimize import rosen_der, rosen_hess_prod
-
+    rosen_der, rosen_hess_prod, _, source = closed_forms()
     p = rosenbrock_problem(n)
     name = f"hvp Rosenbrock n={n:,}"
 
     def check(out):
         problems, drop = _check_peers(name, out, {"grad": TD_GRAD, "hvp": TD_HVP})
-        problems += _check_against(name, out, TD_GRAD, rosen_der(p.x),
-                                   "scipy.optimize.rosen_der")
+        problems += _check_against(name, out, TD_GRAD, rosen_der(p.x), f"{source} rosen_der")
         problems += _check_against(name, out, TD_HVP, rosen_hess_prod(p.x, p.v),
-                                   "scipy.optimize.rosen_hess_prod")
+                                   f"{source} rosen_hess_prod")
         return problems, drop
 
     return FunctionsCase(WORKLOAD, name, lambda peers: _build(p, "grad", peers), check,
@@ -373,18 +413,18 @@ def mlp_hvp_case(widths: tuple, batch: int) -> FunctionsCase:
 
 
 def rosenbrock_hessian_case(n: int) -> FunctionsCase:
-    from scipy.optimize import rosen_hess
-
+    _, _, rosen_hess, source = closed_forms()
     p = rosenbrock_problem(n)
     name = f"hessian Rosenbrock n={n}"
-    scipy_fns = {SCIPY_HESS: (lambda: rosen_hess(p.x), lambda: rosen_hess(p.x))}
+    label = SCIPY_HESS if source == "scipy.optimize" else CLOSED_HESS
+    scipy_fns = {label: (lambda: rosen_hess(p.x), lambda: rosen_hess(p.x))}
 
     def check(out):
         problems, drop = _check_peers(name, out, {"hessian": TD_HESS})
         if TD_HESS in out and not np.allclose(out[TD_HESS], rosen_hess(p.x)):
             err = float(np.max(np.abs(np.asarray(out[TD_HESS]) - rosen_hess(p.x))))
             problems.append(f"TAPEDIFF HESSIAN IS WRONG in {WORKLOAD} / {name}: "
-                            "td.hessian is not np.allclose to scipy.optimize.rosen_hess "
+                            f"td.hessian is not np.allclose to {source} rosen_hess "
                             f"(max |diff| {err:.3g})")
             drop.add(TD_HESS)
         return problems, drop
