@@ -137,9 +137,9 @@ def graph_gradients(y: Tensor, seed: Any, targets: list[int] | None,
                     retain_graph: bool) -> dict:
     """Adjoints of the slots ``targets`` (every leaf record ``y`` depends on when None),
     computed with recorded tensor operations on ``y``'s tape from ``seed`` (a tensor of
-    ``y``'s shape, or None for 1).  Returns {slot: tensor, flat} for the targets reached;
-    slots are read after the walk (recording may have renumbered them: the caller maps the
-    returned tensors, not the slots, when records were appended)."""
+    ``y``'s shape, or None for 1).  Returns {slot: tensor, flat} for the targets reached,
+    keyed by the slots as they were when called (the walk appends records, which may
+    renumber them: callers read the slots of their inputs before calling)."""
     import tapediff as T  # the rules are written against the public namespace
 
     tape = y._tape
@@ -170,13 +170,9 @@ def graph_gradients(y: Tensor, seed: Any, targets: list[int] | None,
             walk.append(i)
     if not leads[root]:
         return {}
-    # Room for the records the walk appends (a few per record walked, each about the size
-    # of the record's output), reserved at once: one compaction rather than one per doubling.
-    sizes = tape.n[walk] if walk else np.zeros(0, np.int64)
-    kinds = tape.arena_of[walk] if walk else np.zeros(0, np.int64)
-    tape.reserve(8 * len(walk) + 64, 4 * int(sizes[kinds == K.KIND_F64].sum()),
-                 0, 4 * int(sizes[kinds == K.KIND_F32].sum()))
-    # every tensor and copy the walk reads, taken before anything is appended
+    # every tensor and copy the walk reads, taken before anything is appended (appending may
+    # reclaim and renumber the records: from here on slot numbers are only keys, the tensors
+    # are re-pointed)
     info = {i: _Slot(tape, i) for i in walk}
     slots: dict = {}
     for i in walk:
@@ -188,6 +184,11 @@ def graph_gradients(y: Tensor, seed: Any, targets: list[int] | None,
             slots[s] = _slot_tensor(tape, s)
     need = {s: bool(leads[s]) for s in slots}
     root_info = _Slot(tape, root)
+    # Room for the records the walk appends (a few per record walked, each about the size
+    # of the record's output), reserved at once: one compaction rather than one per doubling.
+    sizes = np.array([info[i].n for i in walk], np.int64)
+    f32 = np.array([info[i].kind == K.KIND_F32 for i in walk], bool)
+    tape.reserve(8 * len(walk) + 64, 4 * int(sizes[~f32].sum()), 0, 4 * int(sizes[f32].sum()))
     with enable_grad(), tape:
         if seed is None:
             g0 = T.ones((), dtype=y.dtype)

@@ -1426,3 +1426,24 @@ def test_a_cotangent_that_requires_grad_is_refused_at_top_level():
     with pytest.raises(RuntimeError, match="cotangent requires grad"):
         pull(td.tensor([1.0, 1.0], requires_grad=True))
     close(pull(np.ones(2))[0], [2.0, 4.0])
+
+
+def test_a_recorded_backward_on_a_full_tape_with_dead_records_below():
+    """The walk reserves room before it appends: on a tape full of dead records that
+    reservation compacts and renumbers the records, which must not change which records
+    the walk reads."""
+    rng = np.random.default_rng(11)
+    x0 = rng.standard_normal(50)
+    with td.tape() as tape:
+        x = td.tensor(x0, requires_grad=True)
+        for _ in range(300):  # dead records below the graph, filling the tape
+            td.exp(x * 0.5).sum()
+        y = (td.sin(x) * x).sum()
+        while tape.vtop + 120 < tape.vcap:  # leave less room than the walk reserves
+            td.exp(x * 0.5)
+        before = len(tape)
+        (g,) = tape.gradient(y, [x], create_graph=True)
+        assert len(tape) < before  # the reservation reclaimed the dead records
+        close(g.numpy(), np.cos(x0) * x0 + np.sin(x0))
+        (h,) = tape.gradient(g.sum(), [x])
+        close(h.numpy(), 2 * np.cos(x0) - x0 * np.sin(x0))
