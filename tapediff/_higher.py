@@ -181,11 +181,14 @@ def _remember(tape: Tape) -> None:
     _SIZES.need = (tape.top, tape.vtop, tape.mtop, tape.vtop32)
 
 
-def _trace(fn: Callable, primals: tuple) -> tuple:
-    """``fn`` recorded on a private tape at ``primals``: (tape, output, input leaves)."""
+def _trace(fn: Callable, primals: tuple, guarded: bool = False) -> tuple:
+    """``fn`` recorded on a private tape at ``primals``: (tape, output, input leaves);
+    ``guarded``: recorded for replay (guards on what Python reads)."""
     tape = Tape()
     if any(_SIZES.need):
         tape.reserve(*_SIZES.need)
+    if guarded:
+        tape._guards = []
     leaves = [tensor(_float_values(p), requires_grad=True) for p in primals]
     active = thread_state.differentiating
     active.append((tape, {id(t) for t in leaves}, ()))
@@ -374,20 +377,8 @@ class _TangentRecording:
     def __init__(self, fn: Callable, prim: tuple, hessian: bool, guarded: bool) -> None:
         from ._replay import calibrate
         self.hessian = hessian
-        tape = self.tape = Tape()
-        if any(_SIZES.need):
-            tape.reserve(*_SIZES.need)
-        if guarded:
-            tape._guards = []
-        self.leaves = [tensor(_float_values(p), requires_grad=True) for p in prim]
-        active = thread_state.differentiating
-        active.append((tape, {id(t) for t in self.leaves}, ()))
-        try:
-            with enable_grad(), tape:
-                y = fn(*self.leaves)
-        finally:
-            active.pop()
-        y = self.y = _output(y, tape)
+        tape, y, self.leaves = _trace(fn, prim, guarded)
+        self.tape, self.y = tape, y
         if hessian:
             _scalar(y)
             self.outs = (recorded_gradients(y, self.leaves, None, allow_unused=True)
