@@ -14,9 +14,12 @@ strongly, the tape holds nothing strongly, so a tape dies with the last tensor t
 
 Memory: every operation first reserves room for all the records and values it will append
 (``reserve``).  When room runs out the tape reclaims: it marks what live tensors can still
-reach (a jitted pass), compacts records in place and values into a fresh arena, and only
-then grows, by doubling, if what is live fills more than half of it.  Dead records that
-sit below live ones (the previous step's ``loss`` of a script-level loop) are reclaimed too.
+reach (a jitted pass).  If most of the tape is live (a graph being built), it grows by
+doubling where it lies: arenas of 8 MB and more sit in a region of reserved address space
+and grow within it, so no value moves and no fresh page is written for a copy.  Otherwise it
+compacts records in place and values into a fresh (or the spare) arena, growing it if what
+is live fills more than half of it.  Dead records that sit below live ones (the previous
+step's ``loss`` of a script-level loop) are reclaimed too.
 
 Layering: this is the storage layer; it imports only the kernels and the table of primitives,
 and knows nothing of tensors (``Tape.gradient`` hands its work to the tensor it is given).
@@ -26,6 +29,7 @@ tapes, and the tape recording now, which the hot path reads in one thread-local 
 """
 from __future__ import annotations
 
+import mmap
 import sys
 import threading
 import weakref
@@ -47,6 +51,13 @@ SETTLE_AT = 1 << 20
 # least ``BIG`` elements: NumPy's SIMD loops beat a scalar libm call per element by more than
 # a hand-back costs (e.g. tanh: ~0.8 ns/element against ~9), and give NumPy's values exactly.
 BIG = 2048
+
+# Arenas of at least ``REGION_AT`` bytes live in a reserved region of virtual memory (``_region``)
+# that they grow into without moving: a growing tape neither copies its values nor touches
+# fresh pages for the copy (a first touch of a page is the main cost of memory here).
+REGION_AT = 8 << 20
+_RESERVE = 16 << 30  # bytes of address space a region reserves (at least; none is committed)
+_MAP_NORESERVE = 0x4000  # Linux's value (absent from the mmap module)
 
 _NOTICED: set = set()  # jitted kernels checked for a compile this process
 
@@ -163,12 +174,12 @@ class Tape:
         if kind == K.KIND_F64:
             self.val, self.vcap, self.vtop = val, len(val), used
             self._wval = memoryview(val)
-            if len(self.adj) != len(val):
-                self.adj = np.empty(0, np.float64)  # sized to the arena by the next backward
+            if len(self.adj) != len(val):  # sized to the arena by the next backward
+                self.adj = _resized(self.adj, len(val))
         else:
             self.val32, self.vcap32, self.vtop32 = val, len(val), used
             if len(self.adj32) != len(val):
-                self.adj32 = np.empty(0, np.float32)
+                self.adj32 = _resized(self.adj32, len(val))
 
     def arena(self, kind: int) -> tuple:
         """(values, adjoints) of the arena of ``kind`` (adjoints sized by ``sweep``)."""
@@ -598,9 +609,9 @@ class Tape:
     def _size_adjoints(self) -> None:
         """Give the adjoint arenas the sizes of the value arenas (contents unset)."""
         if len(self.adj) != len(self.val) and self.vtop:
-            self.adj = np.empty(len(self.val), np.float64)
+            self.adj = _arena(len(self.val), np.float64)
         if len(self.adj32) != len(self.val32) and self.vtop32:
-            self.adj32 = np.empty(len(self.val32), np.float32)
+            self.adj32 = _arena(len(self.val32), np.float32)
 
     def _python_rule(self, i: int, touched: np.ndarray) -> None:
         """The reverse rules that are NumPy calls: matmul (BLAS) and casts between arenas."""
@@ -668,6 +679,35 @@ class Tape:
             return
         self._reclaim(in_place=True)
 
+    def _extend(self, nrec: int, nval: int, nmeta: int, nval32: int) -> bool:
+        """Make the requested room without moving a record or a value: the record arrays and
+        side table are copied into larger ones, an arena only grows within its region.
+        False, with nothing changed, when an arena that must grow is not in a region with
+        room (it must move: ``_reclaim`` compacts it into a new one)."""
+        grown = []
+        for kind, val, used, want in ((K.KIND_F64, self.val, self.vtop, nval),
+                                      (K.KIND_F32, self.val32, self.vtop32, nval32)):
+            cap = max(len(val), _fit(len(val), used + want, _MIN_VALUES, 0))
+            if cap != len(val):
+                whole = _region_of(val)
+                if whole is None or len(whole) < cap:
+                    return False
+                grown.append((kind, whole[:cap], used))
+        for kind, val, used in grown:
+            self._set_arena(kind, val, used)
+        cap_r = max(self.rcap, _fit(self.rcap, self.top + nrec, _MIN_RECORDS, 0))
+        if cap_r != self.rcap:
+            self._alloc_records(cap_r)
+        self._fit_meta(nmeta)
+        return True
+
+    def _fit_meta(self, nmeta: int) -> None:
+        cap_m = _fit(len(self.meta), self.mtop + nmeta, _MIN_META, 0)
+        if cap_m != len(self.meta):
+            meta = np.zeros(cap_m, np.int64)
+            meta[:self.mtop] = self.meta[:self.mtop]
+            self.meta = meta
+
     def _reclaim(self, nrec: int = 0, nval: int = 0, nmeta: int = 0, nval32: int = 0,
                  in_place: bool = False) -> None:
         """Drop every record no live tensor can reach; grow (x2) or shrink (/2) the arrays to
@@ -700,6 +740,10 @@ class Tape:
         sizes, kinds = self.n[:top][kept], self.arena_of[:top][kept]
         v64 = int(sizes[kinds == K.KIND_F64].sum())
         v32 = int(sizes.sum()) - v64
+        if (nrec + nval + nmeta + nval32 and 2 * (v64 + v32) >= self.vtop + self.vtop32
+                and 2 * len(sizes) >= top and self._extend(nrec, nval, nmeta, nval32)):
+            self._live = live_refs  # mostly live: grown where it lies, nothing moved
+            return
         needs = (int(kept.sum()) + nrec, v64 + nval, v32 + nval32)
         if in_place:  # a settle keeps the sizes the steps need: no shrinking between steps
             cap_r, cap_v, cap_v32 = self.rcap, self.vcap, self.vcap32
@@ -725,11 +769,7 @@ class Tape:
         self.top, self.mtop = int(j), int(mt)
         if cap_r != self.rcap:
             self._alloc_records(cap_r)
-        cap_m = _fit(len(self.meta), self.mtop + nmeta, _MIN_META, 0)
-        if cap_m != len(self.meta):
-            meta = np.zeros(cap_m, np.int64)
-            meta[:self.mtop] = self.meta[:self.mtop]
-            self.meta = meta
+        self._fit_meta(nmeta)
         # (a minimum-size arena is cheap to allocate: no spare is kept for it; settling keeps
         # none: the next step records into the arena's warm front)
         self._spare = old_val if len(old_val) == cap_v > _MIN_VALUES and not in_place else None
@@ -775,7 +815,47 @@ def _accumulate(tape: Tape, slot: int, g: np.ndarray, touched: np.ndarray) -> No
 
 
 def _reuse(spare, cap: int, dtype) -> np.ndarray:
-    return spare if spare is not None and len(spare) == cap else np.empty(cap, dtype)
+    return spare if spare is not None and len(spare) == cap else _arena(cap, dtype)
+
+
+def _arena(n: int, dtype) -> np.ndarray:
+    """An uninitialised array of ``n`` items for an arena: from 8 MB on (``REGION_AT``), the
+    front of a region of address space reserved without committing memory (an anonymous
+    ``MAP_NORESERVE`` mapping of at least 16 GB, ``_RESERVE``), which the arena can later
+    grow into in place (``_region_of``).  Pages count towards the RSS only once written, as
+    with any allocation.  Elsewhere (other platforms, a kernel that refuses the mapping: a
+    strict overcommit policy) a plain ``np.empty``."""
+    nbytes = n * np.dtype(dtype).itemsize
+    if nbytes < REGION_AT or not sys.platform.startswith("linux"):
+        return np.empty(n, dtype)
+    try:
+        buf = mmap.mmap(-1, max(_RESERVE, 4 * nbytes),
+                        flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    except (OSError, ValueError, OverflowError):
+        return np.empty(n, dtype)
+    try:  # as NumPy does for its large allocations
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError):
+        pass
+    return np.frombuffer(buf, dtype)[:n]
+
+
+def _region_of(a: np.ndarray) -> np.ndarray | None:
+    """The whole region an arena made by ``_arena`` lies in (None for a plain array)."""
+    whole = a.base
+    if (isinstance(whole, np.ndarray) and isinstance(whole.base, memoryview)
+            and isinstance(whole.base.obj, mmap.mmap)):
+        return whole
+    return None
+
+
+def _resized(adj: np.ndarray, n: int) -> np.ndarray:
+    """An adjoint arena for a value arena now of ``n`` items: the same region when it grows
+    within one (no fresh pages), else nothing until the next backward sizes it."""
+    whole = _region_of(adj)
+    if whole is not None and len(adj) < n <= len(whole):
+        return whole[:n]
+    return np.empty(0, adj.dtype)  # (not a slice of ``adj``: that would keep its pages)
 
 
 def _fit(cap: int, need: int, minimum: int, recent: int) -> int:
