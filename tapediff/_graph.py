@@ -47,27 +47,6 @@ ERR_NO_GRAPH_RULE = ("differentiating the gradient of {name} a second time is no
                      "operations")
 
 
-def _elementwise_rules() -> dict:
-    """opcode -> the reverse rule on tensors of each elementwise primitive (see above)."""
-    rules = {}
-    for name in dir(K):
-        if not name.startswith("OP_"):
-            continue
-        op = getattr(K, name)
-        if not K.TRAITS[op] & K.ELEMENTWISE or K.TRAITS[op] & K.META_INPUTS:
-            continue
-        base = name[3:].lower()
-        twin = getattr(K, "vjp_" + base, None)
-        if twin is not None:
-            rules[op] = twin
-        else:
-            adj = getattr(K, "adj_" + base)
-            adj = getattr(adj, "py_func", adj)  # (plain Python already with the JIT off)
-            rules[op] = lambda g, x, z, y, c, T, adj=adj: adj(g, x, z, y, c)
-    return rules
-
-
-ELEMENTWISE_RULES = _elementwise_rules()
 
 
 def _meta(tape: Any, i: int) -> np.ndarray:
@@ -232,7 +211,7 @@ def _dense(T: Any, g: Any, t: Tensor) -> Any:
 def _rule(T: Any, rec: _Slot, g: Tensor, y: Tensor, xs: list, needs: list) -> list:
     """[(input slot, contribution to its adjoint)] of one record, as tensor operations."""
     o = rec.op
-    elementwise = ELEMENTWISE_RULES.get(o)
+    elementwise = P.ELEMENTWISE_RULES.get(o)
     if elementwise is not None:
         x = xs[0]
         z = xs[1] if len(xs) > 1 else None

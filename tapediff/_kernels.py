@@ -77,6 +77,11 @@ WRITES_ONCE = 8  # each element of a full-size input gets its adjoint from one o
 META_INPUTS = 16  # further input slots listed in the side table
 NO_GRADIENT = 32  # data-dependent records no adjoint flows through
 PYTHON_RULE = 64  # rules the Python driver runs (NumPy calls)
+# elementwise rules whose adjoint evaluates exp/cosh/sinh per element, which NumPy's SIMD
+# loops do 3-5x faster than a scalar libm call (e.g. exp: 0.85 against 4.6 ns per element):
+# the reverse sweep hands records of at least ``big`` elements to the driver, which runs the
+# rule's Python form on arrays (``Tape._numpy_adjoint``)
+NUMPY_ADJOINT = 128
 
 _TRAITS: list = []
 
@@ -495,7 +500,7 @@ def adj_expm1(g, x, z, y, c):  # e^x = y + 1
     return g * (y + 1.0), 0.0
 
 
-OP_SINH = _opcode(UNARY_RULE)
+OP_SINH = _opcode(UNARY_RULE | NUMPY_ADJOINT)
 
 
 @rule
@@ -512,7 +517,7 @@ def vjp_sinh(g, x, z, y, c, T):
     return g * x.cosh(), None
 
 
-OP_COSH = _opcode(UNARY_RULE)
+OP_COSH = _opcode(UNARY_RULE | NUMPY_ADJOINT)
 
 
 @rule
@@ -615,7 +620,7 @@ def adj_exp2(g, x, z, y, c):  # 2^x ln 2
     return g * y * _LN2, 0.0
 
 
-OP_SOFTPLUS = _opcode(UNARY_RULE)
+OP_SOFTPLUS = _opcode(UNARY_RULE | NUMPY_ADJOINT)
 
 
 @rule
@@ -632,7 +637,7 @@ def vjp_softplus(g, x, z, y, c, T):
     return -g * (-y).expm1(), None
 
 
-OP_ERF = _opcode(UNARY_RULE)
+OP_ERF = _opcode(UNARY_RULE | NUMPY_ADJOINT)
 
 
 @rule
@@ -1647,7 +1652,7 @@ NUM_OPCODES = len(_TRAITS)
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
 def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta, val,
-                  adj, touched, leaf_slots, nleaf):
+                  adj, touched, leaf_slots, nleaf, big):
     """Accumulate adjoints of ``kind`` records from ``start`` down to slot 0.
 
     ``touched[i]`` is 1 once slot i holds an adjoint (the caller seeds the root).  An input's
@@ -1656,7 +1661,8 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
     reached are appended to ``leaf_slots`` (count in ``nleaf[0]``).
 
     Returns ``SWEEP_DONE``; or the index of a record the Python driver must handle (another
-    kind, or a ``PYTHON_RULE``) before resuming below it; ``UNKNOWN_OPCODE``; or
+    kind, a ``PYTHON_RULE``, a ``NUMPY_ADJOINT`` rule of at least ``big`` elements) before
+    resuming below it; ``UNKNOWN_OPCODE``; or
     ``-3 - i`` when released record i is reached.  No flag is changed here.
     """
     for i in range(start, -1, -1):
@@ -1680,6 +1686,8 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
         b = in_b[i]
         oo = off[i]
         nn = n[i]
+        if tr & NUMPY_ADJOINT and nn >= big:
+            return i
         c = param[i]
         if o == OP_CONCAT:
             adj_concat(meta, meta_at[i], op, off, n, flag, adj, oo, touched)
@@ -1946,7 +1954,7 @@ def replay_sweeps(top, root, kind, op, in_a, in_b, off, n, param, meta_at, flag,
     adj[off[root]] = 1.0
     nleaf[0] = 0
     return reverse_sweep(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
-                         val, adj, touched, leaf_slots, nleaf)
+                         val, adj, touched, leaf_slots, nleaf, 1 << 62)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1974,7 +1982,7 @@ def reverse_rows(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena
             adj[leaf_off[j]:leaf_off[j] + leaf_n[j]] = 0.0
         adj[oo:oo + nr] = seeds[r]  # after the clearing: the root may be one of the ranges
         code = reverse_sweep(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of,
-                             meta, val, adj, touched, leaf_slots, nleaf)
+                             meta, val, adj, touched, leaf_slots, nleaf, 1 << 62)
         if code != SWEEP_DONE:
             return code
         p = 0

@@ -310,3 +310,30 @@ NUMPY_RULES: dict[int, Callable[..., Any]] = {p.op: p.array for p in PRIMITIVES
 #: the same as a flag per opcode, for ``_kernels.forward_sweep``
 TO_NUMPY = np.zeros(K.NUM_OPCODES, np.uint8)
 TO_NUMPY[list(NUMPY_RULES)] = 1
+
+
+def _elementwise_rules() -> dict:
+    """opcode -> the Python form of each elementwise primitive's reverse rule: the block's
+    ``vjp_<name>`` twin, or its ``adj_<name>`` rule's Python source where that works on
+    tensors as it is (arithmetic).  ``rule(g, x, z, y, c, T)`` -> (adjoint of a, of b), T
+    being ``tapediff``.  A recorded backward (``_graph``) runs them on tensors, the reverse
+    sweep's ``NUMPY_ADJOINT`` hand-back on arrays."""
+    rules = {}
+    for name in dir(K):
+        if not name.startswith("OP_"):
+            continue
+        op = getattr(K, name)
+        if not K.TRAITS[op] & K.ELEMENTWISE or K.TRAITS[op] & K.META_INPUTS:
+            continue
+        base = name[3:].lower()
+        twin = getattr(K, "vjp_" + base, None)
+        if twin is not None:
+            rules[op] = twin
+        else:
+            adj = getattr(K, "adj_" + base)
+            adj = getattr(adj, "py_func", adj)  # (plain Python already with the JIT off)
+            rules[op] = lambda g, x, z, y, c, T, adj=adj: adj(g, x, z, y, c)
+    return rules
+
+
+ELEMENTWISE_RULES = _elementwise_rules()

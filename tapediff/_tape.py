@@ -589,7 +589,7 @@ class Tape:
             val, adj = self.arena(kind)
             r = K.reverse_sweep(i, kind, self.op, self.in_a, self.in_b, self.off, self.n,
                                 self.param, self.meta_at, self.flag, self.arena_of, self.meta, val,
-                                adj, touched, leaf_slots, nleaf)
+                                adj, touched, leaf_slots, nleaf, BIG)
             if r == K.SWEEP_DONE:
                 break
             if r == K.UNKNOWN_OPCODE:
@@ -614,8 +614,12 @@ class Tape:
             self.adj32 = _arena(len(self.val32), np.float32)
 
     def _python_rule(self, i: int, touched: np.ndarray) -> None:
-        """The reverse rules that are NumPy calls: matmul (BLAS) and casts between arenas."""
+        """The reverse rules that are NumPy calls: matmul (BLAS), casts between arenas, the
+        table's rules, and the ``NUMPY_ADJOINT`` rules on large records."""
         op = int(self.op[i])
+        if K.TRAITS[op] & K.NUMPY_ADJOINT:
+            self._numpy_adjoint(i, touched)
+            return
         g = self.adjoint_view(i)
         a, b = int(self.in_a[i]), int(self.in_b[i])
         rule = P.BY_OP[op].reverse
@@ -641,6 +645,22 @@ class Tape:
         if self._gets_adjoint(b):
             av = self.value_view(a, (bs, mm, kk)).transpose(0, 2, 1)
             self._matmul_into(b, (bs, kk, nn), av, g, touched)
+
+    def _numpy_adjoint(self, i: int, touched: np.ndarray) -> None:
+        """Record ``i``'s reverse rule (a unary ``NUMPY_ADJOINT`` one) on whole arrays: the
+        rule's Python form (``P.ELEMENTWISE_RULES``, the one a recorded backward runs on
+        tensors), whose exp/cosh/sinh are NumPy's SIMD loops.  Equal to the compiled rule up
+        to those functions' last-bit rounding, as replay's forward hand-back is."""
+        a = int(self.in_a[i])
+        if not self._gets_adjoint(a):
+            return
+        nn = int(self.n[i])
+        x = self.value_view(a, (int(self.n[a]),)).view(_Arrays)
+        g = self.adjoint_view(i).view(_Arrays)
+        y = self.value_view(i, (nn,)).view(_Arrays)
+        da = P.ELEMENTWISE_RULES[int(self.op[i])](g, x, 0.0, y, float(self.param[i]), np)[0]
+        da = np.asarray(da)
+        _accumulate(self, a, da if da.size == self.n[a] else np.sum(da, keepdims=True), touched)
 
     def _gets_adjoint(self, s: int) -> bool:
         return self.op[s] != K.OP_CONST and not self.flag[s] & K.FLAG_CONSTANT
@@ -812,6 +832,23 @@ def _accumulate(tape: Tape, slot: int, g: np.ndarray, touched: np.ndarray) -> No
     else:
         dst[:] = g.reshape(-1)
         touched[slot] = 1
+
+
+class _Arrays(np.ndarray):
+    """NumPy arrays with the elementwise methods of tensors that the reverse rules' Python
+    forms call (``x.cosh()``), so that ``Tape._numpy_adjoint`` can run them on arrays."""
+
+    def exp(self) -> np.ndarray:
+        return np.exp(self)
+
+    def expm1(self) -> np.ndarray:
+        return np.expm1(self)
+
+    def cosh(self) -> np.ndarray:
+        return np.cosh(self)
+
+    def sinh(self) -> np.ndarray:
+        return np.sinh(self)
 
 
 def _reuse(spare, cap: int, dtype) -> np.ndarray:

@@ -194,6 +194,50 @@ def test_forward_sweep_runs_large_transcendental_records_through_numpy(op, dtype
     np.testing.assert_array_equal(t.value_view(s, y.shape), expected)
 
 
+NUMPY_ADJOINTS = [op for op in sorted(P.GRAD_FN) if K.TRAITS[op] & K.NUMPY_ADJOINT]
+
+
+def test_numpy_adjoints_are_the_transcendental_unary_rules():
+    """Which rules the reverse sweep hands to NumPy on large records (a change is deliberate)."""
+    assert {P.GRAD_FN[op] for op in NUMPY_ADJOINTS} == {"Sinh", "Cosh", "Softplus", "Erf"}
+
+
+@pytest.mark.parametrize("op", NUMPY_ADJOINTS, ids=lambda o: P.GRAD_FN[o])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_reverse_sweep_runs_large_transcendental_adjoints_through_numpy(op, dtype, monkeypatch):
+    """At >= BIG elements the adjoint is the rule's Python form on arrays (NumPy's SIMD exp
+    and cosh): the compiled rule's gradient up to last-bit rounding, in the input's dtype,
+    accumulated with the other uses of the input (first touch assigns, later ones add)."""
+    fn = RECORDERS[op]
+    x0 = np.random.default_rng(op).uniform(0.1, 0.9, BIG + 3).astype(dtype)
+    c = td.tensor(x0)
+
+    def grads():
+        x = td.tensor(x0, requires_grad=True)
+        with td.tape() as t:
+            y = fn(x)
+            loss = (y * y).sum() + (fn(x) * c).sum() + (fn(c) * x).sum()
+        assert t.op[y._slot] == op
+        loss.backward()
+        return x.grad.numpy()
+
+    calls = []
+    numpy_adjoint = td._tape.Tape._numpy_adjoint
+    monkeypatch.setattr(td._tape.Tape, "_numpy_adjoint",
+                        lambda t, i, touched: calls.append(i) or numpy_adjoint(t, i, touched))
+    handed = grads()
+    assert len(calls) == 2  # the two fn(x) (fn(c) of a constant is not recorded)
+    monkeypatch.setattr(td._tape, "BIG", 1 << 62)  # the compiled rule, element by element
+    compiled = grads()
+    assert len(calls) == 2
+    assert handed.dtype == dtype
+    if dtype == np.float64:
+        np.testing.assert_allclose(handed, compiled, rtol=1e-13)
+    else:  # NumPy's float32 loops against the compiled rule's float64 arithmetic
+        np.testing.assert_allclose(handed, compiled, rtol=1e-5,
+                                   atol=1e-6 * float(np.abs(compiled).max()))
+
+
 @pytest.mark.parametrize("p", [p for p in P.PRIMITIVES if p.domain and p.array is not None],
                          ids=lambda p: p.grad_fn)
 def test_every_domain_lies_where_the_forward_is_finite(p):
