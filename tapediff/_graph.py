@@ -224,7 +224,7 @@ def _rule(T: Any, rec: _Slot, g: Tensor, y: Tensor, xs: list, needs: list) -> li
     if o == K.OP_RESTRIDE:
         return [(rec.ins[0], _restride_adjoint(g, rec.meta, xs[0].size))]
     if o == K.OP_GATHER:
-        return [(rec.ins[0], _Sparse(g.reshape(-1), rec.meta, xs[0].size))]
+        return [(rec.ins[0], _Sparse(g.reshape(-1), K.gather_index(rec.meta), xs[0].size))]
     if o == K.OP_SCATTER:
         return [(rec.ins[0], _gather(g, rec.meta))]
     if o == K.OP_CONCAT:
@@ -256,7 +256,7 @@ def _rule(T: Any, rec: _Slot, g: Tensor, y: Tensor, xs: list, needs: list) -> li
 def _gather(g: Tensor, idx: np.ndarray) -> Tensor:
     from ._ops import _gather as gather
     gv = np.asarray(g._v).reshape(-1)
-    return gather(g.reshape(-1), idx, (idx.size,), gv[idx])
+    return gather(g.reshape(-1), idx, (idx.size,), gv[idx], 0)
 
 
 def _scatter(g: Tensor, idx: np.ndarray, n: int) -> Tensor:

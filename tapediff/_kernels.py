@@ -1476,19 +1476,46 @@ def fwd_concat(meta, m, off, n, val, oo):
 # ---------------------------------------------------------------------------------------------
 # Selection: gathers and scatters through an index payload, where.
 # ---------------------------------------------------------------------------------------------
-OP_GATHER = _opcode()  # out[k] = a[idx[k]]: advanced indexing, repeat, roll; payload idx
+# out = take(a, idx, axis): a seen as (outer, length, inner), out as (outer, count, inner) with
+# out[o, r, :] = a[o, idx[r], :].  Payload: count, outer, length, inner, idx (count entries).
+# Advanced indexing along one axis (``cams[rows]``, ``a[:, [1, 2, 0]]``) stores one index
+# per row; any other selection (masks, several index arrays, repeat, roll) is a take from
+# the flattened input (outer = inner = 1), one index per element.
+OP_GATHER = _opcode()
+
+
+def gather_index(payload: np.ndarray) -> np.ndarray:
+    """The flat input position of each output element of a gather payload (Python side)."""
+    count, outer, length, inner = (int(v) for v in payload[:4])
+    idx = np.asarray(payload[4:4 + count], np.int64)
+    rows = np.arange(outer, dtype=np.int64)[:, None, None] * length + idx[None, :, None]
+    return (rows * inner + np.arange(inner, dtype=np.int64)).reshape(-1)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def fwd_gather(meta, m, val, oo, oa, nn):
-    for k in range(nn):
-        val[oo + k] = val[oa + meta[m + 1 + k]]
+    count, outer, length, inner = meta[m + 1], meta[m + 2], meta[m + 3], meta[m + 4]
+    k = oo
+    for o in range(outer):
+        base = oa + o * length * inner
+        for r in range(count):
+            src = base + meta[m + 5 + r] * inner
+            for j in range(inner):
+                val[k] = val[src + j]
+                k += 1
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def adj_gather(meta, m, adj, oo, oa, nn):  # adj_a[idx[k]] += g[k]: repeats accumulate
-    for k in range(nn):
-        adj[oa + meta[m + 1 + k]] += adj[oo + k]
+def adj_gather(meta, m, adj, oo, oa, nn):  # adj_a[idx] += g: repeats accumulate
+    count, outer, length, inner = meta[m + 1], meta[m + 2], meta[m + 3], meta[m + 4]
+    k = oo
+    for o in range(outer):
+        base = oa + o * length * inner
+        for r in range(count):
+            dst = base + meta[m + 5 + r] * inner
+            for j in range(inner):
+                adj[dst + j] += adj[k]
+                k += 1
 
 
 OP_SCATTER = _opcode()  # out = 0; out[idx[k]] += a[k]: functional index updates

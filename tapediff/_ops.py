@@ -278,11 +278,39 @@ def _is_basic(key: Any) -> bool:
                or k is None or k is Ellipsis or isinstance(k, slice) for k in keys)
 
 
-def _gather(x: Tensor, idx: np.ndarray, shape: tuple, value: np.ndarray) -> Tensor:
-    """Record out[k] = x.flat[idx[k]] (reverse: scatter-add, so repeats accumulate)."""
+def _gather(x: Tensor, idx: np.ndarray, shape: tuple, value: np.ndarray,
+            axis: int | None = None) -> Tensor:
+    """Record out = take(x, idx, axis) (reverse: scatter-add, so repeats accumulate); with
+    ``axis`` None, out[k] = x.flat[idx[k]].  ``idx`` holds non-negative positions."""
+    xshape = shape_of(x._v)
+    if axis is None:
+        outer, length, inner = 1, size_of(x._v), 1
+    else:
+        outer = int(np.prod(xshape[:axis], dtype=np.int64))
+        length, inner = xshape[axis], int(np.prod(xshape[axis + 1:], dtype=np.int64))
     idx = np.ascontiguousarray(idx, dtype=np.int64).ravel()
-    return emit(K.OP_GATHER, (x,), shape, array_of(x).dtype, _copy_of(value), meta=lambda sl: idx,
-                 nmeta=idx.size)
+    payload = np.concatenate([np.array([idx.size, outer, length, inner], np.int64), idx])
+    return emit(K.OP_GATHER, (x,), shape, array_of(x).dtype, _copy_of(value),
+                meta=lambda sl: payload, nmeta=payload.size)
+
+
+def _axis_index(key: Any, ndim: int) -> tuple | None:
+    """(axis, integer index array) when ``key`` indexes with one integer array (or list) along
+    one axis and takes every other axis whole (``a[rows]``, ``a[:, [1, 2, 0]]``), else None."""
+    keys = key if isinstance(key, tuple) else (key,)
+    if len(keys) > ndim:
+        return None
+    found = None
+    for ax, k in enumerate(keys):
+        if isinstance(k, slice) and k == slice(None):
+            continue
+        if found is not None or not isinstance(k, (np.ndarray, list)):
+            return None
+        arr = np.asarray(k)
+        if arr.dtype.kind not in "iu":
+            return None
+        found = (ax, arr)
+    return found
 
 
 def getitem(x: Tensor, key: Any) -> Tensor:
@@ -301,6 +329,10 @@ def getitem(x: Tensor, key: Any) -> Tensor:
     value = a[key]
     if not _recording(x):
         return constant(np.array(value))
+    along = _axis_index(key, a.ndim)
+    if along is not None:  # one index per row (NumPy has checked the bounds)
+        axis, idx = along
+        return _gather(x, np.where(idx < 0, idx + a.shape[axis], idx), value.shape, value, axis)
     idx = np.arange(a.size).reshape(a.shape)[key]
     return _gather(x, idx, value.shape, value)
 
@@ -314,8 +346,10 @@ def take(x: Any, indices: Any, axis: Any = None, **aliases: Any) -> Tensor:
     value = np.take(a, ind, axis)
     if not _recording(x):
         return constant(value)
-    return _gather(x, np.take(np.arange(a.size).reshape(a.shape), ind, axis), value.shape,
-                   value)
+    length = a.size if axis is None else a.shape[axis]
+    ind = np.asarray(ind, np.int64)
+    return _gather(x, np.where(ind < 0, ind + length, ind), value.shape, value,
+                   None if axis is None else axis % a.ndim)
 
 
 def index_gather(x: Tensor, build: Any) -> Tensor:

@@ -135,7 +135,7 @@ def reference_grads(tape, root, seed):
             continue
         elif op == K.OP_GATHER:
             out = np.zeros(int(tape.n[a]))
-            np.add.at(out, _payload(tape, i), g)
+            np.add.at(out, K.gather_index(_payload(tape, i)), g)
             add(a, out)
         elif op == K.OP_SCATTER:
             add(a, g[_payload(tape, i)])

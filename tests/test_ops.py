@@ -1464,6 +1464,57 @@ def test_repeated_indices_accumulate(gather):
     np.testing.assert_array_equal(g, [[0.0, 5.0, 0.0], [0.0, 0.0, 1.0]])
 
 
+@st.composite
+def _axis_takes(draw):
+    """(array, key, axis, index) for a take along one axis: ``a[idx]``, ``a[:, idx]``,
+    ``a[:, :, idx, :]``...: repeated and negative indices, index arrays of 0-2 dimensions."""
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=4))
+    axis = draw(st.integers(0, len(shape) - 1))
+    ishape = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=1, max_side=4))
+    idx = draw(hnp.arrays(np.int64, ishape, elements=st.integers(-shape[axis], shape[axis] - 1)))
+    trailing = draw(st.integers(0, len(shape) - axis - 1))
+    # (a list too; a 0-d index as a list would be a Python int: basic indexing)
+    key = (slice(None),) * axis + (draw(st.sampled_from([idx, idx.tolist()])) if idx.ndim
+                                   else idx,)
+    key += (slice(None),) * trailing
+    a = draw(hnp.arrays(np.float64, shape, elements=_floats(-2.0, 2.0)))
+    return a, (key[0] if len(key) == 1 else key), axis, idx
+
+
+@given(_axis_takes(), st.integers(0, 2**32 - 1))
+@settings(max_examples=60, deadline=None)
+def test_indexing_along_one_axis_records_one_index_per_row(case, seed):
+    """``a[idx]``, ``a[:, idx]``: the record holds one index per row of the take (not one
+    per element); value, gradient (repeats accumulate), second derivative, replay at a new
+    input and a tangent agree with NumPy's ``np.take`` and its scatter-add transpose."""
+    a, key, axis, idx = case
+    w = np.random.default_rng(seed).normal(size=np.take(a, idx, axis).shape)
+    with td.tape() as t:
+        x = td.tensor(a, requires_grad=True)
+        y = x[key]
+        loss = (y * w).sum()
+    np.testing.assert_array_equal(y.numpy(), a[key])
+    m = int(t.meta_at[y._slot])
+    assert t.meta[m] == 4 + idx.size  # count, outer, length, inner, then the rows
+    loss.backward()
+    expected = np.zeros_like(a)
+    np.add.at(np.moveaxis(expected, axis, 0), idx.ravel(),
+              np.moveaxis(w.reshape(a.shape[:axis] + (idx.size,) + a.shape[axis + 1:]), axis, 0))
+    np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-14, atol=1e-14)
+    # d/dx of (x[key] ** 2 * w).sum() = 2 x * (scatter of w): the second derivative's diagonal
+    h = td.grad(lambda v: (td.grad(lambda u: (u[key] ** 2 * w).sum())(v) * a).sum())(a)
+    np.testing.assert_allclose(h, 2 * a * expected, rtol=1e-13, atol=1e-14)
+    vg = td.value_and_grad(lambda v: (v[key] * w).sum(), replay=True)
+    vg(a)
+    value, grad = vg(a + 1.0)
+    np.testing.assert_allclose(value, float(((a + 1.0)[key] * w).sum()), rtol=1e-13)
+    np.testing.assert_allclose(grad, expected, rtol=1e-14, atol=1e-14)
+    tangent = np.random.default_rng(seed + 1).normal(size=a.shape)
+    _, ty = td.jvp(lambda v: v[key], (a,), (tangent,))
+    np.testing.assert_allclose(ty.numpy() if hasattr(ty, "numpy") else ty, tangent[key],
+                               rtol=1e-14)
+
+
 def test_at_set_last_write_wins():
     x = td.tensor([1.0, 2.0, 3.0], requires_grad=True)
     v = td.tensor([10.0, 20.0], requires_grad=True)
