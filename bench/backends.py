@@ -11,8 +11,9 @@ An objective is written once as ``f(xp, *params, *data)``.  ``xp`` is a namespac
 * ``TORCH``, ``JAX``, ``AUTOGRAD``: small shims over ``torch``, ``jax.numpy`` and
   ``autograd.numpy`` for the few names whose spelling differs (``torch.cat``, ``dim=``).
 
-Peers are optional: each is imported here once, and ``PEERS`` says which are available (or
-why not).  Every contender gets its inputs converted once, outside the timed function.
+Peers are optional: ``load_peers`` imports them (each once per process; nothing imports one
+before), and ``PEERS`` says which are available (or why not).  Every contender gets its
+inputs converted once, outside the timed function.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import numpy as np
 import tapediff as td
 
 from .case import (
-    AUTOGRAD_NAME, HAND, JAX_NAME, PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME, Case,
+    AUTOGRAD_NAME, HAND, JAX_NAME, PEER_NAMES, PRIMAL, PYTHON_PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY,
+    TORCH_NAME, Case,
 )
 
 
@@ -72,9 +74,19 @@ class Peer:
     why_not: str = ""  # the import error when not available
 
 
-PEERS: dict[str, Peer] = {}
+PEERS: dict[str, Peer] = {}  # filled by load_peers
+# each set by load_peers when its peer imports (None until then, or if it does not)
+torch: Any = None
+jax: Any = None
+jnp: Any = None
+autograd: Any = None
+TORCH: Any = None
+JAX: Any = None
+AUTOGRAD: Any = None
 
-try:
+
+def _import_torch() -> str:
+    global torch, TORCH
     import torch
 
     torch.set_num_threads(1)
@@ -93,23 +105,21 @@ try:
         zeros=lambda shape: torch.zeros(shape, dtype=torch.float64),
         logsumexp=lambda a, axis: torch.logsumexp(a, dim=axis),
     )
-    PEERS[TORCH_NAME] = Peer(TORCH_NAME, torch.__version__)
-except ImportError as e:  # an optional peer
-    torch = None
-    PEERS[TORCH_NAME] = Peer(TORCH_NAME, None, str(e))
+    return torch.__version__
 
-try:
+
+def _import_jax() -> str:
+    global jax, jnp, JAX
     import jax
     import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", True)  # float64, as every other contender
     JAX = Namespace("jax", jnp, logsumexp=lambda a, axis: jax.nn.logsumexp(a, axis=axis))
-    PEERS[JAX_NAME] = Peer(JAX_NAME, jax.__version__)
-except ImportError as e:
-    jax = None
-    PEERS[JAX_NAME] = Peer(JAX_NAME, None, str(e))
+    return jax.__version__
 
-try:
+
+def _import_autograd() -> str:
+    global autograd, AUTOGRAD
     import importlib.metadata
 
     import autograd
@@ -117,10 +127,26 @@ try:
     import autograd.scipy.special as asp
 
     AUTOGRAD = Namespace("autograd", anp, logsumexp=lambda a, axis: asp.logsumexp(a, axis=axis))
-    PEERS[AUTOGRAD_NAME] = Peer(AUTOGRAD_NAME, importlib.metadata.version("autograd"))
-except ImportError as e:
-    autograd = None
-    PEERS[AUTOGRAD_NAME] = Peer(AUTOGRAD_NAME, None, str(e))
+    return importlib.metadata.version("autograd")
+
+
+_IMPORTERS = {TORCH_NAME: _import_torch, JAX_NAME: _import_jax, AUTOGRAD_NAME: _import_autograd}
+
+
+def load_peers(names: Any = PEER_NAMES) -> dict[str, Peer]:
+    """Import the named peers, each once per process, and return ``PEERS``: an entry per
+    peer tried, with its version, or why it is not available (its import error).
+
+    Nothing imports a peer before this: the runner loads every peer when it starts, a
+    memory process (``bench/memory.py``) only the one it measures."""
+    for name in names:
+        if name in PEERS:
+            continue
+        try:
+            PEERS[name] = Peer(name, _IMPORTERS[name]())
+        except ImportError as e:  # an optional peer
+            PEERS[name] = Peer(name, None, str(e))
+    return PEERS
 
 
 # -- contenders ---------------------------------------------------------------------------------
@@ -130,9 +156,8 @@ class Contender:
 
     ``run()`` does one evaluation (forward only for the primal, value and gradient for the
     rest); ``value_and_grads()`` returns (value, [gradient per param as ndarray]) for the
-    agreement check (None for the primal).  ``traced``: its allocations go through NumPy,
-    so ``tracemalloc`` sees them; ``held_bytes()`` adds memory it keeps between calls (the
-    tape's arenas).  ``compile_s``: JAX's trace + compile time, outside the timings.
+    agreement check (None for the primal).  ``compile_s``: JAX's trace + compile time,
+    outside the timings.
     ``first_call_s``: the first call's time, including what later calls skip (JAX's trace and
     compile, tapediff replay's recording), measured when the contender is built.
     ``verify()``: called after timing; returns a problem (fails the run) or None.
@@ -142,8 +167,6 @@ class Contender:
     name: str
     run: Callable[[], Any]
     value_and_grads: Callable[[], tuple] | None
-    traced: bool = False
-    held_bytes: Callable[[], int] | None = None
     compile_s: float | None = None
     first_call_s: float | None = None
     verify: Callable[[], str | None] | None = None
@@ -157,8 +180,8 @@ def _as_grad(g: Any) -> np.ndarray:
 def primal(case: Case) -> Contender:
     xp = MATH if case.primal_ns == "math" else NUMPY
     f, params, data = case.objective, case.params, case.data
-    label = "Python primal" if case.primal_ns == "math" else PRIMAL
-    return Contender(label, lambda: f(xp, *params, *data), None, traced=True)
+    label = PYTHON_PRIMAL if case.primal_ns == "math" else PRIMAL
+    return Contender(label, lambda: f(xp, *params, *data), None)
 
 
 def hand(case: Case) -> Contender:
@@ -168,7 +191,7 @@ def hand(case: Case) -> Contender:
         v, gs = hg(*params, *data)
         return float(v), [_as_grad(g) for g in gs]
 
-    return Contender(HAND, lambda: hg(*params, *data), vg, traced=True)
+    return Contender(HAND, lambda: hg(*params, *data), vg)
 
 
 def tapediff(case: Case, ns: str | None = None, label: str = TAPEDIFF) -> Contender:
@@ -199,7 +222,7 @@ def tapediff(case: Case, ns: str | None = None, label: str = TAPEDIFF) -> Conten
                  else a.grad.numpy() for a in args]
         return float(loss), grads
 
-    return Contender(label, run, vg, traced=True, held_bytes=lambda: tape.nbytes)
+    return Contender(label, run, vg)
 
 
 def replay_function(case: Case) -> tuple[td.Replayed, list]:
@@ -225,21 +248,25 @@ def replay_function(case: Case) -> tuple[td.Replayed, list]:
     return fn, args + list(case.data)
 
 
-_REPLAY_WARM = []
+_WARM = []
 
 
-def _warm_replay() -> None:
-    """Once per process: record and replay a tiny function, so that loading Numba's compiled
-    forward and reverse sweeps from its cache stays out of the first recording timed."""
-    if _REPLAY_WARM:
+def warm_tapediff() -> None:
+    """Once per process: a tiny backward, and a tiny function recorded and replayed, so that
+    loading Numba's compiled sweeps from its cache (tens of MB of LLVM, once per process, as
+    an import) stays out of the first recording timed and out of a memory process's
+    baseline-to-peak figure (``bench/memory.py``)."""
+    if _WARM:
         return
+    x = td.tensor(np.ones(2), requires_grad=True)
+    (x * x).sum().backward()
     w = td.value_and_grad(lambda a, b: td.sum(td.sin(a @ b) * a.sum()), argnums=(0, 1),
                           replay=True)
     s = td.value_and_grad(lambda x: td.sin(x * 2.0) + x, replay=True)
     for _ in range(2):
         w(np.ones((2, 2)), np.ones((2, 2)))
         s(0.5)
-    _REPLAY_WARM.append(True)
+    _WARM.append(True)
 
 
 def tapediff_replay(case: Case) -> Contender:
@@ -247,7 +274,7 @@ def tapediff_replay(case: Case) -> Contender:
     timed as ``first_call_s``) records ``f`` on the function's own tape; the timed calls
     replay it (jitted forward sweep + reverse sweep).  ``verify`` fails the run if any call
     after the first recorded again (``.recordings`` must stay 1)."""
-    _warm_replay()
+    warm_tapediff()
     fn, args = replay_function(case)
     gc.collect()  # a full collection pending since the imports is no part of recording
     t0 = time.perf_counter()
@@ -265,8 +292,7 @@ def tapediff_replay(case: Case) -> Contender:
                     f"{fn.last_guard})")
         return None
 
-    return Contender(TAPEDIFF_REPLAY, lambda: fn(*args), vg, traced=True,
-                     held_bytes=lambda: fn.tape.nbytes, first_call_s=first_s,
+    return Contender(TAPEDIFF_REPLAY, lambda: fn(*args), vg, first_call_s=first_s,
                      verify=verify, replayed=fn)
 
 
@@ -349,7 +375,7 @@ def hips_autograd(case: Case) -> Contender:
         v, gs = vg_fn(params)
         return float(v), [_as_grad(g) for g in gs]
 
-    return Contender(AUTOGRAD_NAME, lambda: vg_fn(params), vg, traced=True)
+    return Contender(AUTOGRAD_NAME, lambda: vg_fn(params), vg)
 
 
 PEER_BUILDERS: dict[str, Callable[[Case], Contender]] = {

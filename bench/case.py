@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 TAPEDIFF = "tapediff"
 TAPEDIFF_REPLAY = "tapediff replay"  # td.value_and_grad(f, replay=True), replayed calls
 PRIMAL = "NumPy primal"
+PYTHON_PRIMAL = "Python primal"  # the primal of scalar code (plain Python floats)
 HAND = "NumPy hand grad"
 TORCH_NAME = "PyTorch"
 JAX_NAME = "JAX jit"
@@ -94,8 +95,8 @@ class FunctionsCase:
     ``skipped``: peer name -> why it is not run.  ``check({name: result})`` returns
     (problems, names): each problem fails the run, and the names are not timed.
     ``figures(res)`` returns Metrics read from the timed rounds (the ratios);
-    ``memory(name, quick)`` returns a contender's peak memory in bytes (None: not measured),
-    asked in full runs only.
+    ``memory(name, quick)`` returns a contender's ``bench.memory.Rss`` (the RSS high-water
+    mark of a process running only that contender), asked when the run measures memory.
     """
 
     workload: str

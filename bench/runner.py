@@ -9,14 +9,21 @@ For each case of each workload (``--only`` picks workloads):
 2. check that every gradient agrees with tapediff's (and the primal's value with
    tapediff's value).  A disagreement, or tapediff failing, fails the run: the exit code is
    1 and the message names the case and the contender;
-3. warm up and time all contenders in paired rounds (``bench/timing.py``), then measure
-   peak memory and any case-specific figures; replay's figures (``bench/replay_figures.py``)
-   come from the same rounds, and a replay contender that recorded again during the timed
-   calls fails the run.
+3. warm up and time all contenders in paired rounds (``bench/timing.py``), then measure any
+   case-specific figures; replay's figures (``bench/replay_figures.py``) come from the same
+   rounds, and a replay contender that recorded again during the timed calls fails the run;
+4. measure each timed contender's peak memory in a fresh process of its own
+   (``bench/memory.py``: ``python -m bench.memory WORKLOAD CASE CONTENDER``, run with
+   glibc's default allocator): the RSS high-water mark over building the contender and
+   calling it 8 times, and that peak above the process's RSS before the first call (the
+   interpreter, the imports and the inputs).  The contenders of this process are released
+   (and its free heap handed back) first, so the two processes' memory does not add up.
+   Full runs do this step, ``--quick`` runs skip it; ``--memory`` and ``--no-memory`` say
+   otherwise.  A process that fails is reported beside the case, not fatal.
 
 The table goes to stdout as each case finishes, progress lines to stderr.  ``--json FILE``
-writes every number, ``--plot FILE.png`` a chart (needs matplotlib).  ``--quick`` runs small
-sizes in well under a minute (CI's smoke test).
+writes every number, ``--plot FILE.png`` a chart of time and peak memory against problem size
+(needs matplotlib).  ``--quick`` runs small sizes in well under a minute (CI's smoke test).
 
 Before the first case the runner checks what the run needs (matplotlib for ``--plot``,
 writable folders for the output files; exit code 2 and nothing run otherwise) and prints
@@ -34,28 +41,25 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np  # bench/__init__.py has pinned the thread counts by now
 
 import tapediff as td
 
 from . import backends as B
-from . import replay_figures
+from . import memory, replay_figures, workloads
 from .case import (
     PEER_NAMES, TAPEDIFF, TAPEDIFF_REPLAY, TORCH_NAME, Case, FunctionsCase, MetricsCase,
 )
 from .report import (
-    INSTALL_ONE, INSTALL_PEERS, PEERS_HINT, case_lines, header_lines, plot, target_lines,
-    to_json, to_markdown,
+    INSTALL_ONE, INSTALL_PEERS, PEERS_HINT, case_lines, fmt_bytes, header_lines, plot,
+    target_lines, to_json, to_markdown,
 )
 from .targets import evaluate
-from .timing import paired_rounds, peak_memory, steady_allocator
-from .workloads import (
-    array_ops, ba, elementwise, gmm, higher, linalg, mlp, scalar, startup,
-)
+from .timing import paired_rounds, steady_allocator
 
-WORKLOADS = {m.WORKLOAD: m for m in (scalar, elementwise, mlp, gmm, ba, array_ops, linalg,
-                                      higher, startup)}
+WORKLOADS = {name: workloads.load(name) for name in workloads.MODULES}
 
 
 @dataclass
@@ -67,13 +71,14 @@ class Settings:
     warmup_calls: int
     warmup_s: float
     quick: bool = False  # --quick: short side measurements too (threads)
+    memory: bool = True  # each contender's peak RSS in a process of its own (step 4)
 
 
 # A sample averages enough calls to last ``sample_s``: on a shared machine the process loses
 # the CPU for a few ms at a time, and a sample much longer than that sees about the same
 # share of such pauses as every other sample, where single 2 ms calls come out bimodal.
 QUICK = Settings(rounds=5, min_rounds=3, budget_s=1.0, sample_s=0.01, warmup_calls=2,
-                 warmup_s=0.05, quick=True)
+                 warmup_s=0.05, quick=True, memory=False)
 FULL = Settings(rounds=21, min_rounds=7, budget_s=25.0, sample_s=0.05, warmup_calls=5,
                 warmup_s=1.0)
 
@@ -93,9 +98,33 @@ COST = {  # workload: (quick s, full s, full peak GB)
     "ops": (1.9, 47, 1.4),
     "linalg": (2.9, 22, 1.4),
     "compile": (3.3, 75, 1.4),  # full: a cold compile in a fresh process
-    # measured with PyTorch (its contenders and their memory processes), load ~1,
-    # 2026-12-06: quick 6 s, full 66 s and 0.78 GB peak RSS
-    "higher": (6.0, 70, 0.8),
+    # measured with PyTorch, load ~1, 2026-12-06: quick 6 s, full 66 s and 0.78 GB peak RSS;
+    # full: those 70 s less its memory processes (39 s on 2026-12-07), now in MEMORY_COST
+    "higher": (6.0, 31, 0.8),
+}
+# Step 4, each timed contender's memory in a process of its own (bench/memory.py): the
+# workload's memory processes in wall seconds, summed from the runner's progress lines, for
+# the contenders other than the peers and for PyTorch's.  Same machine, 2026-12-07, PyTorch
+# 2.13.0+cpu, --peers torch:
+# * full, --only gmm: 6 min 17 s wall and 3.9 GB peak RSS (the runner's; the largest memory
+#   process, eager tapediff at d=64 K=25 n=10,000, peaked at 1.54 GB), of which step 4 took
+#   129 s (70 processes); load ~1.5.  With --no-memory: 3 min 31 s and 3.7 GB (that run's
+#   first case did not compile Numba's replay sweeps, the run with memory's did);
+# * full, --only scalar,elementwise,mlp,ba,ops,linalg,higher: 9 min wall, 2.5 GB peak RSS,
+#   step 4 236 s (103 processes), including one process that compiled Numba's sweeps (a cache
+#   made stale by edits to tapediff/) and ran again: 34 s, left out of "elementwise" below;
+# * --quick --memory, those eight workloads: 151 s wall (--quick alone: ~20 s), step 4 140 s.
+# The memory processes run after the runner has released its contenders (0.5 GB RSS left in
+# it, with PyTorch imported) and stay below its own peak, so the peak figures above hold.
+MEMORY_COST = {  # workload: (quick s, full s, quick s PyTorch adds, full s PyTorch adds)
+    "scalar": (7.2, 7.4, 4.6, 6.7),
+    "elementwise": (8.1, 15, 8.7, 14.3),
+    "mlp": (9.1, 7.5, 5.5, 4.8),
+    "gmm": (7.4, 82.5, 4.2, 46.8),
+    "ba": (3.0, 35.0, 2.4, 20.5),
+    "ops": (5.9, 16.3, 7.6, 19.7),
+    "linalg": (9.8, 9.9, 7.7, 7.5),
+    "higher": (9.9, 14.0, 30.7, 25.1),
 }
 STARTUP_S = (2, 7)  # imports before the first case: --quick, full
 QUICK_PEAK_GB = 0.5  # --quick, every workload
@@ -109,10 +138,28 @@ def _duration(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
 
 
-def expected_cost(workloads: list[str], quick: bool, peers: list[str]) -> tuple[str, float]:
-    """What the run will take: a sentence, and its peak memory in GB."""
+def expected_seconds(workloads: list[str], quick: bool, peers: list[str],
+                     memory: bool) -> float:
+    """Wall seconds a run is expected to take (``COST``, and ``MEMORY_COST`` when it
+    measures memory); workloads without figures count nothing."""
+    secs = STARTUP_S[0 if quick else 1]
+    for w in workloads:
+        secs += COST[w][0 if quick else 1] if w in COST else 0
+        if memory and w in MEMORY_COST:  # step 4: a process per contender
+            alone_q, alone, torch_q, torch_full = MEMORY_COST[w]
+            secs += alone_q if quick else alone
+            if TORCH_NAME in peers:
+                secs += torch_q if quick else torch_full
+    return secs
+
+
+def expected_cost(workloads: list[str], quick: bool, peers: list[str],
+                  memory: bool | None = None) -> tuple[str, float]:
+    """What the run will take: a sentence, and its peak memory in GB.  ``memory``: whether
+    the run measures each contender's memory in its own process (default: full runs do)."""
+    memory = not quick if memory is None else memory
     known = [w for w in workloads if w in COST]
-    secs = STARTUP_S[0 if quick else 1] + sum(COST[w][0 if quick else 1] for w in known)
+    secs = expected_seconds(workloads, quick, peers, memory)
     peak = QUICK_PEAK_GB if quick else max([QUICK_PEAK_GB] + [COST[w][2] for w in known])
     if not quick:
         peak += sum(PEER_PEAK_GB.get(p, 0.0) for p in peers)
@@ -147,7 +194,7 @@ class CaseResult:
     note: str = ""
     order: list = field(default_factory=list)  # contender names, tapediff first
     timings: dict = field(default_factory=dict)
-    memory: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)  # contender name -> bench.memory.Rss
     compile_s: dict = field(default_factory=dict)
     metrics: list = field(default_factory=list)
     skipped: dict = field(default_factory=dict)
@@ -319,22 +366,50 @@ def run_functions_case(case: FunctionsCase, peers: list[str], settings: Settings
     if not cons or cons[0].name != first:
         return res
     _time(res, cons, first, settings, f"{tag} {case.name}")
-    if case.memory is not None and not settings.quick:
-        progress(f"{tag} {case.name}: memory, one process per contender")
-        res.memory = {c.name: case.memory(c.name, settings.quick) for c in cons}
     if case.figures is not None:
         res.metrics = case.figures(res)
     return res
 
 
+def measure_memory(res: CaseResult, rss: Callable[[str], memory.Rss], tag: str) -> None:
+    """Step 4: each timed contender's memory process (``rss(name)``, see ``bench/memory.py``)
+    into ``res.memory``, one after the other.  Call it once this process no longer holds the
+    case's contenders: ``memory.release_heap`` then gives their memory back first."""
+    names = [n for n in res.order if n in res.timings]
+    if not names:
+        return
+    memory.release_heap()
+    progress(f"{tag} {res.name}: peak memory, a process per contender ({len(names)})")
+    for name in names:
+        r = res.memory[name] = rss(name)
+        figure = (f"peak RSS {fmt_bytes(r.peak)}, {fmt_bytes(r.above)} above its "
+                  f"{fmt_bytes(r.baseline)} before the first call"
+                  if not r.error else f"not measured: {r.error}")
+        progress(f"{tag} {res.name}: {name}: {figure} ({r.seconds:.1f} s)")
+
+
 def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult:
-    if isinstance(case, FunctionsCase):
-        return run_functions_case(case, peers, settings, tag)
-    res = CaseResult(case.workload, case.name, case.size, case.note)
+    """Steps 1-4 of the module docstring for one case (of any kind in ``bench/case.py``)."""
     if isinstance(case, MetricsCase):
+        res = CaseResult(case.workload, case.name, case.size, case.note)
         progress(f"{tag} {case.name}: measuring")
         res.metrics = case.run()
         return res
+    if isinstance(case, FunctionsCase):  # higher.py: memory processes of its own
+        res = run_functions_case(case, peers, settings, tag)
+        if settings.memory and case.memory is not None:
+            measure_memory(res, lambda name: case.memory(name, settings.quick), tag)
+        return res
+    res = time_case(case, peers, settings, tag)  # its contenders are released on return
+    if settings.memory:
+        measure_memory(res, lambda name: memory.case_rss(case.workload, case.name, name,
+                                                         settings.quick), tag)
+    return res
+
+
+def time_case(case: Case, peers: list[str], settings: Settings, tag: str) -> CaseResult:
+    """Steps 1-3 for a ``Case``: build, check and time the contenders, then the figures."""
+    res = CaseResult(case.workload, case.name, case.size, case.note)
     progress(f"{tag} {case.name}: building contenders")
     cons = [B.tapediff(case)]
     cons += [B.tapediff(case, ns, label) for label, ns in case.td_variants.items()]
@@ -364,8 +439,6 @@ def run_case(case, peers: list[str], settings: Settings, tag: str) -> CaseResult
     if not cons:
         return res
     _time(res, cons, TAPEDIFF, settings, f"{tag} {case.name}")
-    progress(f"{tag} {case.name}: measuring memory")
-    res.memory = {c.name: peak_memory(c) for c in cons}
     for c in cons:
         problem = c.verify() if c.verify is not None else None
         if problem:
@@ -403,6 +476,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--markdown", metavar="FILE.md",
                     help="write the tables as Markdown (the body of bench/RESULTS.md)")
     ap.add_argument("--rounds", type=int, help="paired rounds per case (default 5 quick, 21 full)")
+    ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
+                    help="measure each contender's peak memory (RSS high-water mark) in a "
+                         "process of its own (default: in full runs, not with --quick)")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's malloc as it is (by default mmap and trimming are "
                          "turned off so that memory stays mapped between calls)")
@@ -413,7 +489,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"unknown workload(s) {', '.join(unknown)}; choose from "
                  f"{', '.join(WORKLOADS)}")
     args.workloads = list(dict.fromkeys(names)) or list(WORKLOADS)
-    available = [n for n, p in B.PEERS.items() if p.version]
+    available = [n for n, p in B.load_peers().items() if p.version]
     if args.peers is None:
         args.peer_list = available
     elif args.peers.strip().lower() == "none":
@@ -450,11 +526,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         settings = Settings(**{**settings.__dict__, "rounds": args.rounds,
                                "min_rounds": min(settings.min_rounds, args.rounds)})
+    if args.memory is not None:
+        settings = Settings(**{**settings.__dict__, "memory": args.memory})
     allocator = ("allocator: glibc's default (--default-malloc)" if args.default_malloc
                  else steady_allocator())
     info = machine_info(args.peer_list, args.quick)
     info["allocator"] = allocator
-    info["expected"], peak_gb = expected_cost(args.workloads, args.quick, args.peer_list)
+    info["memory"] = settings.memory
+    info["expected"], peak_gb = expected_cost(args.workloads, args.quick, args.peer_list,
+                                              settings.memory)
     available = _available_gb()
     if available is not None and peak_gb > 0.9 * available:
         info["expected"] += (f"; WARNING: only {available:.1f} GB of memory is available now "
@@ -481,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     missing = {p: ("not installed" if not B.PEERS[p].version else "left out by --peers")
                for p in PEER_NAMES if p not in args.peer_list}
-    print("\n".join(target_lines(verdicts, args.quick, missing)))
+    print("\n".join(target_lines(verdicts, args.quick, missing, settings.memory)))
     print(f"\nfinished in {info['elapsed_s']:.0f} s; load average at end {info['load_end']}")
     if args.json:
         to_json(info, results, verdicts, args.json)

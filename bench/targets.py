@@ -3,7 +3,7 @@
 Each target names the cases it reads and a bound; ``evaluate`` says met / missed per case
 and overall, or "not measured" when the run did not include those cases (``--only``,
 ``--quick``: quick sizes are not the targets' sizes, so a quick run's verdicts are only
-indicative).
+indicative) or did not measure memory (``--quick``, ``--no-memory``) for a memory target.
 """
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ def paired_ratio(res, a: str, b: str) -> float | None:
     if ta is None or tb is None:
         return None
     return statistics.median(x / y for x, y in zip(ta.samples, tb.samples))
+
+
+def peak_rss_ratio(res, a: str, b: str) -> float | None:
+    """Peak RSS of contender ``a`` over ``b``'s, each in its own memory process
+    (``res.memory``, ``bench/memory.py``); None unless both were measured."""
+    ma, mb = res.memory.get(a), res.memory.get(b)
+    if ma is None or mb is None or ma.error or mb.error:
+        return None
+    return ma.peak / mb.peak
 
 
 def _metric(res, name: str) -> float | None:
@@ -116,6 +125,12 @@ TARGETS = [
            lambda r: r.workload in ("mlp", "gmm", "ba"),
            lambda r: paired_ratio(r, TORCH_NAME, TAPEDIFF_REPLAY), 1.0, True,
            "PyTorch/replay {:.2f}", TORCH_NAME),
+    # memory: each contender's RSS high-water mark in a process of its own (bench/memory.py),
+    # measured in full runs (and with --memory)
+    Target("peak RSS of eager tapediff <= 1.5x PyTorch's (MLP, GMM, BA)",
+           lambda r: r.workload in ("mlp", "gmm", "ba"),
+           lambda r: peak_rss_ratio(r, TAPEDIFF, TORCH_NAME), 1.5, False,
+           "{:.2f}x PyTorch's peak RSS", TORCH_NAME),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Timing in paired rounds, and peak memory.
+"""Timing in paired rounds, and the allocator the timed process runs with.
 
 Why paired rounds: the machine is shared, and its speed drifts by tens of percent over
 seconds.  Timing A for a while and then B would fold that drift into the ratio A/B.  Instead
@@ -14,11 +14,9 @@ use); the figures reported are the steady state after that.
 """
 from __future__ import annotations
 
-import gc
 import math
 import statistics
 import time
-import tracemalloc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -143,20 +141,3 @@ def steady_allocator() -> str:
     return ("allocator: glibc malloc with mmap off and trimming off (mallopt), so memory "
             "freed by one call is reused, already mapped, by the next: steady state")
 
-
-def peak_memory(c: "Contender") -> int | None:
-    """Peak bytes one call allocates through NumPy/Python (``tracemalloc``), plus what the
-    contender holds between calls (tapediff's tape: records and arenas, mapped and reused).
-    None for contenders that allocate outside ``tracemalloc``'s view (PyTorch, JAX)."""
-    if not c.traced:
-        return None
-    gc.collect()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        before = tracemalloc.get_traced_memory()[0]
-        c.run()
-        peak = tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
-    return peak + (c.held_bytes() if c.held_bytes is not None else 0)

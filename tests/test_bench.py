@@ -19,6 +19,10 @@
   tapediff's value and gradients on every workload objective, replaying (not recording
   again) at the case's inputs and at new ones; a contender that records again fails the
   run.
+* Peak memory: a contender's own process (``python -m bench.memory``, a tapediff one without
+  any peer imported) reports its RSS before the first call and its high-water mark; the
+  table, ``--json`` and ``--markdown`` give both, the memory target compares eager tapediff's
+  peak with PyTorch's, and ``--plot`` draws time and peak memory against problem size.
 
 No peer (PyTorch, JAX, autograd) is needed.
 """
@@ -337,7 +341,82 @@ def test_a_wrong_hessian_fails_the_higher_case(monkeypatch):
 
 def test_higher_memory_is_the_contenders_own_process():
     rss = higher.rss_of("hvp Rosenbrock n=10,000", higher.TD_GRAD, quick=True)
-    assert rss is not None and 10 * 2 ** 20 < rss < 4 * 2 ** 30
+    assert rss.error == "", rss.error
+    assert 10 * 2 ** 20 < rss.baseline <= rss.peak < 4 * 2 ** 30
+
+
+# -- peak memory: each contender's RSS high-water mark in a process of its own ---------------
+def _memory_process(*args):
+    proc = subprocess.run([sys.executable, "-m", "bench.memory", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_memory_process_reports_baseline_and_peak():
+    from bench.case import PRIMAL, TAPEDIFF
+
+    case = "Rosenbrock n=10,000"  # a --quick case of the elementwise workload
+    code, out, err = _memory_process("elementwise", case, TAPEDIFF, "--quick")
+    assert code == 0, err
+    figures = json.loads(out.splitlines()[-1])
+    assert figures["peers_imported"] == []  # a tapediff process imports no peer
+    assert 10 * 2 ** 20 < figures["baseline"] <= figures["peak"] < 4 * 2 ** 30
+    assert figures["calls"] == 8 and not figures["whole_process"]
+    # the runner's side: the same process, launched and read
+    from bench import memory
+
+    for contender in (TAPEDIFF, PRIMAL):
+        rss = memory.case_rss("elementwise", case, contender, quick=True)
+        assert rss.error == "", rss.error
+        assert 0 < rss.baseline <= rss.peak and rss.above == rss.peak - rss.baseline
+    # unknown names: exit code 2 and what there is; the runner gets an error, not a raise
+    code, _, err = _memory_process("elementwise", "no such case", TAPEDIFF, "--quick")
+    assert code == 2 and case in err
+    rss = memory.case_rss("elementwise", case, "no such contender", quick=True)
+    assert rss.peak is None and "no contender 'no such contender'" in rss.error
+
+
+def _with_memory(settings):
+    from bench import runner
+
+    return runner.Settings(**{**settings.__dict__, "memory": True})
+
+
+def test_the_table_and_json_give_each_contenders_peak_memory(tmp_path):
+    from bench import report, runner
+    from bench.case import PRIMAL, TAPEDIFF
+
+    assert not runner.QUICK.memory and runner.FULL.memory  # full runs measure it
+    assert runner.parse(["--quick", "--memory"]).memory is True
+    assert runner.parse(["--no-memory"]).memory is False
+    case = next(c for c in array_ops.cases(quick=True) if "matmul" in c.name)
+    res = runner.run_case(case, [], _with_memory(runner.QUICK), "[test]")
+    assert res.errors == [], res.errors
+    assert set(res.memory) == set(res.order) == {TAPEDIFF, PRIMAL}
+    for rss in res.memory.values():
+        assert rss.error == "" and 0 < rss.baseline <= rss.peak
+    lines = report.case_lines(res)
+    assert "peak RSS" in lines[1] and "above base" in lines[1]
+    row = next(x for x in lines if x.split()[0] == TAPEDIFF)
+    assert report.fmt_bytes(res.memory[TAPEDIFF].peak) in row
+    assert report.fmt_bytes(res.memory[TAPEDIFF].above, sign=True) in row
+    info = {"memory": True, "allocator": "allocator: test", "date": "d", "mode": "quick",
+            "cpu": "c", "cores": 2, "load_start": "0", "software": "s", "peers": "p",
+            "threads": "t"}
+    assert any(x.startswith("memory: 'peak RSS' = RSS high-water mark")
+               for x in report.header_lines(info))
+    out = tmp_path / "r.json"
+    report.to_json(info, [res], [], str(out))
+    rss = json.loads(out.read_text())["cases"][0]["contenders"][TAPEDIFF]["rss"]
+    assert rss["peak_bytes"] == res.memory[TAPEDIFF].peak
+    assert rss["above_baseline_bytes"] == rss["peak_bytes"] - rss["baseline_bytes"] >= 0
+    md = tmp_path / "r.md"
+    report.to_markdown({**info, "elapsed_s": 1.0, "load_end": "0"}, [res], [], str(md))
+    assert "| peak RSS | above base |" in md.read_text()
+    # without memory (--quick's default): no memory columns, and the header says so
+    res.memory = {}
+    assert "peak RSS" not in report.case_lines(res)[1]
+    assert report.NO_MEMORY_NOTE in report.header_lines({**info, "memory": False})
 
 
 # -- the runner ------------------------------------------------------------------------------
@@ -416,6 +495,17 @@ def test_expected_cost_is_said_before_the_run():
     with_peers, peak_with_peers = runner.expected_cost(["gmm"], quick=False,
                                                        peers=["PyTorch", "JAX jit"])
     assert peak_with_peers > peak and "; JAX jit not included)" in with_peers
+    # step 4, a memory process per contender, costs its measured time where it runs
+    every = list(runner.WORKLOADS)
+    for quick in (False, True):
+        plain = runner.expected_seconds(every, quick, ["PyTorch"], memory=False)
+        measured = runner.expected_seconds(every, quick, ["PyTorch"], memory=True)
+        assert measured > plain
+        assert measured > runner.expected_seconds(every, quick, [], memory=True)
+    default_quick = runner.expected_cost(every, quick=True, peers=[])[0]
+    assert default_quick == runner.expected_cost(every, True, [], memory=False)[0]
+    assert runner.expected_cost(every, quick=False, peers=[])[0] == runner.expected_cost(
+        every, False, [], memory=True)[0]
 
 
 def _timed(*per_round):
@@ -459,11 +549,11 @@ def test_peers_that_did_not_run_are_summarised_one_line_each(monkeypatch):
     assert not any("[not measured]" in x or "[MISSED]" in x for x in lines)
     torch_targets = [t.text for t in targets.TARGETS if t.peer == TORCH_NAME]
     others = [t.text for t in targets.TARGETS if t.peer != TORCH_NAME]
-    assert len(torch_targets) == 4
+    assert len(torch_targets) == 5
     assert lines[1:] == [
         "   not measured (quick sizes are not the targets' sizes, or --only left their cases "
         "out): " + "; ".join(others),
-        "   PyTorch not installed, not compared: 4 target(s) not measured: "
+        "   PyTorch not installed, not compared: 5 target(s) not measured: "
         + "; ".join(torch_targets)
         + "; add it with pip install torch --index-url https://download.pytorch.org/whl/cpu",
         '   JAX jit not installed, not compared: no target needs it; add it with '
@@ -481,6 +571,79 @@ def test_peers_that_did_not_run_are_summarised_one_line_each(monkeypatch):
     hint = header[header.index(f"peers: {info['peers']}") + 1]
     assert 'pip install -e ".[bench]"' in hint
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in hint
+
+
+def _result(workload, name, size, peaks, seconds=1e-3):
+    """A CaseResult timed and measured: ``peaks`` is contender -> peak RSS in bytes."""
+    from bench import runner
+    from bench.memory import Rss
+
+    res = runner.CaseResult(workload, name, size, order=list(peaks))
+    for i, (contender, peak) in enumerate(peaks.items()):
+        res.timings[contender] = _timed(seconds * (i + 1), seconds * (i + 1))
+        res.timings[contender].ratios = [float(i + 1)] * 2
+        res.memory[contender] = Rss(peak=peak, baseline=peak // 2)
+    return res
+
+
+def test_the_peak_memory_target_compares_with_pytorch():
+    from bench import report, targets
+    from bench.case import PRIMAL, TAPEDIFF, TORCH_NAME
+
+    text = "peak RSS of eager tapediff <= 1.5x PyTorch's (MLP, GMM, BA)"
+    size = {"d": 2, "K": 5, "n": 1000}
+    results = [_result("gmm", "GMM d=2 K=5 n=1,000", size, {TAPEDIFF: 400e6, TORCH_NAME: 320e6}),
+               _result("gmm", "GMM d=64 K=25 n=10,000", size, {TAPEDIFF: 9e9, TORCH_NAME: 3e9}),
+               _result("mlp", "MLP 32-64-64-8 batch 16", {}, {TAPEDIFF: 2e8, PRIMAL: 1e8})]
+    verdict = next(v for v in targets.evaluate(results) if v.target == text)
+    assert verdict.peer == TORCH_NAME and verdict.goal == "<= 1.5x PyTorch's peak RSS"
+    assert verdict.rows == [("GMM d=2 K=5 n=1,000", "1.25x PyTorch's peak RSS", True),
+                            ("GMM d=64 K=25 n=10,000", "3.00x PyTorch's peak RSS", False)]
+    lines = report.target_lines([verdict], quick=False)
+    assert lines[1:3] == [f"   {text}",
+                          "      goal: <= 1.5x PyTorch's peak RSS -- met in 1 of 2 cases:"]
+    # memory not measured (--quick, --no-memory), or no PyTorch: not measured, and said why
+    for r in results:
+        r.memory = {}
+    verdict = next(v for v in targets.evaluate(results) if v.target == text)
+    assert verdict.met is None
+    lines = report.target_lines([verdict], quick=True, memory=False)
+    assert "or memory was not measured): " in lines[1] and text in lines[1]
+
+
+def test_plot_draws_time_and_peak_memory_against_size(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from bench import report
+    from bench.case import PRIMAL, TAPEDIFF, TORCH_NAME
+
+    results = [_result("gmm", f"GMM d={d} K={k} n={n:,}", {"d": d, "K": k, "n": n},
+                       {TAPEDIFF: 2e8 * d, PRIMAL: 1e8 * d, TORCH_NAME: 3e8 * d})
+               for d, k, n in [(2, 5, 1000), (10, 5, 1000), (10, 5, 10_000)]]
+    results += [_result("elementwise", f"{f} n={n:,}", {"n": n}, {TAPEDIFF: 2e8, PRIMAL: 1e8})
+                for f in ("mixed", "Rosenbrock") for n in (1000, 10_000)]
+    results[-1].memory = {}  # a case without memory figures still has its time drawn
+    drawn = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig),
+                                                                  save(fig, *a, **k)))
+    path = tmp_path / "bench.png"
+    assert report.plot(results, str(path)) == f"plot written to {path}"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axes = drawn[0].axes
+    assert [ax.get_title() for ax in axes] == [
+        "gmm: time per call", "gmm: peak memory of each contender's own process",
+        "elementwise: time per call",
+        "elementwise: peak memory of each contender's own process"]
+    assert axes[0].get_ylabel() == "median time per call (ms)\nlower is better"
+    assert axes[1].get_ylabel() == "peak RSS (GB)\nlower is better"  # up to 3 GB
+    assert axes[3].get_ylabel() == "peak RSS (MB)\nlower is better"
+    assert axes[0].get_xlabel() == "problem size (n K d)"
+    assert len(axes[1].get_lines()) == 3  # a line per contender
+    assert len(axes[2].get_lines()) == 4 and len(axes[3].get_lines()) == 4  # and objective
+    gb = sorted(y for line in axes[1].get_lines() for y in line.get_ydata())
+    assert gb[0] == pytest.approx(0.2) and gb[-1] == pytest.approx(3.0)
 
 
 # -- replay ------------------------------------------------------------------------------------

@@ -13,6 +13,22 @@
   fresh process.
 
 Each module defines ``WORKLOAD`` (its ``--only`` name) and ``cases(quick)``, a list of
-``Case``, ``MetricsCase`` or ``FunctionsCase`` (``bench/case.py``); ``bench/runner.py``
-lists them in ``WORKLOADS``.
+``Case``, ``MetricsCase`` or ``FunctionsCase`` (``bench/case.py``).  ``MODULES`` lists them
+in the order a run takes them; ``load`` imports one (``bench/runner.py`` loads them all, a
+memory process, ``bench/memory.py``, only its own).
 """
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+MODULES = {"scalar": "scalar", "elementwise": "elementwise", "mlp": "mlp", "gmm": "gmm",
+           "ba": "ba", "ops": "array_ops", "linalg": "linalg", "higher": "higher",
+           "compile": "startup"}
+
+
+def load(name: str) -> ModuleType:
+    """The workload module whose ``--only`` name is ``name`` (KeyError if there is none)."""
+    if name not in MODULES:
+        raise KeyError(f"no workload {name!r}; choose from {', '.join(MODULES)}")
+    return importlib.import_module(f"{__name__}.{MODULES[name]}")

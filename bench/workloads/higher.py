@@ -23,25 +23,24 @@ Peers, where installed: PyTorch (``torch.func.grad``; the product as ``torch.fun
 ``jax.grad``, of ``jax.jvp(jax.grad(f))``, of ``jax.hessian``).  Each must agree with tapediff
 (rtol 1e-6) to be timed.  ``--quick`` runs n = 10^4 and the 32-64-64-8 net.
 
-Memory (full runs): each contender's own process's RSS high-water mark.  A fresh process
-(``python -m bench.workloads.higher CASE CONTENDER``) imports only what that contender needs,
-builds the case, calls the contender 8 times and reports its peak RSS (``VmHWM``), so it includes
-the interpreter and the library's import (PyTorch's is larger than tapediff's); the RSS
-before the first call is printed beside it.  A process that had to compile Numba's sweeps
-(the cache was stale) is run again, so that compiling is not counted.
+Memory (full runs, or ``--memory``): each contender's own process's RSS high-water mark, as
+for every workload (``bench/memory.py``).  A fresh process (``python -m
+bench.workloads.higher CASE CONTENDER``) imports only what that contender needs, builds the
+case, calls the contender ``bench.memory.CALLS`` times and reports its peak RSS (``VmHWM``),
+which includes the interpreter and the library's import (PyTorch's is larger than
+tapediff's), and its RSS before the first call, printed beside it.
 """
 from __future__ import annotations
 
 import functools
-import os
-import resource
-import subprocess
+import json
 import sys
 
 import numpy as np
 
 import tapediff as td
 
+from .. import memory
 from ..case import JAX_NAME, TORCH_NAME, FunctionsCase, Metric
 from ..targets import paired_ratio
 from . import elementwise, mlp
@@ -56,11 +55,12 @@ JAX_GRAD, JAX_HVP, JAX_HESS = "JAX jit grad", "JAX jit hvp", "JAX jit hessian"
 SCIPY_HESS = "SciPy rosen_hess"
 CLOSED_HESS = "closed-form rosen_hess"  # the same formula written here, without SciPy
 RTOL = 1e-6
-CALLS_FOR_RSS = 8
 
 
-def _namespaces():
-    from .. import backends as B  # imports the peers: only where a peer is built
+def _namespaces(peer: str):
+    """``bench.backends`` with ``peer`` imported (only where that peer is built)."""
+    from .. import backends as B
+    B.load_peers([peer])
     return B
 
 
@@ -123,7 +123,7 @@ def _tapediff(p: Problem, kind: str) -> dict:
 
 
 def _torch(p: Problem, kind: str, data=None) -> dict:
-    B = _namespaces()
+    B = _namespaces(TORCH_NAME)
     torch = B.torch
     x = torch.tensor(p.x, dtype=torch.float64)
     tdata = [B._torch_from(d, False) for d in data or ()]
@@ -149,7 +149,7 @@ def _torch(p: Problem, kind: str, data=None) -> dict:
 
 
 def _jax(p: Problem, kind: str, data=None) -> dict:
-    B = _namespaces()
+    B = _namespaces(JAX_NAME)
     jax, jnp = B.jax, B.jnp
     x = jnp.asarray(p.x)
     jdata = [B._jax_from(d) for d in data or ()]
@@ -243,76 +243,31 @@ def _hvp_figures(res) -> list[Metric]:
         (TORCH_GRAD, TD_GRAD, "> 1: tapediff faster"),
         (TORCH_HVP, TD_HVP, "> 1: tapediff faster"),
         (JAX_HVP, TD_HVP, "> 1: tapediff faster"),
-    ]) + _rss_note(res)
+    ])
 
 
 def _hessian_figures(res) -> list[Metric]:
     return _ratio_metrics(res, [(TORCH_HESS, TD_HESS, "> 1: tapediff faster"),
-                                (JAX_HESS, TD_HESS, "> 1: tapediff faster")]) + _rss_note(res)
+                                (JAX_HESS, TD_HESS, "> 1: tapediff faster")])
 
 
-# -- memory: each contender in a process of its own --------------------------------------------
-_BASELINES: dict = {}  # (case name, contender) -> RSS high-water mark before the first call
-
-
-def _rss_note(res) -> list[Metric]:
-    base = {n: _BASELINES.get((res.name, n)) for n in res.order}
-    if not any(base.values()):
-        return []
-    text = ", ".join(f"{n} {b / 1e6:.0f} MB" for n, b in base.items() if b)
-    return [Metric("peak mem", 0.0, "", text="RSS high-water mark of a process running "
-                   f"only that contender; before its first call (imports, inputs): {text}")]
-
-
-def rss_of(case_name: str, contender: str, quick: bool) -> int | None:
-    """The RSS high-water mark (bytes) of a fresh process that builds ``case_name`` and calls
-    ``contender`` ``CALLS_FOR_RSS`` times; None if that process fails."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    cmd = [sys.executable, "-m", "bench.workloads.higher", case_name, contender]
-    if quick:
-        cmd.append("--quick")
-    for _ in range(3):  # a process that compiled Numba's sweeps (a stale cache) runs again
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0 or "compiling" not in proc.stderr:
-            break
-    if proc.returncode != 0 or "compiling" in proc.stderr:
-        print(f"RSS of {contender} ({case_name}) not measured: {proc.stderr.strip()[-500:]}",
-              file=sys.stderr)
-        return None
-    before, peak = (int(x) for x in proc.stdout.split()[-2:])
-    _BASELINES[(case_name, contender)] = before
-    return peak
-
-
-def _max_rss() -> int:
-    """This process's RSS high-water mark in bytes.  On Linux from ``VmHWM``: ``ru_maxrss``
-    of a process started by fork + exec begins at its parent's peak (the runner's), which the
-    kernel carries over the exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KB elsewhere
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+# -- memory: each contender in a process of its own (bench/memory.py) ------------------------
+def rss_of(case_name: str, contender: str, quick: bool) -> memory.Rss:
+    """The memory process (``bench.memory``) of ``contender`` in the case ``case_name``."""
+    return memory.launch("bench.workloads.higher",
+                         [case_name, contender] + (["--quick"] if quick else []))
 
 
 def _rss_main(argv: list[str]) -> int:
-    from ..timing import steady_allocator
-
-    steady_allocator()  # as in the runner
+    """``python -m bench.workloads.higher CASE CONTENDER [--quick]``: build the case with
+    only the peer ``CONTENDER`` belongs to, measure ``CONTENDER`` (``memory.measure_calls``)
+    and print the figures as one JSON line."""
     case_name, contender = argv[0], argv[1]
     quick = "--quick" in argv[2:]
     case = next(c for c in cases(quick) if c.name == case_name)
     peers = [p for p in (TORCH_NAME, JAX_NAME) if contender.startswith(p.split()[0])]
-    fns, _ = case.build(peers)
-    run = fns[contender][0]
-    before = _max_rss()
-    for _ in range(CALLS_FOR_RSS):
-        run()
-    print(before, _max_rss())
+    print(json.dumps(memory.measure_calls(lambda: case.build(peers)[0][contender][0],
+                                          contender)))
     return 0
 
 

@@ -90,7 +90,7 @@ def _chain_metrics(n: int, rounds: int):
             return record
 
         records = {"td": tapediff_chain(td), "np": tapediff_chain(np)}
-        from ..backends import torch  # None when PyTorch is not installed
+        from ..backends import torch  # None when PyTorch is not installed (or not loaded)
         if torch is not None:
             xt = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
 
