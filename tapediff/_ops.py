@@ -366,13 +366,26 @@ def roll(x: Any, shift: Any, axis: Any = None, **aliases: Any) -> Tensor:
     if "dims" in aliases:
         aliases["dim"] = aliases.pop("dims")
     axis = axis_args(axis, False, aliases)[0]
-    return index_gather(as_tensor(x), lambda a: np.roll(a, shift, axis))
+    x = as_tensor(x)
+    if _one_axis(x, axis) and isinstance(shift, (int, np.integer)):  # one index per row
+        return take(x, np.roll(np.arange(shape_of(x._v)[axis]), shift), axis)
+    return index_gather(x, lambda a: np.roll(a, shift, axis))
 
 
 def repeat(x: Any, repeats: Any, axis: Any = None, **aliases: Any) -> Tensor:
     """Elements repeated, as ``np.repeat`` (``dim=`` is an alias)."""
     axis = axis_args(axis, False, aliases)[0]
-    return index_gather(as_tensor(x), lambda a: np.repeat(a, repeats, axis))
+    x = as_tensor(x)
+    if _one_axis(x, axis):  # one index per row
+        return take(x, np.repeat(np.arange(shape_of(x._v)[axis]), repeats), axis)
+    return index_gather(x, lambda a: np.repeat(a, repeats, axis))
+
+
+def _one_axis(x: Tensor, axis: Any) -> bool:
+    """Whether ``axis`` is one valid axis of ``x`` (else NumPy's own call raises or decides)."""
+    ndim = len(shape_of(x._v))
+    return (isinstance(axis, (int, np.integer)) and not isinstance(axis, bool)
+            and -ndim <= axis < ndim)
 
 
 def tile(x: Any, reps: Any) -> Tensor:

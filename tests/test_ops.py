@@ -1515,6 +1515,26 @@ def test_indexing_along_one_axis_records_one_index_per_row(case, seed):
                                rtol=1e-14)
 
 
+@pytest.mark.parametrize("fn, np_fn, rows", [
+    (lambda x: td.roll(x, -1, axis=1), lambda a: np.roll(a, -1, axis=1), 5),
+    (lambda x: td.repeat(x, [2, 0, 1], axis=0), lambda a: np.repeat(a, [2, 0, 1], axis=0), 3),
+    (lambda x: np.repeat(x, 2, axis=-1), lambda a: np.repeat(a, 2, axis=-1), 10),
+], ids=["roll", "repeat", "np.repeat"])
+def test_roll_and_repeat_along_an_axis_record_one_index_per_row(fn, np_fn, rows):
+    a = np.random.default_rng(0).normal(size=(3, 5))
+    w = np.random.default_rng(1).normal(size=np_fn(a).shape)
+    with td.tape() as t:
+        x = td.tensor(a, requires_grad=True)
+        y = fn(x)
+        loss = (y * w).sum()
+    assert t.meta[int(t.meta_at[y._slot])] == 4 + rows
+    np.testing.assert_array_equal(y.numpy(), np_fn(a))
+    loss.backward()
+    expected = np.zeros(a.size)  # the transpose: scatter-add of w through NumPy's own layout
+    np.add.at(expected, np_fn(np.arange(a.size).reshape(a.shape)).ravel(), w.ravel())
+    np.testing.assert_allclose(x.grad.numpy(), expected.reshape(a.shape), rtol=1e-15)
+
+
 def test_at_set_last_write_wins():
     x = td.tensor([1.0, 2.0, 3.0], requires_grad=True)
     v = td.tensor([10.0, 20.0], requires_grad=True)
