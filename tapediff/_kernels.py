@@ -899,17 +899,19 @@ def _vector_value_any(o, val, oo, oa, ob, nn, ma, mb, c):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, generic=False):
+def _vector_rule(o, val, adj, oo, oa, ob, go, ga_, gb_, nn, ma, mb, ga, gb, fa, fb, c,
+                 generic=False):
     """A reverse rule over a record of nn > 1 elements (``generic``: any rule, through
-    ``partials``, one call per element).  A size-1 operand is read with mask 0; its adjoint
-    accumulates all nn contributions.  ``fa``/``fb``: first touch of a full-size input,
-    whose adjoint is assigned, not added."""
-    g = adj[oo:oo + nn]
+    ``partials``, one call per element).  Values at ``oo``/``oa``/``ob``, adjoints at
+    ``go``/``ga_``/``gb_``.  A size-1 operand is read with mask 0; its adjoint accumulates
+    all nn contributions.  ``fa``/``fb``: first touch of a full-size input, whose adjoint is
+    assigned, not added."""
+    g = adj[go:go + nn]
     y = val[oo:oo + nn]
     x = val[oa:]
     z = val[ob:]
-    da = adj[oa:]
-    db = adj[ob:]
+    da = adj[ga_:]
+    db = adj[gb_:]
     for k in range(nn):
         if generic:
             pa, pb = partials(o, g[k], x[k & ma], z[k & mb], y[k], c)
@@ -934,13 +936,13 @@ def _put(da, k, ma, pa, fa):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
+def _vector_rule_any(o, val, adj, oo, oa, ob, go, ga_, gb_, nn, ma, mb, ga, gb, fa, fb, c):
     """``_vector_rule`` for the rules without a specialised loop in ``reverse_sweep``."""
     if ob == oa and ga and not gb and TRAITS[o] & ONE_INPUT:  # a unary rule
-        g = adj[oo:oo + nn]
+        g = adj[go:go + nn]
         y = val[oo:oo + nn]
         x = val[oa:]
-        da = adj[oa:]
+        da = adj[ga_:]
         if o == OP_EXP:
             for k in range(nn):
                 _put(da, k, ma, adj_exp(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
@@ -985,7 +987,7 @@ def _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c):
             for k in range(nn):
                 _put(da, k, ma, adj_softplus(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
             return
-    _vector_rule(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c, True)
+    _vector_rule(o, val, adj, oo, oa, ob, go, ga_, gb_, nn, ma, mb, ga, gb, fa, fb, c, True)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -1211,16 +1213,16 @@ OP_PROD = _opcode()  # product over groups of R elements
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adj_prod(meta, m, val, adj, oo, oa, nn):
+def adj_prod(meta, m, val, adj, oo, oa, go, ga_, nn):
     """Product over groups of R elements: d/dx_i = g * prod_{j != i} x_j, from exclusive
     prefix and suffix products, so zeros in the group are handled exactly."""
     r = meta[m + 3]
     pos = restride_positions(meta, m)
     x = val[oa:]
-    a = adj[oa:]
+    a = adj[ga_:]
     pre = np.empty(r, val.dtype)
     for j in range(nn):
-        g = adj[oo + j]
+        g = adj[go + j]
         acc = 1.0
         for t in range(r):
             pre[t] = acc
@@ -1285,12 +1287,12 @@ def fwd_extreme(meta, m, val, oo, oa, nn, sign):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adj_extreme(meta, m, val, adj, oo, oa, nn):
+def adj_extreme(meta, m, val, adj, oo, oa, go, ga_, nn):
     """The adjoint of a group's extreme goes to the elements equal to it, in equal shares."""
     r = meta[m + 3]
     pos = restride_positions(meta, m)
     x = val[oa:]
-    a = adj[oa:]
+    a = adj[ga_:]
     for j in range(nn):
         y = val[oo + j]
         cnt = 0
@@ -1298,7 +1300,7 @@ def adj_extreme(meta, m, val, adj, oo, oa, nn):
             v = x[pos[j * r + t]]
             if v == y or (v != v and y != y):
                 cnt += 1
-        g = adj[oo + j] / max(cnt, 1)
+        g = adj[go + j] / max(cnt, 1)
         for t in range(r):
             q = pos[j * r + t]
             v = x[q]
@@ -1355,15 +1357,15 @@ def fwd_scan(o, meta, m, val, oo, oa):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adj_scan(o, meta, m, val, adj, oo, oa):
+def adj_scan(o, meta, m, val, adj, oo, oa, go, ga_):
     """Reverse rules of cumsum and cumprod along the middle axis of (outer, length, inner)."""
     outer = meta[m + 1]
     ln = meta[m + 2]
     inner = meta[m + 3]
-    g = adj[oo:]
+    g = adj[go:]
     y = val[oo:]
     x = val[oa:]
-    a = adj[oa:]
+    a = adj[ga_:]
     for u in range(outer):
         for q in range(inner):
             b = u * ln * inner + q
@@ -1679,8 +1681,12 @@ NUM_OPCODES = len(_TRAITS)
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
 def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta, val,
-                  adj, touched, leaf_slots, nleaf, big):
+                  adj, touched, leaf_slots, nleaf, big, aoff):
     """Accumulate adjoints of ``kind`` records from ``start`` down to slot 0.
+
+    Record i's value is ``val[off[i]:]``, its adjoint ``adj[aoff[i]:]``: ``aoff`` is ``off``
+    (an adjoint arena laid out as the values) or a plan that reuses the adjoint ranges of
+    swept records (``plan_adjoints``).
 
     ``touched[i]`` is 1 once slot i holds an adjoint (the caller seeds the root).  An input's
     adjoint is assigned, not added, on its first touch where the rule writes every element
@@ -1712,12 +1718,13 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
         a = in_a[i]
         b = in_b[i]
         oo = off[i]
+        go = aoff[i]
         nn = n[i]
         if tr & NUMPY_ADJOINT and nn >= big:
             return i
         c = param[i]
         if o == OP_CONCAT:
-            adj_concat(meta, meta_at[i], op, off, n, flag, adj, oo, touched)
+            adj_concat(meta, meta_at[i], op, aoff, n, flag, adj, go, touched)
             continue
         # (_gets_adjoint written out: a call here, even inlined, costs ~12 ns per record)
         ga = a >= 0 and op[a] != OP_CONST and not flag[a] & FLAG_CONSTANT
@@ -1726,20 +1733,22 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
             continue
         oa = off[a] if a >= 0 else oo
         ob = off[b] if b >= 0 else oa
+        gao = aoff[a] if a >= 0 else go
+        gbo = aoff[b] if b >= 0 else gao
         if nn == 1 and tr & ELEMENTWISE:
             # scalar record: one rule evaluation, first touch assigns
-            pa, pb = partials(o, adj[oo], val[oa], val[ob], val[oo], c)
+            pa, pb = partials(o, adj[go], val[oa], val[ob], val[oo], c)
             if ga:
                 if touched[a]:
-                    adj[oa] += pa
+                    adj[gao] += pa
                 else:
-                    adj[oa] = pa
+                    adj[gao] = pa
                     touched[a] = 1
             if gb:
                 if touched[b]:
-                    adj[ob] += pb
+                    adj[gbo] += pb
                 else:
-                    adj[ob] = pb
+                    adj[gbo] = pb
                     touched[b] = 1
             continue
         # First touch: a full-size input of a WRITES_ONCE rule is assigned, any other is
@@ -1748,12 +1757,12 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
         fa = ga and touched[a] == 0 and n[a] == nn and once
         if ga and touched[a] == 0:
             if not fa:
-                adj[oa:oa + n[a]] = 0.0
+                adj[gao:gao + n[a]] = 0.0
             touched[a] = 1
         fb = gb and touched[b] == 0 and n[b] == nn and once
         if gb and touched[b] == 0:
             if not fb:
-                adj[ob:ob + n[b]] = 0.0
+                adj[gbo:gbo + n[b]] = 0.0
             touched[b] = 1
         ma = -1 if a >= 0 and n[a] == nn else 0
         mb = -1 if b >= 0 and n[b] == nn else 0
@@ -1762,36 +1771,43 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
         # run in _vector_rule_any's loops, a separately compiled function where a loop costs
         # less to compile and as little to run (a per-element dispatch would add 1-10 ns).
         if o == OP_RESTRIDE:
-            adj_restride(meta, meta_at[i], adj, oo, oa)
+            adj_restride(meta, meta_at[i], adj, go, gao)
         elif o == OP_ADD:
-            _vector_rule(OP_ADD, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+            _vector_rule(OP_ADD, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
+                         c)
         elif o == OP_SUB:
-            _vector_rule(OP_SUB, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+            _vector_rule(OP_SUB, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
+                         c)
         elif o == OP_MUL:
-            _vector_rule(OP_MUL, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+            _vector_rule(OP_MUL, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
+                         c)
         elif o == OP_DIV:
-            _vector_rule(OP_DIV, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+            _vector_rule(OP_DIV, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
+                         c)
         elif tr & LINEAR_C:  # d/da is a constant: MUL_C's loop with the slope
             k = partials(o, 1.0, 0.0, 0.0, 0.0, c)[0]
-            _vector_rule(OP_MUL_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, k)
+            _vector_rule(OP_MUL_C, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa,
+                         fb, k)
         elif o == OP_POW_C:
-            _vector_rule(OP_POW_C, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+            _vector_rule(OP_POW_C, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
+                         c)
         elif tr & ELEMENTWISE:
-            _vector_rule_any(o, val, adj, oo, oa, ob, nn, ma, mb, ga, gb, fa, fb, c)
+            _vector_rule_any(o, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
+                             c)
         elif o == OP_GATHER:
-            adj_gather(meta, meta_at[i], adj, oo, oa, nn)
+            adj_gather(meta, meta_at[i], adj, go, gao, nn)
         elif o == OP_SCATTER:
-            adj_scatter(meta, meta_at[i], adj, oo, oa, n[a])
+            adj_scatter(meta, meta_at[i], adj, go, gao, n[a])
         elif o == OP_WHERE:
             ws = meta[meta_at[i] + 2]
-            adj_where(adj, val[off[ws]:], -1 if n[ws] == nn else 0, oo, oa, ob, nn, ma, mb,
+            adj_where(adj, val[off[ws]:], -1 if n[ws] == nn else 0, go, gao, gbo, nn, ma, mb,
                       ga, gb, fa, fb)
         elif o == OP_EXTREME:
-            adj_extreme(meta, meta_at[i], val, adj, oo, oa, nn)
+            adj_extreme(meta, meta_at[i], val, adj, oo, oa, go, gao, nn)
         elif o == OP_PROD:
-            adj_prod(meta, meta_at[i], val, adj, oo, oa, nn)
+            adj_prod(meta, meta_at[i], val, adj, oo, oa, go, gao, nn)
         elif o == OP_CUMSUM or o == OP_CUMPROD:
-            adj_scan(o, meta, meta_at[i], val, adj, oo, oa)
+            adj_scan(o, meta, meta_at[i], val, adj, oo, oa, go, gao)
         else:
             return UNKNOWN_OPCODE
     return SWEEP_DONE
@@ -1981,7 +1997,7 @@ def replay_sweeps(top, root, kind, op, in_a, in_b, off, n, param, meta_at, flag,
     adj[off[root]] = 1.0
     nleaf[0] = 0
     return reverse_sweep(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
-                         val, adj, touched, leaf_slots, nleaf, 1 << 62)
+                         val, adj, touched, leaf_slots, nleaf, 1 << 62, off)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -2009,7 +2025,7 @@ def reverse_rows(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena
             adj[leaf_off[j]:leaf_off[j] + leaf_n[j]] = 0.0
         adj[oo:oo + nr] = seeds[r]  # after the clearing: the root may be one of the ranges
         code = reverse_sweep(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of,
-                             meta, val, adj, touched, leaf_slots, nleaf, 1 << 62)
+                             meta, val, adj, touched, leaf_slots, nleaf, 1 << 62, off)
         if code != SWEEP_DONE:
             return code
         p = 0
@@ -2050,6 +2066,111 @@ def _meta_inputs(o, meta, m):
     """Number of input slots listed in the meta block of a record with opcode ``o``."""
     if m >= 0 and TRAITS[o] & META_INPUTS:
         return meta[m + 1]
+    return 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _take_block(fs, fz, nf, top, peak, k, size):
+    """Best fit of ``size`` in arena kind k's free blocks (sorted by start), else the end."""
+    best = -1
+    for j in range(nf[k]):
+        if fz[k, j] >= size and (best < 0 or fz[k, j] < fz[k, best]):
+            best = j
+    if best < 0:
+        o = top[k]
+        top[k] += size
+        peak[k] = max(peak[k], top[k])
+        return o
+    o = fs[k, best]
+    fs[k, best] += size
+    fz[k, best] -= size
+    if fz[k, best] == 0:
+        for j in range(best, nf[k] - 1):
+            fs[k, j] = fs[k, j + 1]
+            fz[k, j] = fz[k, j + 1]
+        nf[k] -= 1
+    return o
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _give_block(fs, fz, nf, top, k, o, size):
+    """Return [o, o + size) to kind k's free blocks, merged with its neighbours; a block at
+    the end lowers the end instead."""
+    j = 0
+    while j < nf[k] and fs[k, j] < o:
+        j += 1
+    for t in range(nf[k], j, -1):  # insert at j
+        fs[k, t] = fs[k, t - 1]
+        fz[k, t] = fz[k, t - 1]
+    fs[k, j] = o
+    fz[k, j] = size
+    nf[k] += 1
+    if j + 1 < nf[k] and fs[k, j] + fz[k, j] == fs[k, j + 1]:  # merge with the next
+        fz[k, j] += fz[k, j + 1]
+        for t in range(j + 1, nf[k] - 1):
+            fs[k, t] = fs[k, t + 1]
+            fz[k, t] = fz[k, t + 1]
+        nf[k] -= 1
+    if j > 0 and fs[k, j - 1] + fz[k, j - 1] == fs[k, j]:  # merge with the previous
+        fz[k, j - 1] += fz[k, j]
+        for t in range(j, nf[k] - 1):
+            fs[k, t] = fs[k, t + 1]
+            fz[k, t] = fz[k, t + 1]
+        nf[k] -= 1
+        j -= 1
+    if fs[k, j] + fz[k, j] == top[k]:  # the last block: lower the end
+        top[k] = fs[k, j]
+        nf[k] -= 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def plan_adjoints(root, op, in_a, in_b, n, flag, arena_of, meta_at, meta, aoff, peak):
+    """Adjoint offsets for a reverse sweep from ``root`` that keeps an adjoint range only
+    while it is live: from the first touch of a record (when a consumer is swept) until the
+    record itself has been swept.  Leaves keep theirs (they are read after the sweep).
+
+    Walks the records as ``reverse_sweep`` does and reaches the same inputs (those that get
+    an adjoint; every input listed by a concatenation; none through a comparison); each
+    input's range is taken before the range of the record being swept is given back, so a
+    rule never writes where it reads.  Writes ``aoff[i]`` for every slot reached (0
+    elsewhere) and ``peak[kind]``, the size each adjoint arena needs.  Returns 0, or -1 when
+    a released record or an unknown opcode is reached (the sweep will refuse it).
+    """
+    nr = root + 2
+    fs = np.empty((2, nr), np.int64)
+    fz = np.empty((2, nr), np.int64)
+    nf = np.zeros(2, np.int64)
+    top = np.zeros(2, np.int64)
+    reach = np.zeros(root + 1, np.uint8)
+    aoff[:root + 1] = 0
+    peak[:] = 0
+    reach[root] = 1
+    aoff[root] = _take_block(fs, fz, nf, top, peak, arena_of[root], n[root])
+    for i in range(root, -1, -1):
+        if reach[i] == 0:
+            continue
+        o = op[i]
+        if o == OP_LEAF:
+            continue
+        if flag[i] & FLAG_RELEASED or o < 0 or o >= NUM_OPCODES:
+            return -1
+        if not TRAITS[o] & NO_GRADIENT:
+            if o == OP_CONCAT:
+                m = meta_at[i]
+                k = meta[m + 1]
+                for j in range(k):
+                    s = meta[m + 2 + j]
+                    if reach[s] == 0:
+                        reach[s] = 1
+                        aoff[s] = _take_block(fs, fz, nf, top, peak, arena_of[s], n[s])
+            else:
+                for s in (in_a[i], in_b[i]):
+                    if s >= 0 and reach[s] == 0 and op[s] != OP_CONST and not (
+                            flag[s] & FLAG_CONSTANT):
+                        reach[s] = 1
+                        aoff[s] = _take_block(fs, fz, nf, top, peak, arena_of[s], n[s])
+        if n[i] > 0:
+            _give_block(fs, fz, nf, top, arena_of[i], aoff[i], n[i])
     return 0
 
 

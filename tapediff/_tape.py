@@ -21,6 +21,12 @@ compacts records in place and values into a fresh (or the spare) arena, growing 
 is live fills more than half of it.  Dead records that sit below live ones (the previous
 step's ``loss`` of a script-level loop) are reclaimed too.
 
+Adjoints: an unplanned sweep gives every record the adjoint range at its value's offset in an
+adjoint arena the size of the values.  ``Tensor.backward`` on a large tape of array records
+plans instead (``_kernels.plan_adjoints``): a record's adjoint range exists from its first
+touch until the record has been swept, so the adjoint arenas hold the largest set of
+adjoints live at one time, reused in place (``sweep``).
+
 Layering: this is the storage layer; it imports only the kernels and the table of primitives,
 and knows nothing of tensors (``Tape.gradient`` hands its work to the tensor it is given).
 The per-thread state lives here too, in one place (``_State``: grad mode, the stack of open
@@ -47,6 +53,11 @@ _MIN_META = 1024
 # (8 MB of float64): below that a tape is cheap to keep as it is, and scalar code, whose
 # tapes are small and whose backward calls are many, never pays for a compaction there.
 SETTLE_AT = 1 << 20
+# A backward plans its adjoint storage by liveness (``plan_adjoints``) on tapes of at least
+# ``PLAN_AT`` values and at most ``PLAN_MAX`` records (array code: a few large records, where
+# each adjoint range freed is megabytes; the plan costs O(records x live ranges)).
+PLAN_AT = 1 << 20
+PLAN_MAX = 1 << 13
 # Replay hands the forward rule of a ``replay_numpy`` primitive back to NumPy on records of at
 # least ``BIG`` elements: NumPy's SIMD loops beat a scalar libm call per element by more than
 # a hand-back costs (e.g. tanh: ~0.8 ns/element against ~9), and give NumPy's values exactly.
@@ -116,6 +127,7 @@ class Tape:
         "val", "adj", "_spare", "top", "vtop", "vcap",  # float64 arena (the hot path's)
         "val32", "adj32", "_spare32", "vtop32", "vcap32",  # float32 arena
         "mtop", "rcap", "_recent", "_live", "_cached", "_guards", "__weakref__",
+        "_aoff", "_padj", "_padj32",  # a planned sweep's adjoint offsets and arenas
     )
 
     def __init__(self) -> None:
@@ -132,6 +144,9 @@ class Tape:
         self._set_arena(K.KIND_F64, np.empty(_MIN_VALUES, np.float64), 0)
         self._set_arena(K.KIND_F32, np.empty(_MIN_VALUES, np.float32), 0)
         self._spare = self._spare32 = None  # previous arenas, reused by the next reclaim
+        self._aoff = None  # adjoint offsets of the last sweep when planned, else None (off)
+        self._padj = np.empty(0, np.float64)
+        self._padj32 = np.empty(0, np.float32)
 
     # -- storage -----------------------------------------------------------------------------
     def _alloc_records(self, nrec: int) -> None:
@@ -193,7 +208,7 @@ class Tape:
     def nbytes(self) -> int:
         """Bytes held by the tape's arrays (records, side table, value and adjoint arenas)."""
         arrays = [*self._records(), self.meta, self.val, self.adj, self.val32, self.adj32,
-                  self._spare, self._spare32]
+                  self._spare, self._spare32, self._padj, self._padj32]
         return sum(a.nbytes for a in arrays if a is not None)
 
     def __repr__(self) -> str:
@@ -276,10 +291,22 @@ class Tape:
         return val[o:o + int(self.n[slot])].reshape(shape)
 
     def adjoint_view(self, slot: int) -> np.ndarray:
-        """The flat adjoint range of ``slot`` (valid after a sweep that reached it)."""
-        o = int(self.off[slot])
-        adj = self.adj if self.arena_of[slot] == K.KIND_F64 else self.adj32
-        return adj[o:o + int(self.n[slot])]
+        """The flat adjoint range of ``slot`` (valid after a sweep that reached it, until the
+        next sweep; after a planned sweep, for the leaves only)."""
+        kind = int(self.arena_of[slot])
+        o = int(self.off[slot] if self._aoff is None else self._aoff[slot])
+        return self._adjoints(kind)[o:o + int(self.n[slot])]
+
+    def _adjoints(self, kind: int) -> np.ndarray:
+        """The adjoint arena of ``kind`` the last sweep used."""
+        if self._aoff is None:
+            return self.adj if kind == K.KIND_F64 else self.adj32
+        return self._padj if kind == K.KIND_F64 else self._padj32
+
+    def scalar_adjoints(self, slots: np.ndarray) -> list:
+        """The adjoints of float64 scalar ``slots`` after a sweep, as Python floats."""
+        offs = self.off[slots] if self._aoff is None else self._aoff[slots]
+        return self._adjoints(K.KIND_F64)[offs].tolist()
 
     def gradient(self, y: Any, xs: Any, gradient: Any = None, retain_graph: bool | None = None,
                  create_graph: bool = False) -> Any:
@@ -565,7 +592,7 @@ class Tape:
 
     # -- differentiation -----------------------------------------------------------------------
     def sweep(self, root: int, seed: np.ndarray, retain_graph: bool,
-              touched: np.ndarray | None = None):
+              touched: np.ndarray | None = None, plan: bool = False):
         """Run the reverse sweep from ``root`` seeded with ``seed``; return the leaf slots reached.
 
         The jitted sweep runs over the records of one arena kind and hands back at records of
@@ -573,8 +600,22 @@ class Tape:
         here.  Returns None, with nothing changed, when the sweep reaches a released record.
         Unless ``retain_graph``, every non-leaf record swept is released.  ``touched`` (zeros,
         at least ``root + 1`` long) may be passed to learn which slots got an adjoint.
+
+        With ``plan`` (``Tensor.backward``, which reads only the leaves' adjoints), a large
+        tape of array records keeps each adjoint range only while it is live
+        (``K.plan_adjoints``): the adjoint arenas need the largest set of adjoints live at one
+        time rather than the size of the values, and the sweep works in the same warm range.
+        ``adjoint_view`` then holds for the leaves only, until the next sweep.
         """
-        self._size_adjoints()
+        self._aoff = None
+        aoff = self.off
+        if (plan and root < PLAN_MAX and self.vtop + self.vtop32 >= PLAN_AT
+                and self._guards is None):
+            if K.plan_adjoints not in _NOTICED:
+                notice_compile(K.plan_adjoints, "the adjoint planner")
+            aoff = self._plan(root)
+        if self._aoff is None:
+            self._size_adjoints()
         self.adjoint_view(root)[:] = seed.ravel()
         if touched is None:
             touched = np.zeros(root + 1, np.uint8)
@@ -586,10 +627,10 @@ class Tape:
         i = root
         while i >= 0:
             kind = int(self.arena_of[i])
-            val, adj = self.arena(kind)
+            val, adj = self.arena(kind)[0], self._adjoints(kind)
             r = K.reverse_sweep(i, kind, self.op, self.in_a, self.in_b, self.off, self.n,
                                 self.param, self.meta_at, self.flag, self.arena_of, self.meta, val,
-                                adj, touched, leaf_slots, nleaf, BIG)
+                                adj, touched, leaf_slots, nleaf, BIG, aoff)
             if r == K.SWEEP_DONE:
                 break
             if r == K.UNKNOWN_OPCODE:
@@ -605,6 +646,19 @@ class Tape:
             swept = touched.view(bool) & (self.op[:root + 1] != K.OP_LEAF)
             self.flag[:root + 1][swept] |= K.FLAG_RELEASED
         return leaf_slots[:nleaf[0]]
+
+    def _plan(self, root: int) -> np.ndarray:
+        """Plan the adjoint storage of a sweep from ``root`` (see ``sweep``) and make the
+        planned adjoint arenas large enough; returns the offsets (``off`` if no plan)."""
+        aoff = np.empty(root + 1, np.int64)
+        peak = np.zeros(2, np.int64)
+        if K.plan_adjoints(root, self.op, self.in_a, self.in_b, self.n, self.flag,
+                           self.arena_of, self.meta_at, self.meta, aoff, peak) != 0:
+            return self.off
+        self._padj = _at_least(self._padj, int(peak[K.KIND_F64]), np.float64)
+        self._padj32 = _at_least(self._padj32, int(peak[K.KIND_F32]), np.float32)
+        self._aoff = aoff
+        return aoff
 
     def _size_adjoints(self) -> None:
         """Give the adjoint arenas the sizes of the value arenas (contents unset)."""
@@ -683,6 +737,8 @@ class Tape:
         large computation.
         """
         self._recent = (0, 0, 0)
+        self._padj = np.empty(0, np.float64)  # a planned backward sizes them again
+        self._padj32 = np.empty(0, np.float32)
         self._reclaim()
 
     def settle(self) -> None:
@@ -734,6 +790,7 @@ class Tape:
         fit what is live plus the requested room.  Live tensors are re-pointed to their
         slot's new index and value range.  ``in_place`` (``settle`` only): an arena that keeps
         its size is compacted within itself and no spare arena is kept."""
+        self._aoff = None  # (slots are renumbered)
         top = self.top
         keep = np.zeros(top, np.uint8)
         alive = []
@@ -797,6 +854,10 @@ class Tape:
                          else None)
         self._set_arena(K.KIND_F64, new_val, int(vt))
         self._set_arena(K.KIND_F32, new_val32, int(vt32))
+        if len(self._padj) > cap_v:  # (a plan never needs more than the values' room)
+            self._padj = np.empty(0, np.float64)
+        if len(self._padj32) > cap_v32:
+            self._padj32 = np.empty(0, np.float32)
 
         # re-point live tensors (array values of recorded tensors are arena views); a
         # released record still shows its value
@@ -884,6 +945,17 @@ def _region_of(a: np.ndarray) -> np.ndarray | None:
             and isinstance(whole.base.obj, mmap.mmap)):
         return whole
     return None
+
+
+def _at_least(a: np.ndarray, n: int, dtype) -> np.ndarray:
+    """``a``, or an arena of at least ``n`` items in its place (grown within its region when
+    it has one: the pages written so far stay in use)."""
+    if len(a) >= n:
+        return a
+    whole = _region_of(a)
+    if whole is not None and len(whole) >= n:
+        return whole[:n]
+    return _arena(n, dtype)
 
 
 def _resized(adj: np.ndarray, n: int) -> np.ndarray:

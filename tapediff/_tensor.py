@@ -283,7 +283,7 @@ class Tensor:
             with _GRAD_LOCK:
                 _accumulate_grad(self, seed.ravel())
             return
-        slots = tape.sweep(self._slot, seed, retain_graph)
+        slots = tape.sweep(self._slot, seed, retain_graph, plan=True)
         if slots is None:
             raise RuntimeError(_ERR_RELEASED)
         cached = tape._cached
@@ -291,7 +291,7 @@ class Tensor:
         # one gather and accumulate as Python floats; the others go through NumPy.
         scalar = (tape.n[slots] == 1) & (tape.arena_of[slots] == K.KIND_F64)
         with _GRAD_LOCK:
-            for s, g in zip(slots[scalar].tolist(), tape.adj[tape.off[slots[scalar]]].tolist()):
+            for s, g in zip(slots[scalar].tolist(), tape.scalar_adjoints(slots[scalar])):
                 r = cached.get(s)
                 leaf = r() if r is not None else None
                 if leaf is None:

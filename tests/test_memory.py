@@ -339,7 +339,7 @@ def test_reclaim_of_a_dead_graph_returns_a_tape_to_its_initial_size():
         del w, loss
         gc.collect()
         td.current_tape().reclaim()
-        assert t.nbytes <= initial < big / 100, (initial, big, t.nbytes)
+        assert t.nbytes <= initial < big / 50, (initial, big, t.nbytes)  # 20 values of 1.6 MB
         assert len(t) == 0
 
 
@@ -591,3 +591,75 @@ def test_reclaim_lets_go_of_a_region():
     assert t.val.ctypes.data != start and t.nbytes < 64 << 20
     assert before - _rss() > 200 << 20, (before, _rss())
     np.testing.assert_allclose(w.grad.numpy(), d, rtol=1e-10, atol=1e-300)
+
+
+# ---------------------------------------------------------------------------------------------
+# adjoint storage by liveness
+# ---------------------------------------------------------------------------------------------
+def _programs():
+    """Array programs through every kind of reverse rule: elementwise (scalar operands,
+    broadcasts, a value used many times), restrides, gathers (rows and elements), scatters,
+    where, max, prod, scans, concatenation, matmul, a float32 part with casts, and NumPy's
+    large-record adjoints."""
+    rng = np.random.default_rng(7)
+    a0, b0 = rng.normal(size=(40, 30)), rng.normal(size=(30,))
+    idx = rng.integers(0, 40, 25)
+
+    def program(a, b):
+        h = td.tanh(a * b + 0.5) * a  # a used twice, b broadcast along rows
+        s = h[idx] @ h[:30].T  # row gather, basic slice, transpose, matmul
+        m = td.where(s > 0, s, s * 0.1).max(axis=1).sum()
+        c = td.concatenate([h[:, :5], a[:, 10:12] ** 3, td.cumsum(h, axis=0)[:, :2]], axis=1)
+        p = td.prod(td.sigmoid(c[:8]), axis=0).sum()
+        f = (td.sinh(a.astype(np.float32) * 0.1) * 2.0).sum().astype(np.float64)
+        big = td.softplus(td.tile(b, 100)).sum()  # 3,000 elements: NumPy's adjoint
+        sc = a.at[idx, 3].add(b[:25]).sum()
+        return m + c.sum() + p + f + big + sc * h[0, 0]
+
+    return program, a0, b0
+
+
+def _grads(program, a0, b0):
+    with td.tape() as t:
+        a = td.tensor(a0, requires_grad=True)
+        b = td.tensor(b0, requires_grad=True)
+        loss = program(a, b)
+    values = t.vtop + t.vtop32
+    loss.backward(retain_graph=True)
+    first = a.grad.numpy().copy(), b.grad.numpy().copy()
+    loss.backward()  # accumulates: a second sweep of the same records
+    return values, len(t._padj), first, (a.grad.numpy(), b.grad.numpy())
+
+
+def test_a_planned_sweep_gives_the_same_gradients_bit_for_bit(monkeypatch):
+    """A backward that keeps adjoints only while they are live (``plan_adjoints``) runs the
+    same rules in the same order as one with an adjoint range per record: the gradients are
+    identical, also when a retained graph is swept a second time."""
+    program, a0, b0 = _programs()
+    monkeypatch.setattr(td._tape, "PLAN_AT", 1 << 62)
+    _, planned, first, second = _grads(program, a0, b0)
+    assert planned == 0  # no planned adjoint arena
+    monkeypatch.setattr(td._tape, "PLAN_AT", 0)
+    values, planned, pfirst, psecond = _grads(program, a0, b0)
+    assert 0 < planned < values
+    for x, y in zip(first + second, pfirst + psecond):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_planned_chain_keeps_two_adjoints_live():
+    """Down a chain of large records the plan keeps the adjoint being read and the one being
+    written: the adjoint arena holds ~2-3 records where the values hold all of them."""
+    n = 400_000  # 3.2 MB per record: the tape passes PLAN_AT
+    with td.tape() as t:
+        w = td.tensor(np.linspace(-1.0, 1.0, n), requires_grad=True)
+        h = w
+        for _ in range(12):
+            h = td.sin(h) * 1.01
+        loss = h.sum()
+    values = t.vtop
+    loss.backward()
+    assert 0 < len(t._padj) <= 4 * n < values / 5
+    d, v = np.ones(n), np.linspace(-1.0, 1.0, n)
+    for _ in range(12):
+        d, v = d * np.cos(v) * 1.01, np.sin(v) * 1.01
+    np.testing.assert_allclose(w.grad.numpy(), d, rtol=1e-12)
