@@ -93,7 +93,7 @@ COST = {  # workload: (quick s, full s, full peak GB)
     "scalar": (2.7, 57, 0.6),
     "elementwise": (2.3, 46, 1.4),
     "mlp": (2.6, 37, 1.4),
-    "gmm": (2.6, 265, 8.3),
+    "gmm": (2.6, 265, 3.9),  # peak: 8.3 GB on 2026-12-06, 3.7-3.9 GB on 2026-12-07
     "ba": (0.9, 75, 4.1),
     "ops": (1.9, 47, 1.4),
     "linalg": (2.9, 22, 1.4),
