@@ -765,10 +765,10 @@ class Tape:
                                       (K.KIND_F32, self.val32, self.vtop32, nval32)):
             cap = max(len(val), _fit(len(val), used + want, _MIN_VALUES, 0))
             if cap != len(val):
-                whole = _region_of(val)
-                if whole is None or len(whole) < cap:
+                bigger = _grown(val, cap)
+                if bigger is None:
                     return False
-                grown.append((kind, whole[:cap], used))
+                grown.append((kind, bigger, used))
         for kind, val, used in grown:
             self._set_arena(kind, val, used)
         cap_r = max(self.rcap, _fit(self.rcap, self.top + nrec, _MIN_RECORDS, 0))
@@ -947,24 +947,27 @@ def _region_of(a: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _grown(a: np.ndarray, n: int) -> np.ndarray | None:
+    """Arena ``a`` grown in place to ``n`` items, when it lies in a region with room (the
+    items and pages it has keep their place); else None."""
+    whole = _region_of(a)
+    return whole[:n] if whole is not None and len(whole) >= n else None
+
+
 def _at_least(a: np.ndarray, n: int, dtype) -> np.ndarray:
-    """``a``, or an arena of at least ``n`` items in its place (grown within its region when
-    it has one: the pages written so far stay in use)."""
+    """``a``, or an arena of at least ``n`` items in its place (grown in place if it can)."""
     if len(a) >= n:
         return a
-    whole = _region_of(a)
-    if whole is not None and len(whole) >= n:
-        return whole[:n]
-    return _arena(n, dtype)
+    bigger = _grown(a, n)
+    return bigger if bigger is not None else _arena(n, dtype)
 
 
 def _resized(adj: np.ndarray, n: int) -> np.ndarray:
     """An adjoint arena for a value arena now of ``n`` items: the same region when it grows
     within one (no fresh pages), else nothing until the next backward sizes it."""
-    whole = _region_of(adj)
-    if whole is not None and len(adj) < n <= len(whole):
-        return whole[:n]
-    return np.empty(0, adj.dtype)  # (not a slice of ``adj``: that would keep its pages)
+    bigger = _grown(adj, n) if len(adj) < n else None
+    # (not a slice of ``adj`` when it shrinks: that would keep its pages)
+    return bigger if bigger is not None else np.empty(0, adj.dtype)
 
 
 def _fit(cap: int, need: int, minimum: int, recent: int) -> int:
