@@ -1495,29 +1495,31 @@ def gather_index(payload: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def fwd_gather(meta, m, val, oo, oa, nn):
+def _take(meta, m, x, oo, oa, transpose):
+    """out[k] = a[pos(k)] over a take payload (output at ``oo``, input at ``oa`` of ``x``),
+    or with ``transpose`` (a constant at each call site) its transpose a[pos(k)] += out[k]."""
     count, outer, length, inner = meta[m + 1], meta[m + 2], meta[m + 3], meta[m + 4]
     k = oo
     for o in range(outer):
         base = oa + o * length * inner
         for r in range(count):
-            src = base + meta[m + 5 + r] * inner
+            p = base + meta[m + 5 + r] * inner
             for j in range(inner):
-                val[k] = val[src + j]
+                if transpose:
+                    x[p + j] += x[k]
+                else:
+                    x[k] = x[p + j]
                 k += 1
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def fwd_gather(meta, m, val, oo, oa, nn):
+    _take(meta, m, val, oo, oa, False)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def adj_gather(meta, m, adj, oo, oa, nn):  # adj_a[idx] += g: repeats accumulate
-    count, outer, length, inner = meta[m + 1], meta[m + 2], meta[m + 3], meta[m + 4]
-    k = oo
-    for o in range(outer):
-        base = oa + o * length * inner
-        for r in range(count):
-            dst = base + meta[m + 5 + r] * inner
-            for j in range(inner):
-                adj[dst + j] += adj[k]
-                k += 1
+    _take(meta, m, adj, oo, oa, True)
 
 
 OP_SCATTER = _opcode()  # out = 0; out[idx[k]] += a[k]: functional index updates
