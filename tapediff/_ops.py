@@ -21,8 +21,8 @@ from . import _kernels as K
 from . import _primitives as P
 from ._guards import RAW_VALUE, RecordedComparison, guard
 from ._record import (
-    F64, arena_kind, as_constant, c_strides, check_dtype, constant, dtype_of, emit, register,
-    restride_payload, shape_of, size_of, slot_on, strong, unary,
+    F64, arena_kind, as_constant, c_strides, check_dtype, constant, dtype_of, emit, numpy_call,
+    register, restride_payload, shape_of, size_of, slot_on, strong, unary,
 )
 from ._tape import thread_state
 from ._tensor import _ERR_LEAF_INPLACE, HINT_LEAF_INPLACE, BroadcastError, Tensor, with_hint
@@ -613,7 +613,7 @@ def _reduce(op: int, fn: Any, x: Any, axis: Any, keepdims: bool) -> Tensor:
     x = as_tensor(x)
     a = array_of(x)
     axes = _norm_axes(axis, a.ndim)
-    value = fn(a, axis=axes if a.ndim else None, keepdims=keepdims)
+    value = numpy_call(fn, a, axis=axes if a.ndim else None, keepdims=keepdims)
     if not _recording(x):
         return constant(value)
     if op == K.OP_PROD and math.prod(a.shape[d] for d in axes) == 0:

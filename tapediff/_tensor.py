@@ -529,7 +529,7 @@ class Tensor:
         ov = other._v if isinstance(other, Tensor) else other
         v = self._v
         if type(v) is float:
-            r = uf(v, ov)
+            r = numpy_call(uf, v, ov)
             if np.shape(r) != ():
                 raise ValueError(f"non-broadcastable output operand with shape () doesn't "
                                  f"match the broadcast shape {np.shape(r)}")
@@ -537,7 +537,7 @@ class Tensor:
         else:
             if not v.flags.writeable:  # a value shared with a tape or another tensor
                 v = v.copy()
-            uf(v, ov, out=v, casting="same_kind")
+            numpy_call(uf, v, ov, out=v, casting="same_kind")
             self._v = v
         self._ver += 1
         _ops.mutated(self)
@@ -961,8 +961,8 @@ def _pack(out: list, single: bool) -> Any:
 # exists (``tapediff/__init__`` imports this module first).  The elementwise primitives'
 # methods (x.exp() ...) come from their rows of the primitive table, through _ops.
 from ._record import (  # noqa: E402
-    ADD, DIV, MUL, POW, SUB, binary, check_dtype, constant, dtype_of, size_of, tensor_value, unary,
-    wrap,
+    ADD, DIV, MUL, POW, SUB, binary, check_dtype, constant, dtype_of, numpy_call, size_of,
+    tensor_value, unary, wrap,
 )
 from . import _ops  # noqa: E402  (before _guards, which reads _ops at call time)
 from ._guards import RAW_VALUE, compare_for_replay, observe  # noqa: E402
