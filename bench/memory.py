@@ -43,7 +43,7 @@ from .case import HAND, PRIMAL, PYTHON_PRIMAL, TAPEDIFF, TAPEDIFF_REPLAY
 CALLS = 8  # calls of the contender in its memory process
 TIMEOUT_S = 900  # one memory process
 ATTEMPTS = 3  # runs of a process that keeps compiling Numba's sweeps
-COMPILING = "tapediff: compiling"  # tapediff's notice on stderr (tapediff/_tape.py)
+COMPILING = "tapediff: compiling"  # tapediff's notice on stderr (tapediff/_src/_tape.py)
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PEER_MODULES = ("torch", "jax", "autograd")
 

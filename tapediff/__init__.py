@@ -13,10 +13,10 @@ tensor([2., 2., 2.])
 import numpy as _np
 
 # _tensor first: it completes _ops and _numpy (its one late import) before anything uses them
-from ._tensor import BroadcastError, Tensor, tensor  # isort: skip
-from . import _functions
-from ._functions import *  # noqa: F403  (factories and the elementwise primitives: td.exp ...)
-from ._ops import (
+from ._src._tensor import BroadcastError, Tensor, tensor  # isort: skip
+from ._src import _functions
+from ._src._functions import *  # noqa: F403  (factories and the elementwise primitives: td.exp ...)
+from ._src._ops import (
     argmax, argmin, array_split, astype, atleast_1d, atleast_2d, broadcast_to, clip,
     concatenate, cumprod, cumsum, diagonal, dot, einsum, expand_dims, flip, fmod, hstack, inner,
     log_softmax, logsumexp, matmul, maximum, mean, minimum, mod, moveaxis, norm, outer, pad,
@@ -24,18 +24,18 @@ from ._ops import (
     squeeze, stack, std, swapaxes, take, tensordot, tile, trace, transpose, var, vdot, vstack,
     where,
 )
-from ._ops import max_ as max
-from ._ops import min_ as min
-from ._ops import sum_ as sum
-from ._numpy_functions import (  # NumPy's functions composed there, under PyTorch's names too
+from ._src._ops import max_ as max
+from ._src._ops import min_ as min
+from ._src._ops import sum_ as sum
+from ._src._numpy_functions import (  # NumPy's functions composed there, under PyTorch's names too
     arccosh, arcsinh, arctanh, atleast_3d, cross, deg2rad, diag, diagflat, diff, fliplr, flipud,
     fmax, fmin, kron, logaddexp2, nan_to_num, quantile, rad2deg, rot90, sinc, trapezoid, tril,
     triu,
 )
-from ._grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
-from ._tape import Tape, current_tape, tape
-from ._replay import GuardError, Replayed, grad, value_and_grad
-from ._higher import hessian, hvp, jacfwd, jacobian, jacrev, jvp, vjp
+from ._src._grad_mode import _GradMode, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from ._src._tape import Tape, current_tape, tape
+from ._src._replay import GuardError, Replayed, grad, value_and_grad
+from ._src._higher import hessian, hvp, jacfwd, jacobian, jacrev, jvp, vjp
 from . import linalg  # td.linalg.solve ... (np.linalg on tensors dispatches there too)
 from . import special  # td.special.gammaln ... (scipy.special on tensors dispatches there too)
 from .special import (
@@ -72,3 +72,10 @@ __all__ = [
     "xlog1py", "log_ndtr", "ndtr", "ndtri", "betaln",
     "testing", "float16", "float32", "float64", "int32", "int64", "bool_",
 ]
+
+# The public classes under the package's name (help, reprs of the type, pickles), not the
+# private module that defines them.
+for _cls in (Tensor, Tape, BroadcastError, GuardError, Replayed, no_grad, enable_grad, _GradMode,
+             set_grad_enabled):
+    _cls.__module__ = __name__
+del _cls, _functions, _GradMode

@@ -11,7 +11,7 @@ require grad (or under ``td.no_grad()``) is NumPy's own call.
 tensor([[ 0.2727, -0.0909],
         [-0.0909,  0.3636]])
 
-Eight primitives carry the gradients (rules and layouts in ``tapediff._linalg_rules``):
+Eight primitives carry the gradients (rules and layouts in ``tapediff._src._linalg_rules``):
 ``solve``, ``solve_triangular``, ``cholesky``, ``slogdet``, ``eigh``, ``svd``, ``qr`` and
 ``pinv``.  Everything else is composed: ``inv`` is ``solve(a, I)``, ``det`` is
 ``sign * exp(logabsdet)``, ``eigvalsh``/``svdvals`` take the values of ``eigh``/``svd``,
@@ -50,13 +50,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _kernels as K
-from . import _linalg_rules as LR
-from . import _ops as O
-from . import _primitives as P
-from ._guards import guard
-from ._record import constant, emit_python
-from ._tensor import Tensor
+from ._src import _kernels as K
+from ._src import _linalg_rules as LR
+from ._src import _ops as O
+from ._src import _primitives as P
+from ._src._guards import guard
+from ._src._record import constant, emit_python
+from ._src._tensor import Tensor
 
 try:  # NumPy 2's result types
     from numpy.linalg._linalg import EighResult, QRResult, SlogdetResult, SVDResult

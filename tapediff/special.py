@@ -12,7 +12,7 @@ differentiates unchanged:
 tensor([-1.9635,  0.4228])
 
 Values are SciPy's own (its ufuncs run when SciPy is installed; otherwise tapediff's
-kernels, within a few ulps of SciPy's, see ``tapediff._special_rules``); float32 stays
+kernels, within a few ulps of SciPy's, see ``tapediff._src._special_rules``); float32 stays
 float32, ints become float64.  How each is differentiated:
 
 * primitives (one record each, NumPy rules run by the sweep's Python driver, followed by
@@ -30,12 +30,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _kernels as K
-from . import _numpy
-from . import _ops as O
-from . import _special_rules as R
-from ._record import constant, emit_python
-from ._tensor import Tensor
+from ._src import _kernels as K
+from ._src import _numpy
+from ._src import _ops as O
+from ._src import _special_rules as R
+from ._src._record import constant, emit_python
+from ._src._tensor import Tensor
 
 __all__ = ["erf", "erfc", "erfinv", "gammaln", "digamma", "psi", "expit", "logit", "xlogy",
            "xlog1py", "log_ndtr", "ndtr", "ndtri", "betaln"]

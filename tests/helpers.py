@@ -106,7 +106,7 @@ def check_grad(fn: Callable, inputs: Sequence[np.ndarray], *,
 
 
 # ---------------------------------------------------------------------------------------------
-# inputs inside a primitive's domain (tapediff._primitives)
+# inputs inside a primitive's domain (tapediff._src._primitives)
 # ---------------------------------------------------------------------------------------------
 MARGIN = 0.05  # inputs keep this fraction of an interval's width away from either end
 

@@ -1,6 +1,6 @@
 """A deliberately simple reverse sweep over a tape's records, in plain Python and NumPy.
 
-It shares nothing with tapediff/_kernels.py but the record format: each rule below is
+It shares nothing with tapediff/_src/_kernels.py but the record format: each rule below is
 written again from the mathematics, slot by slot, with whole-array NumPy expressions, so a
 mistake in a jitted kernel (an index, a first-touch shortcut, a specialised loop) shows up as
 a disagreement with it.  Slow on purpose; for tests only.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tapediff import _kernels as K
+from tapediff._src import _kernels as K
 
 
 def _value(tape, s):

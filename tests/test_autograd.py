@@ -972,7 +972,7 @@ def test_pytorch_messages_carry_a_hint_naming_the_fix(mistake, message, hint):
 
 def test_first_compile_is_announced_once(capsys):
     # a kernel without a valid on-disk cache entry is announced on stderr before it compiles
-    from tapediff import _tape
+    from tapediff._src import _tape
 
     class Uncached:
         class _cache:

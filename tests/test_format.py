@@ -1,4 +1,4 @@
-"""Tests for tapediff._format.format_tensor.
+"""Tests for tapediff._src._format.format_tensor.
 
 The expected strings below were produced by PyTorch 2.13's ``repr`` (with
 ``torch.set_default_dtype(torch.float64)`` and ``dtype=torch.X`` spelled
@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 try:
-    from tapediff._format import format_tensor
+    from tapediff._src._format import format_tensor
 except Exception:  # noqa: BLE001 - any failure of the package __init__, not just ImportError
     # The rest of the package may be mid-edit; _format.py only needs numpy,
     # so load it straight from its file.
-    _path = Path(__file__).resolve().parents[1] / "tapediff" / "_format.py"
+    _path = Path(__file__).resolve().parents[1] / "tapediff" / "_src" / "_format.py"
     _spec = importlib.util.spec_from_file_location("tapediff_format_standalone", _path)
     _module = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_module)

@@ -22,8 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tapediff as td
-from tapediff import _kernels as K
-from tapediff import _primitives as P
+from tapediff._src import _kernels as K
+from tapediff._src import _primitives as P
 
 from helpers import into_domain, projection
 
@@ -412,7 +412,7 @@ def test_python_rules_of_the_table_get_shaped_views(monkeypatch):
 
 def test_the_tangent_sweep_is_not_compiled_by_import_or_backward():
     code = ("import numpy as np, tapediff as td\n"
-            "from tapediff import _kernels as K\n"
+            "from tapediff._src import _kernels as K\n"
             "x = td.tensor(np.ones(3), requires_grad=True)\n"
             "(td.sin(x) * x).sum().backward()\n"
             "assert not K.tangent_sweep.signatures, K.tangent_sweep.signatures\n"

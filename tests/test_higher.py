@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tapediff as td
-import tapediff._higher
-from tapediff import _primitives as P
+import tapediff._src._higher
+from tapediff._src import _primitives as P
 
 from helpers import into_domain, numerical_grad
 from tapediff.testing.strategies import programs
@@ -749,7 +749,7 @@ def test_hvp_against_torch_with_two_primals(torch):
 
 
 def test_the_module_docstring_examples_hold():
-    result = doctest.testmod(tapediff._higher, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(tapediff._src._higher, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
 
 

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 import tapediff as td
-from tapediff import _kernels as K
-from tapediff import _linalg_rules as LR
-from tapediff import _primitives as P
+from tapediff._src import _kernels as K
+from tapediff._src import _linalg_rules as LR
+from tapediff._src import _primitives as P
 
 from helpers import numerical_grad, spd_matrices, well_conditioned
 

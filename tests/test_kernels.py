@@ -1,13 +1,13 @@
 """Every opcode has a branch in the reverse and forward sweeps, reached from the public API.
 
-The sweep is a hand-written dispatch (see tapediff/_kernels.py): this table names, for each
+The sweep is a hand-written dispatch (see tapediff/_src/_kernels.py): this table names, for each
 opcode, an expression that records it; the test checks the table covers every opcode, that
 the expression really records that opcode, that its backward runs and matches finite
 differences, and that the forward sweep recomputes the values it recorded.  An opcode added
 without a rule or without a row here fails.
 
 The rows of the public elementwise primitives (``td.exp`` ...) are derived from the table of
-primitives (``tapediff._primitives.PUBLIC``), their input mapped into the row's domain; only
+primitives (``tapediff._src._primitives.PUBLIC``), their input mapped into the row's domain; only
 the operators, constants and structural opcodes have hand-written rows.
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import tapediff as td
-from tapediff import _kernels as K
-from tapediff import _primitives as P
-from tapediff._tape import BIG
+from tapediff._src import _kernels as K
+from tapediff._src import _primitives as P
+from tapediff._src import _tape
+from tapediff._src._tape import BIG
 from tapediff.testing import gradgradcheck
 
 from helpers import check_grad, into_domain
@@ -222,12 +223,12 @@ def test_reverse_sweep_runs_large_transcendental_adjoints_through_numpy(op, dtyp
         return x.grad.numpy()
 
     calls = []
-    numpy_adjoint = td._tape.Tape._numpy_adjoint
-    monkeypatch.setattr(td._tape.Tape, "_numpy_adjoint",
+    numpy_adjoint = _tape.Tape._numpy_adjoint
+    monkeypatch.setattr(_tape.Tape, "_numpy_adjoint",
                         lambda t, i, touched: calls.append(i) or numpy_adjoint(t, i, touched))
     handed = grads()
     assert len(calls) == 2  # the two fn(x) (fn(c) of a constant is not recorded)
-    monkeypatch.setattr(td._tape, "BIG", 1 << 62)  # the compiled rule, element by element
+    monkeypatch.setattr(_tape, "BIG", 1 << 62)  # the compiled rule, element by element
     compiled = grads()
     assert len(calls) == 2
     assert handed.dtype == dtype

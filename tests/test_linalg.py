@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tapediff as td
-from tapediff import _kernels as K
-from tapediff import _linalg_rules as LR
+from tapediff._src import _kernels as K
+from tapediff._src import _linalg_rules as LR
 
 from helpers import check_grad, projection, spd_matrices, well_conditioned
 

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import tapediff as td
+from tapediff._src import _tape
 
 N = 50_000  # elements of the leaf: ~400 KB per value, ~3.2 MB of values per step
 STEPS = 1000
@@ -67,11 +68,11 @@ def _settle(request, monkeypatch):
     below it: reclamation happens when an operation needs room) and with every backward
     settling its tape (compacting it in place)."""
     if request.param == "settle-always":
-        monkeypatch.setattr(td._tape, "SETTLE_AT", 1)
+        monkeypatch.setattr(_tape, "SETTLE_AT", 1)
 
 
 def _settling() -> bool:
-    return td._tape.SETTLE_AT <= 1
+    return _tape.SETTLE_AT <= 1
 
 
 @pytest.fixture(autouse=True)
@@ -491,7 +492,7 @@ def test_settling_keeps_live_values_views_and_retained_graphs(monkeypatch):
     """A settle (after each backward of a large tape) moves live values within the arena:
     every live tensor, view, alias, leaf record and retained graph must read the same
     values and give the same gradients as before; no spare arena is kept."""
-    monkeypatch.setattr(td._tape, "SETTLE_AT", 1)
+    monkeypatch.setattr(_tape, "SETTLE_AT", 1)
     rng = np.random.default_rng(3)
     w0, v0 = rng.standard_normal((40, 30)), rng.standard_normal(30).astype(np.float32)
     w = td.tensor(w0, requires_grad=True)
@@ -538,7 +539,7 @@ def test_a_large_arena_grows_in_place_and_keeps_every_value():
     records made before, and the input views an operation took before its reservation,
     stay valid), and values and gradients are those of NumPy."""
     t, w, h, v, d, loss, firsts = _sin_chain(3)
-    assert td._tape._region_of(t.val) is not None
+    assert _tape._region_of(t.val) is not None
     start, cap = t.val.ctypes.data, len(t.val)
     with t:
         for _ in range(40):  # ~100 MB more: several doublings
@@ -560,9 +561,9 @@ def test_without_reserved_regions_arenas_are_plain_arrays(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(12, "Cannot allocate memory")
 
-    monkeypatch.setattr(td._tape.mmap, "mmap", refuse)
+    monkeypatch.setattr(_tape.mmap, "mmap", refuse)
     t, w, h, v, d, loss, firsts = _sin_chain(30)
-    assert td._tape._region_of(t.val) is None and len(t.val) * 8 > td._tape.REGION_AT
+    assert _tape._region_of(t.val) is None and len(t.val) * 8 > _tape.REGION_AT
     for early, expected in firsts:
         np.testing.assert_allclose(early.numpy(), expected, rtol=1e-13)
     np.testing.assert_allclose(h.numpy(), v, rtol=1e-12)
@@ -583,7 +584,7 @@ def test_reclaim_lets_go_of_a_region():
     t, w, h, v, d, loss, firsts = _sin_chain(60)
     loss.backward()
     start = t.val.ctypes.data
-    assert td._tape._region_of(t.val) is not None
+    assert _tape._region_of(t.val) is not None
     del h, loss, firsts
     gc.collect()
     before = _rss()
@@ -636,10 +637,10 @@ def test_a_planned_sweep_gives_the_same_gradients_bit_for_bit(monkeypatch):
     same rules in the same order as one with an adjoint range per record: the gradients are
     identical, also when a retained graph is swept a second time."""
     program, a0, b0 = _programs()
-    monkeypatch.setattr(td._tape, "PLAN_AT", 1 << 62)
+    monkeypatch.setattr(_tape, "PLAN_AT", 1 << 62)
     _, planned, first, second = _grads(program, a0, b0)
     assert planned == 0  # no planned adjoint arena
-    monkeypatch.setattr(td._tape, "PLAN_AT", 0)
+    monkeypatch.setattr(_tape, "PLAN_AT", 0)
     values, planned, pfirst, psecond = _grads(program, a0, b0)
     assert 0 < planned < values
     for x, y in zip(first + second, pfirst + psecond):

@@ -5,7 +5,7 @@ Code written for NumPy must record and differentiate unchanged when handed tenso
 * every NumPy function with a rule returns a Tensor, records, and gives the same values and
   gradients as the ``td.*`` function it stands for (``NUMPY_CALLS``); the rows of the ufuncs
   of the primitives (``np.exp``, ``scipy.special.erf`` ...) are derived from the table of
-  primitives (``tapediff._primitives``), with inputs drawn from each primitive's domain;
+  primitives (``tapediff._src._primitives``), with inputs drawn from each primitive's domain;
 * ndarrays mix with tensors on either side of the operators and ``@``;
 * ``np.asarray(t)`` gives the values, detached; functions without a gradient (comparisons,
   ``np.isnan``, ``np.argsort``...) run on the values and never record;
@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import tapediff as td
-from tapediff import _primitives as P
+from tapediff._src import _primitives as P
 from helpers import check_grad, crash_guard, into_domain, numerical_grad, projection
 
 
@@ -595,7 +595,7 @@ def test_a_hidden_optional_module_leaves_unknown_ufuncs_a_type_error(monkeypatch
     is skipped: another ufunc without a rule still raises the documented TypeError."""
     import sys
 
-    from tapediff import _numpy
+    from tapediff._src import _numpy
     monkeypatch.setattr(_numpy, "_LATE", {"scipy.special.erf": td.erf})  # not yet resolved
     monkeypatch.setitem(sys.modules, "scipy.special", None)
     with pytest.raises(TypeError, match="no rule for numpy.cbrt"):

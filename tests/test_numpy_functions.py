@@ -1,4 +1,4 @@
-"""More of NumPy's functions on tensors (``tapediff._numpy``): ``np.diff``, ``np.tril``,
+"""More of NumPy's functions on tensors (``tapediff._src._numpy``): ``np.diff``, ``np.tril``,
 ``np.quantile``, ``np.interp``, ``np.einsum``'s sublist and ellipsis forms ...
 
 For each: called with tensors, the NumPy function returns a tensor that records; its value

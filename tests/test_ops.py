@@ -4,7 +4,7 @@
 its NumPy reference, the kind of each operand and the domain its values are drawn from.
 The tests below are parametrized over (subsets of) the rows and draw shapes and values with
 hypothesis, so adding an operation means adding a row (a public elementwise primitive of
-``tapediff._primitives`` gets its rows from its row there, ``primitive_rows``: it only needs
+``tapediff._src._primitives`` gets its rows from its row there, ``primitive_rows``: it only needs
 an independent NumPy reference in ``REFERENCES``):
 
 * values: results equal NumPy's, with NumPy's dtype (float64, float32, ints, mixed dtypes);
@@ -46,7 +46,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tapediff as td
-from tapediff import _primitives as P
+from tapediff._src import _primitives as P
 from helpers import check_grad, crash_guard, note, numerical_grad, projection
 
 AxisError = getattr(np, "exceptions", np).AxisError
@@ -67,7 +67,7 @@ def domain(intervals: tuple) -> st.SearchStrategy:
     return st.one_of(*(_floats(lo, hi) for lo, hi in intervals))
 
 
-# the table's named domains (tapediff._primitives says what each is for)
+# the table's named domains (tapediff._src._primitives says what each is for)
 ANY = domain(P.ANY)
 WIDE = domain(P.WIDE)  # sigmoid: both branches of its overflow-free formula
 EXP = domain(P.EXP)

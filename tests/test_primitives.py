@@ -1,4 +1,4 @@
-"""The table of primitives (tapediff/_primitives.py) and what is derived from it.
+"""The table of primitives (tapediff/_src/_primitives.py) and what is derived from it.
 
 * Every record writer leaves identical rows: the recording engine writes records through
   ``Tape.append``/``Tape.push``, ``_record_scalar``, the hand-inlined writes of ``_binary``
@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tapediff as td
-from tapediff import _kernels as K
-from tapediff import _primitives as P
+from tapediff._src import _kernels as K
+from tapediff._src import _primitives as P
 
 from helpers import MARGIN, check_grad, crash_guard, into_domain, projection
 
@@ -320,7 +320,7 @@ def test_opcode_classes_come_from_traits(p):
         arity = 1 if tr & K.ONE_INPUT else 2
         assert p.arity == arity and len(p.domain) == arity
         assert not tr & (K.NO_GRADIENT | K.PYTHON_RULE | K.META_INPUTS)
-    else:  # layout, selection, reductions...: recorded by tapediff._ops, not from the table
+    else:  # layout, selection, reductions...: recorded by tapediff._src._ops, not from the table
         assert not (p.name or p.domain or p.ufuncs or p.array or p.replay_numpy), p
     for lo, hi in (iv for d in p.domain for iv in d):
         assert lo < hi

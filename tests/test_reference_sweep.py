@@ -3,7 +3,7 @@
 Programs are drawn by hypothesis from the steps below, composed on random inputs; for each,
 the tape's records are swept by tests/reference_sweep.py and by tapediff's backward, and
 every leaf's gradient must agree.  The steps of the public elementwise primitives are derived
-from the table of primitives (``tapediff._primitives.PUBLIC``), their operands squashed into
+from the table of primitives (``tapediff._src._primitives.PUBLIC``), their operands squashed into
 the row's domain; the others (operators, layout, reductions...) are written here.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tapediff as td
-from tapediff import _kernels as K
-from tapediff import _primitives as P
+from tapediff._src import _kernels as K
+from tapediff._src import _primitives as P
 
 from helpers import into_domain
 from reference_sweep import ELEMENTWISE_RULES, reference_grads

@@ -7,7 +7,7 @@ records ``fn`` afresh on every call), against NumPy references and closed forms:
 * every row of the op table in ``test_ops.py`` that has a gradient, in float64 and float32,
   recorded at one input and replayed at another of the same shape;
 * random programs from ``tapediff.testing.strategies.programs``;
-* every kind of guard listed in ``tapediff._replay``: the same branch replays, a switched
+* every kind of guard listed in ``tapediff._src._replay``: the same branch replays, a switched
   branch records again (or raises ``GuardError`` naming the guard and the line that read
   the value);
 * operations recomputed by their kernels (max/min, maximum/minimum, clip, abs, relu, where)
@@ -1465,7 +1465,7 @@ def test_records_that_depend_on_fixed_inputs_alone_get_no_adjoint():
     """Replay's fixed (not differentiated) inputs become constants, and every record that
     depends on nothing else is flagged FLAG_CONSTANT: the reverse sweep skips it, and the
     gradients are still eager's."""
-    from tapediff import _kernels as K
+    from tapediff._src import _kernels as K
 
     def fn(w, d):
         dd = td.concatenate([d[None] * 2.0, td.exp(d)[None]])  # (2, 3) from d alone

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tapediff as td
-from tapediff import _kernels as K
-from tapediff import _special_rules as R
+from tapediff._src import _kernels as K
+from tapediff._src import _special_rules as R
 
 from helpers import check_grad
 

@@ -49,7 +49,7 @@ from hypothesis.stateful import (
 )
 
 import tapediff as td
-from tapediff import _primitives as P
+from tapediff._src import _primitives as P
 from tapediff.testing import strategies as tst
 
 ERR_SECOND = "Trying to backward through the graph a second time"

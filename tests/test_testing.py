@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tapediff as td
-from tapediff import _primitives as P
+from tapediff._src import _primitives as P
 from tapediff.testing import GRADCHECK_DEFAULTS, GradcheckError, gradcheck
 from tapediff.testing import strategies as tst
 

@@ -38,7 +38,7 @@ from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
 import tapediff as td
-from tapediff import _primitives as P
+from tapediff._src import _primitives as P
 
 __all__ = [
     "shapes", "broadcastable_shapes", "tensors", "programs", "Program", "Step", "OpSpec",
@@ -267,7 +267,7 @@ def _adapted(f: Callable[..., Any], lo: float, hi: float) -> tuple[str, Callable
 
 
 def _unary_rows() -> list[OpSpec]:
-    """One row per public unary primitive of tapediff (``tapediff._primitives``), in the
+    """One row per public unary primitive of tapediff (``tapediff._src._primitives``), in the
     table's order: ``td.<name>(adapter)``, the adapter mapping any operand smoothly into the
     primitive's domain (the interval its tests draw from; of several, the widest, the
     rightmost on a tie).  relu and abs get a kink shift instead (``_KINKED``)."""

@@ -4,7 +4,7 @@ A value Python looks at (``bool(t)``, ``float(t)``, ``np.asarray(t)``...) may st
 recorded; on a tape recording for replay (``Tape.replaying``) such a read appends an
 ``OP_GUARD`` record, and a replay stops when the guarded value changes.  A comparison of
 tensors is recorded as an ``OP_CMP`` (``RecordedComparison``), so ``where`` can follow it at
-replay without a guard.  See ``tapediff._replay`` for the whole list.
+replay without a guard.  See ``tapediff._src._replay`` for the whole list.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ._tensor import Tensor
 _new = object.__new__
 
 RAW_VALUE = Tensor.__dict__["_v"]  # the slot itself, under the guarding property of a comparison
-_HERE = __file__.rsplit("/", 1)[0]
+_HERE = __file__.rsplit("/", 2)[0]  # the package
 _CMP = {np.greater: K.CMP_GT, np.greater_equal: K.CMP_GE, np.less: K.CMP_LT,
         np.less_equal: K.CMP_LE, np.equal: K.CMP_EQ, np.not_equal: K.CMP_NE}
 _CMP_SIGN = {np.greater: ">", np.greater_equal: ">=", np.less: "<", np.less_equal: "<=",

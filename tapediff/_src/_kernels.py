@@ -13,7 +13,7 @@ order of declaration by ``_opcode``, with the traits the sweeps need), then its 
 value, c the record's parameter and g the output's adjoint.  The scalar path, the array loops,
 the forward sweep and the reverse sweep all call these; nothing else writes the maths again.
 The tangent sweep (forward mode) calls the adj rules with g = 1 for the partial derivatives.
-A backward that records itself (``create_graph``, ``tapediff._graph``) runs the adj rule's
+A backward that records itself (``create_graph``, ``tapediff._src._graph``) runs the adj rule's
 Python source on tensors; a rule that branches or calls ``math`` has a plain-Python twin
 ``vjp_<name>(g, x, z, y, c, T)`` written with tensor operations (T is ``tapediff``) beside it.
 Forward mode needs no elementwise rule of its own (a tangent is the partials of ``adj`` at

@@ -852,7 +852,7 @@ def norm(x: Any, ord: Any = None, axis: Any = None, keepdims: bool = False,
         if ord in (None, "fro"):
             return _root(sum_(x * x, axes, keepdims), sqrt)
         if ord in (2, -2, "nuc"):  # of the singular values
-            from .linalg import svd_norm  # late: tapediff.linalg builds on this module
+            from ..linalg import svd_norm  # late: tapediff.linalg builds on this module
             return svd_norm(x, ord, axes, keepdims)
         if ord in (1, -1):
             s = sum_(abs_(x), r, keepdims=True)

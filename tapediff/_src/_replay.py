@@ -97,8 +97,8 @@ def value_and_grad(fn: Callable[..., Any], argnums: int | Sequence[int] = 0, *,
 
     With ``replay=True``, the first call records ``fn`` and later calls with arguments of
     the same shapes and dtypes replay the recording in compiled code instead of running
-    ``fn``: see the module documentation of ``tapediff._replay`` for what is guarded, and
-    README's "Functional gradients and replay" for the rules on arguments.  ``on_guard``
+    ``fn``: README's "Functional gradients and replay" says what is guarded and the rules on
+    arguments.  ``on_guard``
     ("rerecord" or "raise") says what a changed guard does; each thread keeps up to
     ``max_recordings`` recordings (shapes, static arguments or branches) to replay from.
 

@@ -31,7 +31,7 @@ Layering: this is the storage layer; it imports only the kernels and the table o
 and knows nothing of tensors (``Tape.gradient`` hands its work to the tensor it is given).
 The per-thread state lives here too, in one place (``_State``: grad mode, the stack of open
 tapes, and the tape recording now, which the hot path reads in one thread-local lookup);
-``tapediff._grad_mode`` is the public API over it.
+``tapediff._src._grad_mode`` is the public API over it.
 """
 from __future__ import annotations
 

@@ -584,7 +584,7 @@ class Tensor:
         self._ver += 1
         _ops.mutated(self)
 
-    # -- math methods (the elementwise primitives' are added by tapediff._functions) ---------
+    # -- math methods (the elementwise primitives' are added by tapediff._src._functions) ---------
     def square(self) -> "Tensor":
         """Elementwise x * x."""
         return self * self

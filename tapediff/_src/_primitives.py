@@ -10,7 +10,7 @@ hands large records of it back to NumPy, and the domain its tests draw inputs fr
 Everything per primitive elsewhere is derived from this table: the grad_fn names
 (``GRAD_FN``), the eager specs the recording engine uses (``UNARY``, ``BINARY``), replay's
 NumPy hand-back (``TO_NUMPY``), the NumPy dispatch table, the ``td.*`` functions and methods
-(``tapediff._functions``) and the op tests (``tests/``).  This module imports nothing of
+(``tapediff._src._functions``) and the op tests (``tests/``).  This module imports nothing of
 tapediff's but the kernels and ``_linalg_rules`` (NumPy rules of the linear-algebra
 primitives), so the storage layer may read it.
 
@@ -216,7 +216,7 @@ PRIMITIVES: tuple[Primitive, ...] = (
           "Elementwise error function 2/sqrt(pi) * integral of e**-t**2 from 0 to x.\n\n"
           ">>> import tapediff as td\n>>> td.erf(td.tensor(0.5))\ntensor(0.5205)",
           ufuncs=("scipy.special.erf",)),
-    # layout, selection, reductions, scans, joins (recorded by tapediff._ops)
+    # layout, selection, reductions, scans, joins (recorded by tapediff._src._ops)
     Primitive(K.OP_RESTRIDE, "View"),
     Primitive(K.OP_GATHER, "Index"),
     Primitive(K.OP_SCATTER, "IndexPut"),

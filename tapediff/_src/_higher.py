@@ -259,7 +259,8 @@ def jvp(fn: Callable[..., Any], primals: Any, tangents: Any, *, replay: bool = F
 
     ``primals`` and ``tangents`` are tuples of the same structure (a single array is taken
     as a one-element tuple).  At top level one compiled tangent sweep runs over the records
-    of ``fn``; inside a differentiation the product is recorded (see ``tapediff._higher``).
+    of ``fn``; inside a differentiation the product is recorded (README's "Higher-order
+    derivatives").
     With ``replay=True`` the recording is kept (per thread, per shapes and dtypes of the
     primals) and later calls replay it in compiled code (forward sweep, tangent sweep)
     without running ``fn``; guards and their rules are ``td.grad(..., replay=True)``'s.

@@ -10,7 +10,7 @@ from ._tensor import Tensor, tensor
 
 
 # td.exp, td.log, ... td.arctan2, td.hypot: one function per public elementwise primitive,
-# defined from its row of the primitive table (tapediff._primitives.PUBLIC)
+# defined from its row of the primitive table (tapediff._src._primitives.PUBLIC)
 globals().update(ELEMENTWISE)
 
 

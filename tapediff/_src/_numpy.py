@@ -381,7 +381,7 @@ FUNCTIONS: dict = {
     np.atleast_2d: O.atleast_2d, np.linalg.norm: O.norm, np.matmul: O.matmul,
 }
 # -- np.linalg (tapediff.linalg; np.linalg.norm is O.norm above) --------------------------------
-from . import linalg as _linalg  # noqa: E402  (it builds on _ops, complete by now)
+from .. import linalg as _linalg  # noqa: E402  (it builds on _ops, complete by now)
 
 FUNCTIONS.update({getattr(np.linalg, _name): getattr(_linalg, _name) for _name in (
     "solve", "inv", "det", "slogdet", "cholesky", "eigh", "eigvalsh", "svd", "svdvals", "pinv",

@@ -1,0 +1,1 @@
+"""tapediff's implementation.  Nothing here is public API: use the ``tapediff`` package."""
