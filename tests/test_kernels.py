@@ -12,6 +12,10 @@ the operators, constants and structural opcodes have hand-written rows.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -259,3 +263,57 @@ def test_every_domain_lies_where_the_forward_is_finite(p):
         y.sum().backward()
     for x in xs:
         assert np.isfinite(x.grad.numpy()).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# LATE_RULE records: handed back by the reverse sweep, run by reverse_late
+# ---------------------------------------------------------------------------------------------
+def _late_chain(x, c):
+    """max/min/prod reductions and both scans between elementwise records, a late record
+    reading a leaf, one reading a constant, and one input read by two late records."""
+    y = td.sin(x) * 1.5
+    m = td.max(y, axis=1)  # (4,)
+    s = td.cumsum(y, axis=0) * td.min(x * x, axis=0)  # (4, 3) * (3,)
+    p = td.prod(x[:, :2] + 2.0, axis=1)  # (4,)
+    q = td.cumprod(td.exp(x[0] * 0.1)) + td.max(c) + td.cumsum(c)[:3]  # c: a constant
+    return (m * p)[:, None] + td.exp(s * 0.1) + td.cos(q)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_late_rules_in_the_middle_of_a_sweep(dtype):
+    rng = np.random.default_rng(3)
+    x0 = rng.uniform(-1, 1, (4, 3)).astype(dtype)
+    c0 = rng.uniform(-1, 1, 5).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float64 else dict(rtol=2e-2, atol=2e-3)
+    check_grad(lambda x, c: _late_chain(x, c), [x0, c0], requires_grad=[True, False], **tol)
+
+
+def test_late_rules_in_replay_and_jacobians_match_backward():
+    rng = np.random.default_rng(4)
+    c = td.tensor(rng.uniform(-1, 1, 5))
+    f = lambda x: _late_chain(x, c).sum()  # noqa: E731
+    g = td.grad(f, replay=True)
+    for _ in range(3):  # records, then replays (reverse_all in the compiled driver)
+        x0 = rng.uniform(-1, 1, (4, 3))
+        x = td.tensor(x0, requires_grad=True)
+        f(x).backward()
+        np.testing.assert_allclose(g(x0), x.grad.numpy(), rtol=1e-12, atol=1e-14)
+    assert g.replays >= 1
+    jac = td.jacrev(lambda x: _late_chain(x, c))(x0)  # rows of the Jacobian: reverse_rows
+    np.testing.assert_allclose(jac.reshape(12, 12).sum(axis=0), g(x0).ravel(), rtol=1e-12,
+                               atol=1e-14)
+
+
+def test_a_first_backward_without_late_rules_does_not_compile_them():
+    code = ("import numpy as np, tapediff as td\n"
+            "from tapediff._src import _kernels as K\n"
+            "a = np.array([1.0, 2.0, 3.0])\n"
+            "x = td.tensor(a, requires_grad=True)\n"
+            "(td.sin(x) * x + x / 2 - 1).sum().backward()\n"
+            "assert K.reverse_sweep.signatures and not K.reverse_late.signatures\n"
+            "td.max(x * x).backward()\n"
+            "assert K.reverse_late.signatures\n"
+            "expected = np.sin(a) + a * np.cos(a) + 0.5 + np.array([0.0, 0.0, 6.0])\n"
+            "np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-14)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -43,8 +43,11 @@ The sweeps: ``reverse_sweep`` is one jitted loop over the records of one arena k
 compiles it once per kind, on first use).  It hands control back to the Python driver
 (``Tape.sweep``) at a record of the other kind and at the ``PYTHON_RULE`` primitives:
 ``OP_MATMUL`` (BLAS; a BLAS call compiled into the sweep costs ~7 s of cold compile) and
-``OP_CAST`` (it spans both arenas).  ``forward_sweep`` is its mirror for replay: it recomputes
-each record's value from its inputs and stops at a guard record whose value changed.
+``OP_CAST`` (it spans both arenas), and at the ``LATE_RULE`` primitives (max/min and
+product reductions, the scans), whose rules ``reverse_late`` runs: compiled on first use,
+they keep ~2 s out of the first backward's compile.  ``forward_sweep`` is its mirror for
+replay: it recomputes each record's value from its inputs and stops at a guard record whose
+value changed.
 ``tangent_sweep`` is forward mode: each record's tangent from its inputs' tangents, in a
 tangent arena laid out as the values (``Tape.tangent`` drives it, as ``Tape.forward`` drives
 ``forward_sweep``).  ``reverse_rows`` and ``tangent_columns`` run many reverse or tangent
@@ -82,6 +85,10 @@ PYTHON_RULE = 64  # rules the Python driver runs (NumPy calls)
 # the reverse sweep hands records of at least ``big`` elements to the driver, which runs the
 # rule's Python form on arrays (``Tape._numpy_adjoint``)
 NUMPY_ADJOINT = 128
+# rules the reverse sweep hands back to its caller, which runs them with ``reverse_late``:
+# they compile on the first backward that meets one, not in every first backward (reductions
+# by max/min and products, the scans: ~2 s of the reverse sweep's cold compile)
+LATE_RULE = 256
 
 _TRAITS: list = []
 
@@ -656,7 +663,7 @@ def vjp_erf(g, x, z, y, c, T):
 
 # ---------------------------------------------------------------------------------------------
 # Elementwise dispatch (no maths here).  ``partials_hot``/``value_hot`` hold the rules with
-# specialised array loops in the sweeps (the binary rules and MUL_C); keeping them small lets
+# specialised array loops in the sweeps (the binary rules, MUL_C, POW_C); keeping them small lets
 # LLVM inline and fold them into each of those loops, where the opcode is a constant.
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -927,6 +934,21 @@ def _vector_rule(o, val, adj, oo, oa, ob, go, ga_, gb_, nn, ma, mb, ga, gb, fa, 
             db[k & mb] += pb
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scaled_adjoint(adj, go, gi, nn, mi, fi, s):
+    """An input's adjoint at ``gi`` gets ``s`` times the nn-element adjoint at ``go``:
+    assigned on a first touch (``fi``), added otherwise; a size-1 input (mask ``mi`` 0)
+    sums all nn.  Multiplying by 1 or -1 is exact."""
+    g = adj[go:go + nn]
+    d = adj[gi:]
+    if fi:
+        for k in range(nn):
+            d[k] = s * g[k]
+    else:
+        for k in range(nn):
+            d[k & mi] += s * g[k]
+
+
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _put(da, k, ma, pa, fa):
     if fa:
@@ -987,6 +1009,13 @@ def _vector_rule_any(o, val, adj, oo, oa, ob, go, ga_, gb_, nn, ma, mb, ga, gb, 
             for k in range(nn):
                 _put(da, k, ma, adj_softplus(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
             return
+        if o == OP_POW_C:
+            for k in range(nn):
+                _put(da, k, ma, adj_pow_c(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
+            return
+    if o == OP_DIV:
+        _vector_rule(OP_DIV, val, adj, oo, oa, ob, go, ga_, gb_, nn, ma, mb, ga, gb, fa, fb, c)
+        return
     _vector_rule(o, val, adj, oo, oa, ob, go, ga_, gb_, nn, ma, mb, ga, gb, fa, fb, c, True)
 
 
@@ -1209,7 +1238,7 @@ def restride_positions(meta, m):
 # ---------------------------------------------------------------------------------------------
 # Reductions beyond sums: product, max/min (restride layouts with R > 1).
 # ---------------------------------------------------------------------------------------------
-OP_PROD = _opcode()  # product over groups of R elements
+OP_PROD = _opcode(LATE_RULE)  # product over groups of R elements
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1265,7 +1294,7 @@ def tan_prod(meta, m, val, tan, oo, oa, nn):
         tan[oo + j] = dp
 
 
-OP_EXTREME = _opcode()  # max (p = 1) or min (p = -1) over groups; ties share the adjoint
+OP_EXTREME = _opcode(LATE_RULE)  # max (p = 1) or min (p = -1) over groups; ties share the adjoint
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1332,8 +1361,8 @@ def tan_extreme(meta, m, val, tan, oo, oa, nn):
 # ---------------------------------------------------------------------------------------------
 # Scans along the middle axis of (outer, length, inner): payload outer, length, inner.
 # ---------------------------------------------------------------------------------------------
-OP_CUMSUM = _opcode()
-OP_CUMPROD = _opcode()
+OP_CUMSUM = _opcode(LATE_RULE)
+OP_CUMPROD = _opcode(LATE_RULE)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1696,8 +1725,8 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
     reached are appended to ``leaf_slots`` (count in ``nleaf[0]``).
 
     Returns ``SWEEP_DONE``; or the index of a record the Python driver must handle (another
-    kind, a ``PYTHON_RULE``, a ``NUMPY_ADJOINT`` rule of at least ``big`` elements) before
-    resuming below it; ``UNKNOWN_OPCODE``; or
+    kind, a ``PYTHON_RULE``, a ``LATE_RULE`` (``reverse_late``), a ``NUMPY_ADJOINT`` rule of
+    at least ``big`` elements) before resuming below it; ``UNKNOWN_OPCODE``; or
     ``-3 - i`` when released record i is reached.  No flag is changed here.
     """
     for i in range(start, -1, -1):
@@ -1713,7 +1742,7 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
         if o < 0 or o >= NUM_OPCODES:
             return UNKNOWN_OPCODE
         tr = TRAITS[o]
-        if arena_of[i] != kind or tr & PYTHON_RULE:
+        if arena_of[i] != kind or tr & (PYTHON_RULE | LATE_RULE):
             return i
         if tr & NO_GRADIENT:  # no gradient flows through a comparison
             continue
@@ -1768,30 +1797,23 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
             touched[b] = 1
         ma = -1 if a >= 0 and n[a] == nn else 0
         mb = -1 if b >= 0 and n[b] == nn else 0
-        # The binary rules and MUL_C (memory-bound: they vectorise) get loops specialised in
-        # line on a constant opcode, each adding ~0.5 s to a cold compile; the unary rules
-        # run in _vector_rule_any's loops, a separately compiled function where a loop costs
-        # less to compile and as little to run (a per-element dispatch would add 1-10 ns).
+        # Each loop specialised in line on a constant opcode adds ~0.5 s to a cold compile:
+        # only MUL has one.  ADD, SUB and the LINEAR_C rules scale the adjoint into each input
+        # (_scaled_adjoint, one loop for all of them, exact for slopes of 1 and -1); DIV and
+        # the unary rules run in _vector_rule_any's loops, a separately compiled function where
+        # a loop costs less to compile and as little to run (a per-element dispatch would add
+        # 1-10 ns).
         if o == OP_RESTRIDE:
             adj_restride(meta, meta_at[i], adj, go, gao)
-        elif o == OP_ADD:
-            _vector_rule(OP_ADD, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
-                         c)
-        elif o == OP_SUB:
-            _vector_rule(OP_SUB, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
-                         c)
+        elif o == OP_ADD or o == OP_SUB:
+            if ga:
+                _scaled_adjoint(adj, go, gao, nn, ma, fa, 1.0)
+            if gb:
+                _scaled_adjoint(adj, go, gbo, nn, mb, fb, 1.0 if o == OP_ADD else -1.0)
+        elif tr & LINEAR_C:  # d/da is a constant
+            _scaled_adjoint(adj, go, gao, nn, ma, fa, partials(o, 1.0, 0.0, 0.0, 0.0, c)[0])
         elif o == OP_MUL:
             _vector_rule(OP_MUL, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
-                         c)
-        elif o == OP_DIV:
-            _vector_rule(OP_DIV, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
-                         c)
-        elif tr & LINEAR_C:  # d/da is a constant: MUL_C's loop with the slope
-            k = partials(o, 1.0, 0.0, 0.0, 0.0, c)[0]
-            _vector_rule(OP_MUL_C, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa,
-                         fb, k)
-        elif o == OP_POW_C:
-            _vector_rule(OP_POW_C, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
                          c)
         elif tr & ELEMENTWISE:
             _vector_rule_any(o, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
@@ -1804,15 +1826,46 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
             ws = meta[meta_at[i] + 2]
             adj_where(adj, val[off[ws]:], -1 if n[ws] == nn else 0, go, gao, gbo, nn, ma, mb,
                       ga, gb, fa, fb)
-        elif o == OP_EXTREME:
-            adj_extreme(meta, meta_at[i], val, adj, oo, oa, go, gao, nn)
-        elif o == OP_PROD:
-            adj_prod(meta, meta_at[i], val, adj, oo, oa, go, gao, nn)
-        elif o == OP_CUMSUM or o == OP_CUMPROD:
-            adj_scan(o, meta, meta_at[i], val, adj, oo, oa, go, gao)
         else:
             return UNKNOWN_OPCODE
     return SWEEP_DONE
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def reverse_late(i, op, in_a, off, n, meta_at, flag, meta, val, adj, touched, aoff):
+    """The reverse rule of ``LATE_RULE`` record i (one input, released and reachability
+    checked by ``reverse_sweep``, which handed it back): its input's adjoint is zeroed on a
+    first touch, then the rule adds to it."""
+    a = in_a[i]
+    if a < 0 or op[a] == OP_CONST or flag[a] & FLAG_CONSTANT:
+        return
+    o = op[i]
+    go = aoff[i]
+    gao = aoff[a]
+    if touched[a] == 0:
+        adj[gao:gao + n[a]] = 0.0
+        touched[a] = 1
+    if o == OP_EXTREME:
+        adj_extreme(meta, meta_at[i], val, adj, off[i], off[a], go, gao, n[i])
+    elif o == OP_PROD:
+        adj_prod(meta, meta_at[i], val, adj, off[i], off[a], go, gao, n[i])
+    else:
+        adj_scan(o, meta, meta_at[i], val, adj, off[i], off[a], go, gao)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def reverse_all(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta, val,
+                adj, touched, leaf_slots, nleaf, big, aoff):
+    """``reverse_sweep`` that runs the ``LATE_RULE`` records itself (for the compiled drivers
+    of replay and Jacobians, which compile on first use anyway); same arguments and codes."""
+    i = start
+    while True:
+        r = reverse_sweep(i, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
+                          val, adj, touched, leaf_slots, nleaf, big, aoff)
+        if r < 0 or arena_of[r] != kind or not TRAITS[op[r]] & LATE_RULE:
+            return r
+        reverse_late(r, op, in_a, off, n, meta_at, flag, meta, val, adj, touched, aoff)
+        i = r - 1
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1998,8 +2051,8 @@ def replay_sweeps(top, root, kind, op, in_a, in_b, off, n, param, meta_at, flag,
     touched[root] = 1
     adj[off[root]] = 1.0
     nleaf[0] = 0
-    return reverse_sweep(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
-                         val, adj, touched, leaf_slots, nleaf, 1 << 62, off)
+    return reverse_all(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
+                       val, adj, touched, leaf_slots, nleaf, 1 << 62, off)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -2026,8 +2079,8 @@ def reverse_rows(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena
         for j in range(len(leaf_off)):
             adj[leaf_off[j]:leaf_off[j] + leaf_n[j]] = 0.0
         adj[oo:oo + nr] = seeds[r]  # after the clearing: the root may be one of the ranges
-        code = reverse_sweep(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of,
-                             meta, val, adj, touched, leaf_slots, nleaf, 1 << 62, off)
+        code = reverse_all(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of,
+                           meta, val, adj, touched, leaf_slots, nleaf, 1 << 62, off)
         if code != SWEEP_DONE:
             return code
         p = 0

@@ -78,7 +78,7 @@ _ERR_RELEASED = ("Trying to backward through the graph a second time: a backward
                  "Jacobian first, or pass retain_graph=True to that backward.")
 
 
-def notice_compile(kernel: Any, what: str) -> None:
+def notice_compile(kernel: Any, what: str, seconds: int = 10) -> None:
     """Say on stderr, before the first call of ``kernel`` in this process, that Numba is about
     to compile it (no valid entry in its on-disk cache): a one-time wait of seconds that
     would otherwise look like a hang.  Reads Numba's cache index (private API: any surprise
@@ -91,7 +91,7 @@ def notice_compile(kernel: Any, what: str) -> None:
     except Exception:
         return
     if not cached:
-        print(f"tapediff: compiling {what} for this machine, once (about 10 s; later "
+        print(f"tapediff: compiling {what} for this machine, once (about {seconds} s; later "
               "runs read Numba's cache)", file=sys.stderr, flush=True)
 
 
@@ -623,7 +623,7 @@ class Tape:
         leaf_slots = np.empty(root + 1, np.int64)
         nleaf = np.zeros(1, np.int64)
         if K.reverse_sweep not in _NOTICED:
-            notice_compile(K.reverse_sweep, "the reverse sweep")
+            notice_compile(K.reverse_sweep, "the reverse sweep", 6)
         i = root
         while i >= 0:
             kind = int(self.arena_of[i])
@@ -640,7 +640,14 @@ class Tape:
             if int(self.arena_of[r]) != kind:
                 i = r  # resume on the other arena
                 continue
-            self._python_rule(r, touched)
+            if K.TRAITS[self.op[r]] & K.LATE_RULE:
+                if K.reverse_late not in _NOTICED:
+                    notice_compile(K.reverse_late, "the reverse rules of max, min, prod and "
+                                   "the cumulative sums and products", 3)
+                K.reverse_late(r, self.op, self.in_a, self.off, self.n, self.meta_at, self.flag,
+                               self.meta, val, adj, touched, aoff)
+            else:
+                self._python_rule(r, touched)
             i = r - 1
         if not retain_graph:
             swept = touched.view(bool) & (self.op[:root + 1] != K.OP_LEAF)
