@@ -982,14 +982,14 @@ def test_first_compile_is_announced_once(capsys):
                     return {}
 
     kernel = Uncached()
-    _tape.notice_compile(kernel, "the test kernel")
-    _tape.notice_compile(kernel, "the test kernel")
+    _tape.notice_compile(kernel, "the test kernel", 4)
+    _tape.notice_compile(kernel, "the test kernel", 4)
     err = capsys.readouterr().err
-    assert err.count("tapediff: compiling the test kernel for this machine, once") == 1
+    assert err.count("tapediff: compiling the test kernel for this machine, once (about 4 s") == 1
     cached = Uncached()
     cached._cache = type("C", (), {"_cache_file": type("F", (), {
         "_load_index": staticmethod(lambda: {"sig": 1})})})
-    _tape.notice_compile(cached, "a cached kernel")
+    _tape.notice_compile(cached, "a cached kernel", 4)
     assert capsys.readouterr().err == ""
 
 

@@ -78,7 +78,7 @@ _ERR_RELEASED = ("Trying to backward through the graph a second time: a backward
                  "Jacobian first, or pass retain_graph=True to that backward.")
 
 
-def notice_compile(kernel: Any, what: str, seconds: int = 10) -> None:
+def notice_compile(kernel: Any, what: str, seconds: int) -> None:
     """Say on stderr, before the first call of ``kernel`` in this process, that Numba is about
     to compile it (no valid entry in its on-disk cache): a one-time wait of seconds that
     would otherwise look like a hang.  Reads Numba's cache index (private API: any surprise
@@ -345,6 +345,8 @@ class Tape:
         what was seen when recording (the values above it are then stale).
         """
         i, top = start, self.top
+        if K.forward_sweep not in _NOTICED:
+            notice_compile(K.forward_sweep, "the forward sweep", 12)
         while i < top:
             kind = int(self.arena_of[i])
             r = K.forward_sweep(i, top, kind, self.op, self.in_a, self.in_b, self.off, self.n,
@@ -411,7 +413,7 @@ class Tape:
         NotImplementedError at a primitive without a tangent rule.
         """
         if K.tangent_sweep not in _NOTICED:
-            notice_compile(K.tangent_sweep, "the tangent sweep")
+            notice_compile(K.tangent_sweep, "the tangent sweep", 7)
         i = start
         while i < stop:
             kind = int(self.arena_of[i])
@@ -512,7 +514,7 @@ class Tape:
             leaf_off, leaf_n = self._ranges(slots)
             out = np.empty((len(seeds), sum(sizes)), val.dtype)
             if K.reverse_rows not in _NOTICED:
-                notice_compile(K.reverse_rows, "the batched reverse sweep")
+                notice_compile(K.reverse_rows, "the batched reverse sweep", 3)
             r = K.reverse_rows(root, kind, self.op, self.in_a, self.in_b, self.off, self.n,
                                self.param, self.meta_at, self.flag, self.arena_of, self.meta,
                                val, adj, np.ascontiguousarray(seeds, val.dtype), leaf_off,
@@ -572,7 +574,7 @@ class Tape:
             leaf_off, leaf_n = self._ranges(slots)
             out = np.empty((len(seeds), no), val.dtype)
             if K.tangent_columns not in _NOTICED:
-                notice_compile(K.tangent_columns, "the batched tangent sweep")
+                notice_compile(K.tangent_columns, "the batched tangent sweep", 2)
             r = K.tangent_columns(start, stop, kind, self.op, self.in_a, self.in_b, self.off,
                                   self.n, self.param, self.meta_at, self.arena_of, self.meta,
                                   val, t, np.ascontiguousarray(seeds, val.dtype), leaf_off,
@@ -612,7 +614,7 @@ class Tape:
         if (plan and root < PLAN_MAX and self.vtop + self.vtop32 >= PLAN_AT
                 and self._guards is None):
             if K.plan_adjoints not in _NOTICED:
-                notice_compile(K.plan_adjoints, "the adjoint planner")
+                notice_compile(K.plan_adjoints, "the adjoint planner", 2)
             aoff = self._plan(root)
         if self._aoff is None:
             self._size_adjoints()
@@ -623,7 +625,7 @@ class Tape:
         leaf_slots = np.empty(root + 1, np.int64)
         nleaf = np.zeros(1, np.int64)
         if K.reverse_sweep not in _NOTICED:
-            notice_compile(K.reverse_sweep, "the reverse sweep", 6)
+            notice_compile(K.reverse_sweep, "the reverse sweep", 8)
         i = root
         while i >= 0:
             kind = int(self.arena_of[i])
@@ -643,7 +645,7 @@ class Tape:
             if K.TRAITS[self.op[r]] & K.LATE_RULE:
                 if K.reverse_late not in _NOTICED:
                     notice_compile(K.reverse_late, "the reverse rules of max, min, prod and "
-                                   "the cumulative sums and products", 3)
+                                   "the cumulative sums and products", 2)
                 K.reverse_late(r, self.op, self.in_a, self.off, self.n, self.meta_at, self.flag,
                                self.meta, val, adj, touched, aoff)
             else:
