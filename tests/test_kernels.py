@@ -317,3 +317,21 @@ def test_a_first_backward_without_late_rules_does_not_compile_them():
             "np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-14)\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_compiled_drivers_pass_the_sweeps_no_constant_argument():
+    # Numba specialises a jitted callee on a constant argument (Literal[int]): a sweep called
+    # with one from a compiled driver would compile a second time (~5 s of a first replay)
+    import ast
+    import inspect
+
+    sweeps = {"forward_sweep", "reverse_sweep", "reverse_all", "tangent_sweep"}
+    tree = ast.parse(inspect.getsource(K))
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Name) and node.func.id in sweeps]
+    assert len(calls) >= 4
+    for call in calls:
+        for arg in call.args:
+            constant = all(isinstance(n, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator,
+                                          ast.unaryop)) for n in ast.walk(arg))
+            assert not constant, (call.func.id, call.lineno, ast.unparse(arg))

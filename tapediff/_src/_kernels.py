@@ -111,6 +111,7 @@ FLAG_CONSTANT = 2  # depends on nothing differentiated (replay's fixed inputs): 
 
 # The sweeps' return codes; a value >= 0 is the record where they handed back control.
 SWEEP_DONE = -1
+NEVER = 1 << 62  # a record size no tape reaches: the compiled drivers hand nothing back
 UNKNOWN_OPCODE = -2
 # ``-3 - i`` means: record i was reached but has been released (reverse_sweep), or guard
 # record i failed (forward_sweep).
@@ -2037,14 +2038,18 @@ def tangent_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, are
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def replay_sweeps(top, root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
-                  val, adj, touched, leaf_slots, nleaf, to_numpy):
-    """Replay in one call: the forward sweep over records 0 .. top - 1, then the reverse
-    sweep from the scalar ``root`` (if >= 0) seeded with 1.  For tapes of one arena kind
-    without Python rules (records ``to_numpy`` would hand back stay in the compiled loops).  Returns
-    ``-3 - i`` when guard i fails, else the reverse sweep's code."""
-    r = forward_sweep(0, top, kind, op, in_a, in_b, off, n, param, meta_at, arena_of, meta, val,
-                      1 << 62, to_numpy)
+def replay_sweeps(start, top, root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of,
+                  meta, val, adj, touched, leaf_slots, nleaf, to_numpy, never):
+    """Replay in one call: the forward sweep over records ``start`` .. top - 1, then the
+    reverse sweep from the scalar ``root`` (if >= 0) seeded with 1.  For tapes of one arena
+    kind without Python rules (records ``to_numpy`` would hand back stay in the compiled
+    loops).  Returns ``-3 - i`` when guard i fails, else the reverse sweep's code.
+
+    ``start`` (0) and ``never`` (``NEVER``, a size no record reaches: nothing is handed
+    back) come as arguments, not constants: a constant argument would make Numba compile
+    the sweeps again, specialised on its value (~5 s of a first replay's compile)."""
+    r = forward_sweep(start, top, kind, op, in_a, in_b, off, n, param, meta_at, arena_of, meta,
+                      val, never, to_numpy)
     if r != SWEEP_DONE or root < 0:
         return r
     touched[:root + 1] = 0
@@ -2052,12 +2057,12 @@ def replay_sweeps(top, root, kind, op, in_a, in_b, off, n, param, meta_at, flag,
     adj[off[root]] = 1.0
     nleaf[0] = 0
     return reverse_all(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta,
-                       val, adj, touched, leaf_slots, nleaf, 1 << 62, off)
+                       val, adj, touched, leaf_slots, nleaf, never, off)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def reverse_rows(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of, meta, val,
-                 adj, seeds, leaf_off, leaf_n, out):
+                 adj, seeds, leaf_off, leaf_n, out, never):
     """Rows of a Jacobian in one call: for each row r of ``seeds`` (m, n[root]), the reverse
     sweep from ``root`` seeded with ``seeds[r]``, and into ``out[r]`` the adjoints of the
     arena ranges ``leaf_off[j]:leaf_off[j] + leaf_n[j]`` side by side (0 for a range the
@@ -2080,7 +2085,7 @@ def reverse_rows(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena
             adj[leaf_off[j]:leaf_off[j] + leaf_n[j]] = 0.0
         adj[oo:oo + nr] = seeds[r]  # after the clearing: the root may be one of the ranges
         code = reverse_all(root, kind, op, in_a, in_b, off, n, param, meta_at, flag, arena_of,
-                           meta, val, adj, touched, leaf_slots, nleaf, 1 << 62, off)
+                           meta, val, adj, touched, leaf_slots, nleaf, never, off)
         if code != SWEEP_DONE:
             return code
         p = 0

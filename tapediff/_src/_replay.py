@@ -392,10 +392,10 @@ class _Recording:
             notice_compile(K.replay_sweeps, "the replay sweeps", 15)
             kind = int(tape.arena_of[0])
             val, adj = tape.arena(kind)
-            r = K.replay_sweeps(tape.top, self.root, kind, tape.op, tape.in_a, tape.in_b, tape.off,
-                                tape.n, tape.param, tape.meta_at, tape.flag, tape.arena_of,
-                                tape.meta, val, adj, self.touched, self.leaf_slots, self.nleaf,
-                                P.TO_NUMPY)
+            r = K.replay_sweeps(0, tape.top, self.root, kind, tape.op, tape.in_a, tape.in_b,
+                                tape.off, tape.n, tape.param, tape.meta_at, tape.flag,
+                                tape.arena_of, tape.meta, val, adj, self.touched, self.leaf_slots,
+                                self.nleaf, P.TO_NUMPY, K.NEVER)
             if r < K.UNKNOWN_OPCODE:
                 return int(tape.param[-3 - r])
             if r != K.SWEEP_DONE:

@@ -518,7 +518,7 @@ class Tape:
             r = K.reverse_rows(root, kind, self.op, self.in_a, self.in_b, self.off, self.n,
                                self.param, self.meta_at, self.flag, self.arena_of, self.meta,
                                val, adj, np.ascontiguousarray(seeds, val.dtype), leaf_off,
-                               leaf_n, out)
+                               leaf_n, out, K.NEVER)
             if r == K.UNKNOWN_OPCODE:
                 raise AssertionError("reverse sweep met an opcode it has no rule for")
             if r != K.SWEEP_DONE:
