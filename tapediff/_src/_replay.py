@@ -389,7 +389,7 @@ class _Recording:
             if s >= 0:
                 (tape.val if kind == K.KIND_F64 else tape.val32)[lo:hi] = v.reshape(-1)
         if self.fast:
-            notice_compile(K.replay_sweeps, "the replay sweeps", 15)
+            notice_compile(K.replay_sweeps, "the replay sweeps", 8)
             kind = int(tape.arena_of[0])
             val, adj = tape.arena(kind)
             r = K.replay_sweeps(0, tape.top, self.root, kind, tape.op, tape.in_a, tape.in_b,
