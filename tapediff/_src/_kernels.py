@@ -664,8 +664,9 @@ def vjp_erf(g, x, z, y, c, T):
 
 # ---------------------------------------------------------------------------------------------
 # Elementwise dispatch (no maths here).  ``partials_hot``/``value_hot`` hold the rules with
-# specialised array loops in the sweeps (the binary rules, MUL_C, POW_C); keeping them small lets
-# LLVM inline and fold them into each of those loops, where the opcode is a constant.
+# specialised array loops in the sweeps (reverse: MUL and DIV; forward: the four binary rules,
+# ADD_C and MUL_C); keeping them small lets LLVM inline and fold them into each of those loops,
+# where the opcode is a constant.
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
 def partials_hot(o, g, x, z, y, c):
