@@ -15,14 +15,13 @@ import numpy as np
 
 from . import _kernels as K
 from . import _ops
-from ._record import arena_kind, dtype_of, size_of, slot_on, strong, wrap
+from ._record import arena_kind, dtype_of, internal, size_of, slot_on, strong, wrap
 from ._tape import Tape, thread_state
 from ._tensor import Tensor
 
 _new = object.__new__
 
 RAW_VALUE = Tensor.__dict__["_v"]  # the slot itself, under the guarding property of a comparison
-_HERE = __file__.rsplit("/", 2)[0]  # the package
 _CMP = {np.greater: K.CMP_GT, np.greater_equal: K.CMP_GE, np.less: K.CMP_LT,
         np.less_equal: K.CMP_LE, np.equal: K.CMP_EQ, np.not_equal: K.CMP_NE}
 _CMP_SIGN = {np.greater: ">", np.greater_equal: ">=", np.less: "<", np.less_equal: "<=",
@@ -30,9 +29,9 @@ _CMP_SIGN = {np.greater: ">", np.greater_equal: ">=", np.less: "<", np.less_equa
 
 
 def _caller() -> str:
-    """``file:line`` of the innermost frame outside tapediff (names a guard)."""
+    """``file:line`` of the innermost frame outside tapediff and NumPy (names a guard)."""
     f = sys._getframe(1)
-    while f is not None and f.f_code.co_filename.startswith(_HERE):
+    while f is not None and internal(f):
         f = f.f_back
     return "?" if f is None else f"{f.f_code.co_filename}:{f.f_lineno}"
 

@@ -53,6 +53,12 @@ _FP_KINDS = ("divide", "over", "under", "invalid")
 _errstate_memo: tuple = (None, None)  # (the user's error state, the one numpy_call runs with)
 
 
+def internal(f: Any) -> bool:
+    """Whether frame ``f`` runs tapediff's or NumPy's own code: warnings and guards name the
+    first frame outside them, the user's line."""
+    return f.f_globals.get("__name__", "").partition(".")[0] in ("tapediff", "numpy")
+
+
 def _fp_warning(kind: str, flag: int) -> None:
     """NumPy's error callback: warn as NumPy would, at the caller's line.  The operation is
     named by the ufunc that failed (a local ``uf`` of the computing frame) or
@@ -61,16 +67,14 @@ def _fp_warning(kind: str, flag: int) -> None:
     level = 2
     name = None
     outer = None
-    while f is not None:
-        module = f.f_globals.get("__name__", "").partition(".")[0]
-        if module not in ("tapediff", "numpy"):
-            break
+    while f is not None and internal(f):
         if name is None:
             u = f.f_locals.get("uf")
             if isinstance(u, np.ufunc):
                 name = u.__name__
         code = f.f_code.co_name
-        if module == "tapediff" and code[0] != "<" and code not in _DISPATCH:
+        if f.f_globals["__name__"].startswith("tapediff") and code[0] != "<" and \
+                code not in _DISPATCH:
             outer = code.strip("_")
         f = f.f_back
         level += 1
