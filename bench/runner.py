@@ -171,7 +171,8 @@ def expected_cost(workloads: list[str], quick: bool, peers: list[str],
     if len(known) < len(workloads):
         text += f"; not counted: {', '.join(w for w in workloads if w not in COST)}"
     if not quick and secs > 120:
-        text += "; python -m bench --quick takes under a minute"
+        text += ("; python -m bench --quick takes about 30 s (a minute on a first run, which "
+                 "compiles)")
     return text, peak
 
 

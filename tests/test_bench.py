@@ -487,7 +487,7 @@ def test_expected_cost_is_said_before_the_run():
 
     text, peak = runner.expected_cost(list(runner.WORKLOADS), quick=False, peers=[])
     assert text.startswith("about ") and " min and " in text and "GB peak memory" in text
-    assert "--quick takes under a minute" in text
+    assert "--quick takes about 30 s (a minute on a first run" in text
     quick, quick_peak = runner.expected_cost(list(runner.WORKLOADS), quick=True,
                                              peers=["PyTorch"])
     assert quick.startswith("about ") and " s and " in quick and quick_peak < peak
