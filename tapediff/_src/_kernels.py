@@ -664,8 +664,8 @@ def vjp_erf(g, x, z, y, c, T):
 
 # ---------------------------------------------------------------------------------------------
 # Elementwise dispatch (no maths here).  ``partials_hot``/``value_hot`` hold the rules with
-# specialised array loops in the sweeps (reverse: MUL and DIV; forward: the four binary rules,
-# ADD_C and MUL_C); keeping them small lets LLVM inline and fold them into each of those loops,
+# specialised array loops in the sweeps (reverse: MUL; forward: the four binary rules, ADD_C
+# and MUL_C); keeping them small lets LLVM inline and fold them into each of those loops,
 # where the opcode is a constant.
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -1016,7 +1016,18 @@ def _vector_rule_any(o, val, adj, oo, oa, ob, go, ga_, gb_, nn, ma, mb, ga, gb, 
                 _put(da, k, ma, adj_pow_c(g[k], x[k & ma], 0.0, y[k], c)[0], fa)
             return
     if o == OP_DIV:
-        _vector_rule(OP_DIV, val, adj, oo, oa, ob, go, ga_, gb_, nn, ma, mb, ga, gb, fa, fb, c)
+        g = adj[go:go + nn]
+        y = val[oo:oo + nn]
+        x = val[oa:]
+        z = val[ob:]
+        da = adj[ga_:]
+        db = adj[gb_:]
+        for k in range(nn):
+            pa, pb = adj_div(g[k], x[k & ma], z[k & mb], y[k], c)
+            if ga:
+                _put(da, k, ma, pa, fa)
+            if gb:
+                _put(db, k, mb, pb, fb)
         return
     _vector_rule(o, val, adj, oo, oa, ob, go, ga_, gb_, nn, ma, mb, ga, gb, fa, fb, c, True)
 
