@@ -304,6 +304,8 @@ def test_late_rules_in_replay_and_jacobians_match_backward():
                                atol=1e-14)
 
 
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1",
+                    reason="with the JIT off nothing is compiled")
 def test_a_first_backward_without_late_rules_does_not_compile_them():
     code = ("import numpy as np, tapediff as td\n"
             "from tapediff._src import _kernels as K\n"
