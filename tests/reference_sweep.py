@@ -99,7 +99,22 @@ def reference_grads(tape, root, seed):
         a, b, c = int(tape.in_a[i]), int(tape.in_b[i]), float(tape.param[i])
         if op in (K.OP_LEAF, K.OP_CONST):
             continue
-        if K.TRAITS[op] & K.ELEMENTWISE:
+        if K.TRAITS[op] & K.ELEMENTWISE and tape.meta_at[i] >= 0:
+            # a broadcast layout: ndim, L, mask a, mask b, outer shape, strides of a, of b;
+            # chunks of L elements, each operand contiguous (mask -1) or one element (0)
+            p = _payload(tape, i)
+            nd, length = int(p[0]), int(p[1])
+            shape = [*p[4:4 + nd], length]
+            pos = [_positions(np.array([nd + 1, 0, 1, *shape, *p[4 + (j + 1) * nd:
+                                                                4 + (j + 2) * nd],
+                                        1 if p[2 + j] else 0]))
+                   for j in (0, 1)]
+            x, z, y = _value(tape, a)[pos[0]], _value(tape, b)[pos[1]], _value(tape, i)
+            for s, d, q in zip((a, b), _elementwise(op, g, x, z, y, c), pos):
+                out = np.zeros(int(tape.n[s]))
+                np.add.at(out, q, np.broadcast_to(d, g.shape))
+                add(s, out)
+        elif K.TRAITS[op] & K.ELEMENTWISE:
             x = _value(tape, a)
             z = _value(tape, b) if b >= 0 else x
             y = _value(tape, i)

@@ -58,6 +58,11 @@ STEPS = [
     ("matmul", lambda v, x, y: td.tanh(v @ y.T) @ x),
     ("softmax", lambda v, x, y: td.softmax(v, axis=1)),
     ("at_set", lambda v, x, y: v.at[[1, 1]].set(y[0])),
+    # broadcasts in both directions: read in place (width >= K.CHUNK_MIN) or written out
+    ("outer_bcast", lambda v, x, y: (v[:, None, :] * y[None, :, :]).sum(axis=1)),
+    ("pow_bcast", lambda v, x, y: (v * v + 1.0) ** y[:1]),
+    ("div_rows", lambda v, x, y: v / (y[:, :1] ** 2 + 1.0)),
+    ("atan2_bcast", lambda v, x, y: td.arctan2(y[1], v)),
     ("f32", lambda v, x, y: (v.astype(np.float32) * 2.0).astype(np.float64)),
     *((f"td.{p.name}", _primitive_step(p)) for p in P.PUBLIC),
 ]
@@ -72,10 +77,10 @@ def _leaf_slots(t: td.Tape, leaf: td.Tensor) -> list[int]:
             and np.array_equal(t.value_view(s, (v.size,)), v)]
 
 
-def _check(steps: list[int], seed: int) -> None:
+def _check(steps: list[int], seed: int, width: int = 4) -> None:
     rng = np.random.default_rng(seed)
-    x = td.tensor(rng.uniform(-1, 1, (3, 4)), requires_grad=True)
-    y = td.tensor(rng.uniform(-1, 1, (3, 4)), requires_grad=True)
+    x = td.tensor(rng.uniform(-1, 1, (3, width)), requires_grad=True)
+    y = td.tensor(rng.uniform(-1, 1, (3, width)), requires_grad=True)
     names = [NAMES[k] for k in steps]
     with td.tape() as t:
         v = x
@@ -97,14 +102,32 @@ def _check(steps: list[int], seed: int) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(steps=st.lists(st.sampled_from(range(len(STEPS))), min_size=1, max_size=6),
-       seed=st.integers(0, 2 ** 16))
-def test_jitted_sweep_matches_the_reference_interpreter(steps, seed):
-    _check(steps, seed)
+       seed=st.integers(0, 2 ** 16), width=st.sampled_from([4, K.CHUNK_MIN + 1]))
+def test_jitted_sweep_matches_the_reference_interpreter(steps, seed, width):
+    _check(steps, seed, width)
 
 
+@pytest.mark.parametrize("width", [4, K.CHUNK_MIN + 1])
 @pytest.mark.parametrize("k", range(len(STEPS)), ids=NAMES)
-def test_every_step_alone_matches_the_reference_interpreter(k):
-    _check([k, k], k)  # twice: the second application reads a computed value
+def test_every_step_alone_matches_the_reference_interpreter(k, width):
+    _check([k, k], k, width)  # twice: the second application reads a computed value
+
+
+def test_wide_broadcasts_are_read_in_place():
+    """The broadcast steps at a width of CHUNK_MIN record no OP_RESTRIDE (their operands are
+    read through a layout); at width 4 they write the operands out."""
+    for width, layouts in ((K.CHUNK_MIN + 1, True), (4, False)):
+        for name in ("outer_bcast", "pow_bcast", "div_rows", "atan2_bcast"):
+            step = STEPS[NAMES.index(name)][1]
+            x = td.tensor(np.linspace(-1, 1, 3 * width).reshape(3, width), requires_grad=True)
+            with td.tape() as t:
+                step(x, x, x * 0.5)
+            ops = t.op[:len(t)]
+            elementwise = [i for i in range(len(t)) if K.TRAITS[ops[i]] & K.ELEMENTWISE]
+            assert any(t.meta_at[i] >= 0 for i in elementwise) == layouts, (name, width)
+            broadcasts = [i for i in range(len(t)) if ops[i] == K.OP_RESTRIDE
+                          and t.n[i] > t.n[t.in_a[i]]]
+            assert bool(broadcasts) != layouts, (name, width)
 
 
 def test_the_steps_record_every_elementwise_opcode():

@@ -213,6 +213,8 @@ def _rule(T: Any, rec: _Slot, g: Tensor, y: Tensor, xs: list, needs: list) -> li
     o = rec.op
     elementwise = P.ELEMENTWISE_RULES.get(o)
     if elementwise is not None:
+        if len(rec.meta):  # operands read through a broadcast layout
+            return _broadcast_adjoints(T, elementwise, rec, g, y, xs)
         x = xs[0]
         z = xs[1] if len(xs) > 1 else None
         out = elementwise(g, x, z, y, rec.param, T)
@@ -307,6 +309,18 @@ def _positions(meta: np.ndarray) -> tuple:
     """(input positions in iteration order, r) of a restride layout payload."""
     block = np.concatenate([[len(meta)], meta]).astype(np.int64)
     return K.restride_positions(block, 0), int(meta[2])
+
+
+def _broadcast_adjoints(T: Any, rule: Any, rec: _Slot, g: Tensor, y: Tensor, xs: list) -> list:
+    """An elementwise record of two operands read through a broadcast layout: the rule runs
+    on the operands gathered to the output's size; each contribution is summed back."""
+    layout = rec.meta
+    pos = [K.restride_positions(np.array([len(p)] + p, np.int64), 0)
+           for p in K.broadcast_payloads(layout)]
+    full = [_gather(x.reshape(-1), p) for x, p in zip(xs, pos)]
+    out = rule(g, full[0], full[1], y, rec.param, T)
+    return [(s, None if c is None or isinstance(c, float) else _spread(c, p, 1, x.size))
+            for s, c, p, x in zip(rec.ins, out[:2], pos, xs)]
 
 
 def _restride_adjoint(g: Tensor, meta: np.ndarray, n_in: int) -> Tensor:

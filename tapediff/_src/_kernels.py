@@ -60,8 +60,15 @@ Kernels use ``error_model="numpy"``: division by zero and the like give inf/nan 
 Elementwise binary records accept an operand of size 1 against an output of size n (a
 scalar operand): the kernels index it with ``k & mask`` where mask is 0 for such an
 operand and -1 otherwise, which keeps one loop per rule and still vectorises for the
-equal-size case.  Every other broadcast goes through ``OP_RESTRIDE``, whose adjoint is the
-single place where broadcast adjoints are summed back to the input's shape.
+equal-size case.  Other broadcasts are read in place, in chunks: an elementwise record of
+two inputs with a side-table block (its *broadcast layout*) runs over its output in chunks
+of L consecutive elements, in each of which every operand is either contiguous or a single
+element (mask 0), at an offset given by its strides over the outer dimensions
+(``chunk_offsets``); a broadcast operand's adjoint then accumulates chunk by chunk.  Layout
+payload: ndim, L, mask of a, mask of b, outer shape[ndim], strides of a[ndim], strides of
+b[ndim].  Broadcasts whose chunks would be shorter than ``CHUNK_MIN`` go through an
+``OP_RESTRIDE`` record, which writes the broadcast operand out (and whose adjoint sums it
+back).
 """
 from __future__ import annotations
 
@@ -108,6 +115,11 @@ KIND_F32 = 1
 # Record flag bits.
 FLAG_RELEASED = 1  # swept by a backward without retain_graph: may not be swept again
 FLAG_CONSTANT = 2  # depends on nothing differentiated (replay's fixed inputs): no adjoint
+
+# Broadcast layouts (see the module docstring) are used for chunks of at least this many
+# elements: a chunk costs ~10-20 ns over its elements' loop, writing the operand out ~1-2 ns
+# per element.
+CHUNK_MIN = 16
 
 # The sweeps' return codes; a value >= 0 is the record where they handed back control.
 SWEEP_DONE = -1
@@ -1108,6 +1120,34 @@ def _vector_tangent_any(o, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c):
     _vector_tangent(o, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c, True)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def chunk_offsets(meta, m, t):
+    """The offsets of operands a and b in chunk ``t`` of the elementwise record whose
+    broadcast layout is at ``meta[m]`` (see the module docstring)."""
+    nd = meta[m + 1]
+    pa = 0
+    pb = 0
+    for d in range(nd - 1, -1, -1):
+        s = meta[m + 5 + d]
+        q = t % s
+        t //= s
+        pa += q * meta[m + 5 + nd + d]
+        pb += q * meta[m + 5 + 2 * nd + d]
+    return pa, pb
+
+
+def broadcast_payloads(layout) -> list:
+    """The OP_RESTRIDE payloads (``restride_payload``'s form) that write operands a and b of
+    a broadcast layout (its payload, without the length) out to the record's size."""
+    nd, length = int(layout[0]), int(layout[1])
+    shape = [int(v) for v in layout[4:4 + nd]] + [length]
+    out = []
+    for j in (0, 1):
+        strides = [int(v) for v in layout[4 + (j + 1) * nd:4 + (j + 2) * nd]]
+        out.append([nd + 1, 0, 1, *shape, *strides, 1 if layout[2 + j] else 0])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Layout: OP_RESTRIDE, a strided gather (slicing, broadcasting, transposes) or sum (axis sums,
 # the adjoint of a broadcast).  Its adjoint is the one place broadcasts are summed back.
@@ -1804,21 +1844,37 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
         # would add 1-10 ns); the others, DIV among them, in its generic loop (per-element
         # dispatch hidden behind the division: 10^6-element div backward 7.4-9.5 ms with a
         # specialised loop, 7.6-7.8 ms without).
-        if o == OP_RESTRIDE:
+        if tr & ELEMENTWISE:
+            # one chunk, or the chunks of a broadcast layout (one call site per loop)
+            m = meta_at[i]
+            L = nn
+            if m >= 0:
+                L = meta[m + 2]
+                ma = meta[m + 3]
+                mb = meta[m + 4]
+            ca = 0
+            cb = 0
+            for j in range(nn // L):
+                if m >= 0:
+                    ca, cb = chunk_offsets(meta, m, j)
+                q = j * L
+                if o == OP_ADD or o == OP_SUB:
+                    if ga:
+                        _scaled_adjoint(adj, go + q, gao + ca, L, ma, fa, 1.0)
+                    if gb:
+                        _scaled_adjoint(adj, go + q, gbo + cb, L, mb, fb,
+                                        1.0 if o == OP_ADD else -1.0)
+                elif tr & LINEAR_C:  # d/da is a constant
+                    _scaled_adjoint(adj, go, gao, nn, ma, fa,
+                                    partials(o, 1.0, 0.0, 0.0, 0.0, c)[0])
+                elif o == OP_MUL:
+                    _vector_rule(OP_MUL, val, adj, oo + q, oa + ca, ob + cb, go + q, gao + ca,
+                                 gbo + cb, L, ma, mb, ga, gb, fa, fb, c)
+                else:
+                    _vector_rule_any(o, val, adj, oo + q, oa + ca, ob + cb, go + q, gao + ca,
+                                     gbo + cb, L, ma, mb, ga, gb, fa, fb, c)
+        elif o == OP_RESTRIDE:
             adj_restride(meta, meta_at[i], adj, go, gao)
-        elif o == OP_ADD or o == OP_SUB:
-            if ga:
-                _scaled_adjoint(adj, go, gao, nn, ma, fa, 1.0)
-            if gb:
-                _scaled_adjoint(adj, go, gbo, nn, mb, fb, 1.0 if o == OP_ADD else -1.0)
-        elif tr & LINEAR_C:  # d/da is a constant
-            _scaled_adjoint(adj, go, gao, nn, ma, fa, partials(o, 1.0, 0.0, 0.0, 0.0, c)[0])
-        elif o == OP_MUL:
-            _vector_rule(OP_MUL, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
-                         c)
-        elif tr & ELEMENTWISE:
-            _vector_rule_any(o, val, adj, oo, oa, ob, go, gao, gbo, nn, ma, mb, ga, gb, fa, fb,
-                             c)
         elif o == OP_GATHER:
             adj_gather(meta, meta_at[i], adj, go, gao, nn)
         elif o == OP_SCATTER:
@@ -1907,22 +1963,36 @@ def forward_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, are
             return i  # NumPy's loop
         ma = -1 if a >= 0 and n[a] == nn else 0
         mb = -1 if b >= 0 and n[b] == nn else 0
-        if o == OP_RESTRIDE:
+        if tr & ELEMENTWISE:
+            # one chunk, or the chunks of a broadcast layout (as in reverse_sweep)
+            m = meta_at[i]
+            L = nn
+            if m >= 0:
+                L = meta[m + 2]
+                ma = meta[m + 3]
+                mb = meta[m + 4]
+            ca = 0
+            cb = 0
+            for j in range(nn // L):
+                if m >= 0:
+                    ca, cb = chunk_offsets(meta, m, j)
+                q = oo + j * L
+                if o == OP_ADD:
+                    _vector_value(OP_ADD, val, q, oa + ca, ob + cb, L, ma, mb, c)
+                elif o == OP_SUB:
+                    _vector_value(OP_SUB, val, q, oa + ca, ob + cb, L, ma, mb, c)
+                elif o == OP_MUL:
+                    _vector_value(OP_MUL, val, q, oa + ca, ob + cb, L, ma, mb, c)
+                elif o == OP_DIV:
+                    _vector_value(OP_DIV, val, q, oa + ca, ob + cb, L, ma, mb, c)
+                elif o == OP_ADD_C:
+                    _vector_value(OP_ADD_C, val, q, oa, ob, L, ma, mb, c)
+                elif o == OP_MUL_C:
+                    _vector_value(OP_MUL_C, val, q, oa, ob, L, ma, mb, c)
+                else:
+                    _vector_value_any(o, val, q, oa + ca, ob + cb, L, ma, mb, c)
+        elif o == OP_RESTRIDE:
             fwd_restride(meta, meta_at[i], val, oo, oa, nn)
-        elif o == OP_ADD:
-            _vector_value(OP_ADD, val, oo, oa, ob, nn, ma, mb, c)
-        elif o == OP_SUB:
-            _vector_value(OP_SUB, val, oo, oa, ob, nn, ma, mb, c)
-        elif o == OP_MUL:
-            _vector_value(OP_MUL, val, oo, oa, ob, nn, ma, mb, c)
-        elif o == OP_DIV:
-            _vector_value(OP_DIV, val, oo, oa, ob, nn, ma, mb, c)
-        elif o == OP_ADD_C:
-            _vector_value(OP_ADD_C, val, oo, oa, ob, nn, ma, mb, c)
-        elif o == OP_MUL_C:
-            _vector_value(OP_MUL_C, val, oo, oa, ob, nn, ma, mb, c)
-        elif tr & ELEMENTWISE:
-            _vector_value_any(o, val, oo, oa, ob, nn, ma, mb, c)
         elif o == OP_CMP:
             y = val[oo:oo + nn]
             x = val[oa:]
@@ -2002,17 +2072,31 @@ def tangent_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, are
                 if gb:
                     t += _term(pb, tan[ob])
                 tan[oo] = t
-            elif o == OP_ADD:
-                _vector_tangent(OP_ADD, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c)
-            elif o == OP_SUB:
-                _vector_tangent(OP_SUB, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c)
-            elif o == OP_MUL:
-                _vector_tangent(OP_MUL, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c)
-            elif tr & LINEAR_C:  # d/da is a constant: MUL_C's loop with the slope
-                k = partials(o, 1.0, 0.0, 0.0, 0.0, c)[0]
-                _vector_tangent(OP_MUL_C, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, k)
-            else:
-                _vector_tangent_any(o, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c)
+                continue
+            # one chunk, or the chunks of a broadcast layout (as in reverse_sweep)
+            m = meta_at[i]
+            L = nn
+            if m >= 0:
+                L = meta[m + 2]
+                ma = meta[m + 3]
+                mb = meta[m + 4]
+            ca = 0
+            cb = 0
+            for j in range(nn // L):
+                if m >= 0:
+                    ca, cb = chunk_offsets(meta, m, j)
+                q = oo + j * L
+                if o == OP_ADD:
+                    _vector_tangent(OP_ADD, val, tan, q, oa + ca, ob + cb, L, ma, mb, ga, gb, c)
+                elif o == OP_SUB:
+                    _vector_tangent(OP_SUB, val, tan, q, oa + ca, ob + cb, L, ma, mb, ga, gb, c)
+                elif o == OP_MUL:
+                    _vector_tangent(OP_MUL, val, tan, q, oa + ca, ob + cb, L, ma, mb, ga, gb, c)
+                elif tr & LINEAR_C:  # d/da is a constant: MUL_C's loop with the slope
+                    k = partials(o, 1.0, 0.0, 0.0, 0.0, c)[0]
+                    _vector_tangent(OP_MUL_C, val, tan, q, oa, ob, L, ma, mb, ga, gb, k)
+                else:
+                    _vector_tangent_any(o, val, tan, q, oa + ca, ob + cb, L, ma, mb, ga, gb, c)
         elif o == OP_RESTRIDE:
             fwd_restride(meta, meta_at[i], tan, oo, oa, nn)
         elif o == OP_GATHER:

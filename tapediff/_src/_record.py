@@ -280,10 +280,16 @@ def emit(op: int, xs: Sequence["Tensor"], shape: tuple, dtype: np.dtype, fill: A
     else:
         slots = [_input_slot(t, tape, kind) for t in xs]
     if bcast:
-        for j, t in enumerate(xs):
-            nt = size_of(t._v)
-            if nt != out_n and nt != 1:
-                slots[j] = _broadcast_slot(tape, slots[j], shape_of(t._v), shape)
+        layout = None
+        if len(xs) == 2 and K.TRAITS[op] & K.ELEMENTWISE:
+            layout = broadcast_layout(shape_of(xs[0]._v), shape_of(xs[1]._v), shape)
+        if layout is not None:  # the kernels read the operands in place
+            meta = _const_meta(layout)
+        else:
+            for j, t in enumerate(xs):
+                nt = size_of(t._v)
+                if nt != out_n and nt != 1:
+                    slots[j] = _broadcast_slot(tape, slots[j], shape_of(t._v), shape)
     m = tape.put_meta(meta(slots)) if meta is not None else -1
     a = slots[0] if slots else -1
     b = slots[1] if len(slots) > 1 else -1
@@ -324,6 +330,47 @@ def restride_payload(in_size: int, shape: Sequence[int], strides: Sequence[int],
         if lo < 0 or hi >= in_size:
             raise AssertionError(f"restride out of bounds: {start}, {shape}, {strides}")
     return [len(shape), start, r, *shape, *strides]
+
+
+def _const_meta(payload: list) -> Any:
+    return lambda slots: payload
+
+
+def broadcast_layout(a_shape: tuple, b_shape: tuple, shape: tuple) -> list | None:
+    """The broadcast layout (``_kernels`` module docstring) in which an elementwise record of
+    output ``shape`` reads operands of ``a_shape`` and ``b_shape`` in place; None when both
+    are full-size or single elements (no layout needed) or when the chunks would be shorter
+    than ``K.CHUNK_MIN`` (the operand is then written out by an OP_RESTRIDE record)."""
+    n = math.prod(shape)
+    na, nb = math.prod(a_shape), math.prod(b_shape)
+    if n == 0 or ((na == n or na == 1) and (nb == n or nb == 1)):
+        return None
+    # per output dimension (size-1 ones dropped): its size, the strides of a and b
+    dims = []
+    sa, sb = c_strides(a_shape), c_strides(b_shape)
+    for d in range(1, len(shape) + 1):
+        size = shape[-d]
+        if size == 1:
+            continue
+        da = a_shape[-d] if d <= len(a_shape) else 1
+        db = b_shape[-d] if d <= len(b_shape) else 1
+        dims.append([size, sa[-d] if da != 1 else 0, sb[-d] if db != 1 else 0])
+    dims.reverse()
+    # merge neighbours that step through both operands as one dimension would
+    merged = [dims[0]]
+    for size, ta, tb in dims[1:]:
+        last = merged[-1]
+        if last[1] == ta * size and last[2] == tb * size:
+            last[0] *= size
+            last[1], last[2] = ta, tb
+        else:
+            merged.append([size, ta, tb])
+    L, ta, tb = merged.pop()
+    if L < K.CHUNK_MIN or not merged:
+        return None
+    outer = [d[0] for d in merged]
+    return [len(outer), L, -1 if ta else 0, -1 if tb else 0, *outer,
+            *(d[1] for d in merged), *(d[2] for d in merged)]
 
 
 def _broadcast_slot(tape: Tape, slot: int, in_shape: tuple, out_shape: tuple) -> int:
