@@ -81,6 +81,8 @@ def _norm_axes(axis: Any, ndim: int) -> tuple:
     """``axis`` (None, int or tuple) as sorted non-negative axes; NumPy's errors otherwise."""
     if axis is None:
         return tuple(range(ndim))
+    if type(axis) is int and 0 <= axis < ndim:
+        return (axis,)
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for ax in axes:
@@ -313,9 +315,27 @@ def _axis_index(key: Any, ndim: int) -> tuple | None:
     return found
 
 
+_BASIC = (slice, int, type(None), type(Ellipsis))
+
+
 def getitem(x: Tensor, key: Any) -> Tensor:
     """``x[key]`` with NumPy's indexing: basic (views) and advanced (integer arrays, boolean
     masks, and mixes); repeated indices accumulate in the gradient."""
+    keys = key if type(key) is tuple else (key,)
+    for k in keys:
+        if type(k) not in _BASIC:
+            break
+    else:  # slices, None, ints and Ellipsis only (the common case, checked in one pass)
+        view = len(keys) != len(shape_of(x._v))
+        has_ellipsis = False
+        for k in keys:
+            if k is Ellipsis:
+                has_ellipsis = view = True
+            elif type(k) is not int:
+                view = True
+        if not has_ellipsis:
+            keys = keys + (Ellipsis,)  # so NumPy returns a (possibly 0-d) view, never a copy
+        return record_view(x, lambda a: a[keys], view)
     key = _index_key(key)
     if _is_basic(key):
         keys = key if isinstance(key, tuple) else (key,)
@@ -598,14 +618,35 @@ def mutated(t: Tensor) -> None:
 # ---------------------------------------------------------------------------------------------
 # reductions
 # ---------------------------------------------------------------------------------------------
+_REDUCE_LAYOUTS: dict = {}  # (shape, axes) -> _reduce_layout's payload
+
+
 def _reduce_layout(a: np.ndarray, axes: tuple) -> list:
     """Restride payload of a reduction over ``axes``: kept axes iterate first, reduced axes
-    last, so out[k // R] collects x[pos(k)] with R the number of reduced elements."""
-    st = c_strides(a.shape)
-    order = [d for d in range(a.ndim) if d not in axes] + list(axes)
-    r = math.prod(a.shape[d] for d in axes)
-    return restride_payload(a.size, [a.shape[d] for d in order], [st[d] for d in order], 0,
-                             max(r, 1))
+    last, so out[k // R] collects x[pos(k)] with R the number of reduced elements.  Neighbours
+    among the kept axes, and among the reduced ones, that step as one axis are merged (the
+    same iteration, with longer inner runs).  Memoised on (shape, axes)."""
+    key = (a.shape, axes)
+    payload = _REDUCE_LAYOUTS.get(key)
+    if payload is None:
+        st = c_strides(a.shape)
+        kept = [d for d in range(a.ndim) if d not in axes]
+        r = math.prod(a.shape[d] for d in axes)
+        shape, strides = [], []
+        for group in (kept, axes):
+            merged: list = []
+            for d in group:
+                if merged and merged[-1][1] == st[d] * a.shape[d]:
+                    merged[-1] = [merged[-1][0] * a.shape[d], st[d]]
+                else:
+                    merged.append([a.shape[d], st[d]])
+            shape += [m[0] for m in merged]
+            strides += [m[1] for m in merged]
+        payload = restride_payload(a.size, shape, strides, 0, max(r, 1))
+        if len(_REDUCE_LAYOUTS) >= 4096:
+            _REDUCE_LAYOUTS.clear()
+        _REDUCE_LAYOUTS[key] = payload
+    return payload
 
 
 def _reduce(op: int, fn: Any, x: Any, axis: Any, keepdims: bool) -> Tensor:
@@ -1226,6 +1267,11 @@ def matmul(a: Any, b: Any) -> Tensor:
                          "multiply by a scalar)")
     if not _recording(a, b):
         return constant(np.matmul(strong(a._v), strong(b._v)))
+    if av.ndim == 2 and bv.ndim == 2 and av.shape[1] == bv.shape[0]:
+        # a record's value is flat: (m, k) @ (k, n) is the batch of one, without reshapes
+        m, k, n = av.shape[0], av.shape[1], bv.shape[1]
+        return emit(K.OP_MATMUL, (a, b), (m, n), np.result_type(av, bv),
+                    lambda o: np.matmul(av, bv, out=o), meta=lambda sl: [1, m, k, n], nmeta=4)
     a2 = reshape(a, (1, -1)) if av.ndim == 1 else a
     b2 = reshape(b, (-1, 1)) if bv.ndim == 1 else b
     sa, sb = shape_of(a2._v), shape_of(b2._v)

@@ -259,44 +259,87 @@ def emit(op: int, xs: Sequence["Tensor"], shape: tuple, dtype: np.dtype, fill: A
     ``fill(out)`` computes the value into ``out``, the output's arena range (so NumPy writes
     it in place, no copy).  ``meta(slots)`` gives the side-table payload (``nmeta`` entries
     at most) from the input slots, for records with a layout or listed inputs.  With
-    ``bcast``, inputs whose size is neither the output's nor 1 are first broadcast to
-    ``shape`` with OP_RESTRIDE records.  Inputs of another dtype are cast (NumPy's
-    promotion made the output dtype).  The first two inputs are the record's a and b.
+    ``bcast``, inputs of another shape are read through a broadcast layout
+    (``broadcast_layout``) or else, when their size is neither the output's nor 1, first
+    broadcast to ``shape`` with OP_RESTRIDE records.  Inputs of another dtype are cast
+    (NumPy's promotion made the output dtype).  The first two inputs are the record's a and b.
     """
     tape = thread_state.tape
-    kind = arena_kind(dtype)
+    kind = K.KIND_F64 if dtype == F64 else arena_kind(dtype)
     out_n = math.prod(shape)
-    need = [0, 0]
-    need[kind] += out_n
+    nx = len(xs)
+    # The common case, every input already recorded on this tape in the output's arena (so
+    # no LEAF, CONST or cast record is needed): room for the output and any broadcasts.
+    same = True
     for t in xs:
-        nt = size_of(t._v)
-        if t._tape is not tape:
-            need[_natural_kind(t, kind)] += nt
-        need[kind] += nt + (out_n if bcast else 0)  # a cast, a broadcast copy
-    nb = 4 + 2 * max(len(shape), 1)  # one broadcast's layout block
-    tape.reserve(3 * len(xs) + 1, need[0], nmeta + 1 + (nb + 1) * len(xs) * bcast, need[1])
-    if op == K.OP_CAST:  # its input stays in its own arena
-        slots = [slot_on(t, tape, kind) for t in xs]
-    else:
-        slots = [_input_slot(t, tape, kind) for t in xs]
-    if bcast:
-        layout = None
-        if len(xs) == 2 and K.TRAITS[op] & K.ELEMENTWISE:
-            layout = broadcast_layout(shape_of(xs[0]._v), shape_of(xs[1]._v), shape)
-        if layout is not None:  # the kernels read the operands in place
-            meta = _const_meta(layout)
+        v = t._v
+        if t._tape is not tape or (kind if type(v) is float else arena_kind(v.dtype)) != kind:
+            same = False
+            break
+    nb = (5 + 2 * max(len(shape), 1)) * nx if bcast else 0  # broadcast layout blocks
+    if same:
+        grow = out_n * (1 + nx) if bcast else out_n
+        if kind == K.KIND_F64:
+            tape.reserve(3 * nx + 1, grow, nmeta + 1 + nb, 0)
         else:
-            for j, t in enumerate(xs):
-                nt = size_of(t._v)
-                if nt != out_n and nt != 1:
-                    slots[j] = _broadcast_slot(tape, slots[j], shape_of(t._v), shape)
+            tape.reserve(3 * nx + 1, 0, nmeta + 1 + nb, grow)
+        slots = [t._slot for t in xs]
+    else:
+        need = [0, 0]
+        need[kind] += out_n
+        for t in xs:
+            nt = size_of(t._v)
+            if t._tape is not tape:
+                need[_natural_kind(t, kind)] += nt
+            need[kind] += nt + (out_n if bcast else 0)  # a cast, a broadcast copy
+        tape.reserve(3 * nx + 1, need[0], nmeta + 1 + nb, need[1])
+        if op == K.OP_CAST:  # its input stays in its own arena
+            slots = [slot_on(t, tape, kind) for t in xs]
+        else:
+            slots = [_input_slot(t, tape, kind) for t in xs]
+    if bcast:
+        sa = shape_of(xs[0]._v)
+        if nx == 2 and (sa != shape or shape_of(xs[1]._v) != shape):
+            layout = None
+            if K.TRAITS[op] & K.ELEMENTWISE:
+                layout = broadcast_layout(sa, shape_of(xs[1]._v), shape)
+            if layout is not None:  # the kernels read the operands in place
+                meta = _const_meta(layout)
+            else:
+                _broadcast_inputs(tape, xs, slots, shape, out_n)
+        elif nx != 2:
+            _broadcast_inputs(tape, xs, slots, shape, out_n)
     m = tape.put_meta(meta(slots)) if meta is not None else -1
     a = slots[0] if slots else -1
-    b = slots[1] if len(slots) > 1 else -1
-    s = tape.append(op, a, b, out_n, p, m, kind)
-    view = tape.value_view(s, shape)
+    b = slots[1] if nx > 1 else -1
+    if kind == K.KIND_F64:
+        o = tape.vtop
+        s = tape.append(op, a, b, out_n, p, m, kind)
+        view = tape.val[o:o + out_n].reshape(shape)
+    else:
+        s = tape.append(op, a, b, out_n, p, m, kind)
+        view = tape.value_view(s, shape)
     numpy_call(fill, view)
-    return register(tape, s, float(view[()]) if kind == K.KIND_F64 and shape == () else view)
+    if kind == K.KIND_F64 and not shape:
+        return register(tape, s, float(view[()]))
+    view.flags.writeable = False
+    t = _new(Tensor)
+    t._v = view
+    t._tape = tape
+    t._slot = s
+    t._rg = True
+    tape._live.append(_weakref(t))
+    return t
+
+
+def _broadcast_inputs(tape: Tape, xs: Sequence["Tensor"], slots: list, shape: tuple,
+                      out_n: int) -> None:
+    """Write out each input whose size is neither ``out_n`` nor 1 broadcast to ``shape``
+    (OP_RESTRIDE records), updating ``slots``."""
+    for j, t in enumerate(xs):
+        nt = size_of(t._v)
+        if nt != out_n and nt != 1:
+            slots[j] = _broadcast_slot(tape, slots[j], shape_of(t._v), shape)
 
 
 def emit_python(op: int, xs: Sequence["Tensor"], value: np.ndarray, p: float = 0.0) -> "Tensor":
@@ -324,9 +367,15 @@ def restride_payload(in_size: int, shape: Sequence[int], strides: Sequence[int],
     if len(shape) == 0:  # a single element: one iteration of stride 0
         shape, strides = (1,), (0,)
     # The kernels do no bounds checks: refuse a layout that could leave the input.
-    if all(shape):
-        lo = start + sum((d - 1) * s for d, s in zip(shape, strides) if s < 0)
-        hi = start + sum((d - 1) * s for d, s in zip(shape, strides) if s > 0)
+    lo = hi = start
+    for d, s in zip(shape, strides):
+        if d == 0:
+            break
+        if s < 0:
+            lo += (d - 1) * s
+        else:
+            hi += (d - 1) * s
+    else:
         if lo < 0 or hi >= in_size:
             raise AssertionError(f"restride out of bounds: {start}, {shape}, {strides}")
     return [len(shape), start, r, *shape, *strides]
@@ -336,11 +385,29 @@ def _const_meta(payload: list) -> Any:
     return lambda slots: payload
 
 
+_LAYOUTS: dict = {}  # (a_shape, b_shape, shape) -> broadcast_layout's result
+_SHAPES: dict = {}  # (a_shape, b_shape) -> their broadcast shape
+_MEMO_MAX = 4096  # entries a memo keeps before it starts again
+
+
 def broadcast_layout(a_shape: tuple, b_shape: tuple, shape: tuple) -> list | None:
     """The broadcast layout (``_kernels`` module docstring) in which an elementwise record of
     output ``shape`` reads operands of ``a_shape`` and ``b_shape`` in place; None when both
     are full-size or single elements (no layout needed) or when the chunks would be shorter
-    than ``K.CHUNK_MIN`` (the operand is then written out by an OP_RESTRIDE record)."""
+    than ``K.CHUNK_MIN`` (the operand is then written out by an OP_RESTRIDE record).
+    Memoised: the same shapes come back at every step of a loop."""
+    key = (a_shape, b_shape, shape, K.CHUNK_MIN)
+    try:
+        return _LAYOUTS[key]
+    except KeyError:
+        pass
+    if len(_LAYOUTS) >= _MEMO_MAX:
+        _LAYOUTS.clear()
+    layout = _LAYOUTS[key] = _broadcast_layout(a_shape, b_shape, shape)
+    return layout
+
+
+def _broadcast_layout(a_shape: tuple, b_shape: tuple, shape: tuple) -> list | None:
     n = math.prod(shape)
     na, nb = math.prod(a_shape), math.prod(b_shape)
     if n == 0 or ((na == n or na == 1) and (nb == n or nb == 1)):
@@ -392,10 +459,18 @@ def _result_shape(a: tuple, b: tuple) -> tuple:
     if a == b:
         return a
     try:
-        return np.broadcast_shapes(a, b)
+        return _SHAPES[a, b]
+    except KeyError:
+        pass
+    try:
+        shape = np.broadcast_shapes(a, b)
     except ValueError:
         raise BroadcastError(f"operands could not be broadcast together: shapes {a} and {b}"
                              ) from None
+    if len(_SHAPES) >= _MEMO_MAX:
+        _SHAPES.clear()
+    _SHAPES[a, b] = shape
+    return shape
 
 
 def _record_scalar(tape: Tape, op: int, a: int, r: float) -> "Tensor":
