@@ -378,6 +378,32 @@ def test_prod_with_a_zero_hessian_closed_form():
     close(h, want)
 
 
+@pytest.mark.parametrize("a", [1.3, 0.5, 2.0, -3.0])
+def test_power_hessian_at_a_zero_exponent_closed_form(a):
+    """a ** b is smooth in b at b = 0: d/da = b a^(b-1) is an exact 0 there, but its slope
+    in b, a^(b-1), is not (PyTorch's where() over every b == 0 reports 0 for it).  At
+    a = b = 0 the mixed derivative is infinite and both rules report 0."""
+    h = td.hessian(lambda a, b: a ** b, argnums=(0, 1))(np.array([a]), np.array([0.0]))
+    want = [[0.0, 1.0 / a], [1.0 / a, np.log(a) ** 2 if a > 0 else np.nan]]
+    for i in range(2):
+        for j in range(2):
+            if i == 1 and j == 1 and a < 0:
+                continue  # log of a negative base: nan, as the first derivative in b
+            if (i, j) == (0, 1) and a < 0:
+                continue  # b a^(b-1) log a: 0 * nan
+            close(np.asarray(h[i][j]).reshape(()), want[i][j])
+    # through a program, against differences of the gradient and by hvp
+    f = lambda v: (td.tanh((v + 1.5) / 3.5) ** 2 + 1.0) ** td.tanh(v / 2.0)  # noqa: E731
+    grad = td.grad(f)
+    step = 1e-6
+    fd = (float(grad(np.float64(step))) - float(grad(np.float64(-step)))) / (2 * step)
+    close(float(td.hessian(f)(np.float64(0.0))), fd, rtol=1e-6)
+    close(float(np.asarray(td.hvp(f, (np.float64(0.0),), (np.float64(1.0),))[1][0])), fd,
+          rtol=1e-6)
+    h0 = td.hessian(lambda a, b: a ** b, argnums=(0, 1))(np.array([0.0]), np.array([0.0]))
+    assert all(float(np.asarray(h0[i][j]).reshape(())) == 0.0 for i in (0, 1) for j in (0, 1))
+
+
 @pytest.mark.xfail(strict=True, raises=NotImplementedError,
                    reason="prod's recorded adjoint is built from cumprod, whose own second "
                           "derivative is refused at zeros: third derivatives of prod at a zero "

@@ -213,9 +213,14 @@ def adj_pow(g, x, z, y, c):
 
 
 def vjp_pow(g, x, z, y, c, T):
-    # adj_pow with tensors (T is tapediff).  log(1) = 0 where a == 0 gives its zero there
-    # without a log(0) whose infinite slope would make a second derivative nan.
-    da = T.where(z == 0.0, 0.0, g * z * x ** (z - 1.0))
+    # adj_pow with tensors (T is tapediff).  b a^(b-1) is masked only where it is 0 * inf
+    # (a == b == 0): elsewhere at b == 0 it is an exact 0 whose slope in b, a^(b-1), must
+    # reach a second derivative (a where() over every b == 0 would cut it to 0).  The
+    # masked elements read a = 1, so no inf reaches the slopes either.  log(1) = 0 where
+    # a == 0 gives d/db its zero there without a log(0) whose infinite slope would make a
+    # second derivative nan.
+    zero = T.abs(x) + T.abs(z) == 0.0
+    da = T.where(zero, 0.0, g * z * T.where(zero, 1.0, x) ** (z - 1.0))
     return da, g * y * T.log(T.where(x == 0.0, 1.0, x))
 
 
