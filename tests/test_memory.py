@@ -562,6 +562,7 @@ def test_without_reserved_regions_arenas_are_plain_arrays(monkeypatch):
         raise OSError(12, "Cannot allocate memory")
 
     monkeypatch.setattr(_tape.mmap, "mmap", refuse)
+    monkeypatch.setattr(_tape, "_POOL", [])  # (no region left by an earlier test either)
     t, w, h, v, d, loss, firsts = _sin_chain(30)
     assert _tape._region_of(t.val) is None and len(t.val) * 8 > _tape.REGION_AT
     for early, expected in firsts:
@@ -592,6 +593,87 @@ def test_reclaim_lets_go_of_a_region():
     assert t.val.ctypes.data != start and t.nbytes < 64 << 20
     assert before - _rss() > 200 << 20, (before, _rss())
     np.testing.assert_allclose(w.grad.numpy(), d, rtol=1e-10, atol=1e-300)
+
+
+def _region_calls(n_calls: int, keep: list | None = None) -> tuple:
+    """``td.value_and_grad`` of a ~24 MB program called ``n_calls`` times (each call records
+    on a private tape); the regions its arenas used, per call."""
+    x0 = np.linspace(0.0, 1.0, 3_000_000)
+    used = []
+
+    def f(x):
+        y = td.exp(x) * 2.0
+        region = _tape._region_of(_tape.current_tape().val)
+        used.append(None if region is None else id(region))
+        if keep is not None:
+            keep.append(y._v)  # the arena's own view (public conversions copy), kept
+        return (y * x).sum()
+
+    step = td.value_and_grad(f)
+    results = [step(x0 * (k + 1)) for k in range(n_calls)]
+    return x0, used, results
+
+
+def test_private_tapes_reuse_the_regions_of_the_last_call(monkeypatch):
+    """value_and_grad records on a private tape per call; the next call's arenas are the
+    regions the last one left (already faulted in): no call after the first maps memory."""
+    gc.collect()
+    mapped = []
+
+    class Counting(_tape.mmap.mmap):  # (a subclass: the arena code checks isinstance)
+        def __new__(cls, *args, **kwargs):
+            mapped.append(1)
+            return super().__new__(cls, *args, **kwargs)
+
+    monkeypatch.setattr(_tape.mmap, "mmap", Counting)
+    monkeypatch.setattr(_tape, "_POOL", [])
+    x0, used, results = _region_calls(1)
+    first = len(mapped)
+    assert first and used[0] is not None
+    x0, used, results = _region_calls(3)
+    assert len(mapped) == first  # no later call mapped memory
+    for k, (value, g) in enumerate(results):
+        x = x0 * (k + 1)
+        np.testing.assert_allclose(value, (2 * np.exp(x) * x).sum(), rtol=1e-12)
+        np.testing.assert_allclose(g, 2 * np.exp(x) * (1 + x), rtol=1e-12)
+
+
+def test_a_region_an_array_still_views_is_not_reused():
+    """An array kept from a call that views its arena holds the region: later calls take
+    other memory, and the array keeps its values.  (Public conversions, ``.numpy()``,
+    ``detach()``, copy; the guard is for any view that outlives its tape.)"""
+    gc.collect()
+    keep: list = []
+    x0, used, _ = _region_calls(3, keep)  # (regions pooled by earlier tests may serve too)
+    assert None not in used and len(set(used)) == 3
+    for k, y in enumerate(keep):
+        np.testing.assert_array_equal(y, np.exp(x0 * (k + 1)) * 2.0)
+    del keep, used
+    gc.collect()
+    assert len(_tape._POOL) <= _tape._POOL_MAX
+
+
+def test_private_tapes_in_threads_share_the_pool_safely():
+    """Threads calling value_and_grad at once each get a region nothing else uses."""
+    import threading
+    x0 = np.linspace(0.0, 1.0, 2_000_000)
+    step = td.value_and_grad(lambda x: (td.sin(x) * x).sum())
+    errors = []
+
+    def work(scale):
+        for _ in range(6):
+            x = x0 * scale
+            value, g = step(x)
+            if not (np.allclose(g, np.cos(x) * x + np.sin(x), rtol=1e-12)
+                    and np.isclose(value, (np.sin(x) * x).sum(), rtol=1e-12)):
+                errors.append(scale)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (1.0, 2.0, 3.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
 
 
 # ---------------------------------------------------------------------------------------------
