@@ -162,3 +162,25 @@ def test_reference_rules_match_finite_differences_of_the_forward(p):
         num = (p.array(*hi) - p.array(*lo)) / (2 * h)
         np.testing.assert_allclose(np.broadcast_to(got[i], y.shape), num, rtol=1e-6, atol=1e-8,
                                    err_msg=f"{p.grad_fn}: d/d{'ab'[i]}")
+
+
+def test_layouts_that_read_each_input_element_once_are_marked():
+    """A sum or a permuting view (transpose, flip) is marked p = 1, and its input's adjoint
+    is assigned on a first touch rather than zeroed and added to; slices and broadcasts
+    are not marked.  The gradients stay those of the reference, whichever record touches
+    the input first."""
+    x = td.tensor(np.linspace(-1, 1, 12).reshape(3, 4), requires_grad=True)
+    with td.tape() as t:
+        marked = [x.sum(), x.sum(axis=0), x.T, td.flip(x, 1), td.transpose(x[None], (2, 0, 1))]
+        unmarked = [x[1:], x[:, ::2], td.broadcast_to(x[0], (2, 4))]
+        w = np.arange(1.0, 13.0).reshape(3, 4)
+        out = (x * w).sum() + sum((m * 2.0).sum() for m in marked[1:]) + marked[0] + \
+            sum(u.sum() for u in unmarked)
+    for m in marked:
+        assert t.op[m._slot] == K.OP_RESTRIDE and t.param[m._slot] == 1.0
+    for u in unmarked:
+        assert t.op[u._slot] == K.OP_RESTRIDE and t.param[u._slot] == 0.0
+    ref = reference_grads(t, out._slot, np.ones(1))
+    out.backward()
+    np.testing.assert_allclose(x.grad.numpy().reshape(-1),
+                               sum(ref[s] for s in _leaf_slots(t, x) if s in ref), rtol=1e-13)

@@ -1190,8 +1190,9 @@ def _layout(meta, m):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adj_restride(meta, m, adj, oo, oa):
-    """adj_in[pos(k)] += adj_out[k // R] over the record's strided iteration space.
+def adj_restride(meta, m, adj, oo, oa, assign=False):
+    """adj_in[pos(k)] += adj_out[k // R] over the record's strided iteration space (``=``
+    with ``assign``: a layout that reads each input element once, at its first touch).
 
     Payload at meta[m+1:]: ndim, start, R, shape[ndim], strides[ndim] (in elements of the
     input's flat layout).  The iteration runs over ``shape`` in C order; element k reads the
@@ -1210,7 +1211,12 @@ def adj_restride(meta, m, adj, oo, oa):
     k = 0
     for _ in range(total // inner):
         if r == 1:
-            if s == 1:
+            if assign and s == 1:
+                a[base:base + inner] = g[k:k + inner]
+            elif assign:
+                for t in range(inner):
+                    a[base + t * s] = g[k + t]
+            elif s == 1:
                 for t in range(inner):
                     a[base + t] += g[k + t]
             else:
@@ -1220,7 +1226,12 @@ def adj_restride(meta, m, adj, oo, oa):
             # summed axes are the trailing ones, so r is a multiple of inner: one output
             # element per inner run
             gk = g[k // r]
-            if s == 1:
+            if assign and s == 1:
+                a[base:base + inner] = gk
+            elif assign:
+                for t in range(inner):
+                    a[base + t * s] = gk
+            elif s == 1:
                 for t in range(inner):
                     a[base + t] += gk
             else:
@@ -1827,10 +1838,13 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
                     adj[gbo] = pb
                     touched[b] = 1
             continue
-        # First touch: a full-size input of a WRITES_ONCE rule is assigned, any other is
-        # zeroed first.  When b is a, a's first touch has happened: b adds.
+        # First touch: a full-size input of a WRITES_ONCE rule is assigned, and so is the
+        # input of a restride that reads each input element once (p = 1: a sum, a
+        # transpose); any other is zeroed first.  When b is a, a's first touch has
+        # happened: b adds.
         once = tr & WRITES_ONCE
-        fa = ga and touched[a] == 0 and n[a] == nn and once
+        fa = ga and touched[a] == 0 and ((n[a] == nn and once) or
+                                         (o == OP_RESTRIDE and c == 1.0))
         if ga and touched[a] == 0:
             if not fa:
                 adj[gao:gao + n[a]] = 0.0
@@ -1880,7 +1894,7 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
                     _vector_rule_any(o, val, adj, oo + q, oa + ca, ob + cb, go + q, gao + ca,
                                      gbo + cb, L, ma, mb, ga, gb, fa, fb, c)
         elif o == OP_RESTRIDE:
-            adj_restride(meta, meta_at[i], adj, go, gao)
+            adj_restride(meta, meta_at[i], adj, go, gao, fa)
         elif o == OP_GATHER:
             adj_gather(meta, meta_at[i], adj, go, gao, nn)
         elif o == OP_SCATTER:

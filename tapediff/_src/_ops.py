@@ -162,7 +162,21 @@ def _restride(x: Tensor, fn: Any) -> Tensor:
     strides = [s // size for s in w.strides]
     payload = restride_payload(a.size, w.shape, strides, start, 1)
     return emit(K.OP_RESTRIDE, (x,), w.shape, a.dtype, _copy_of(w), meta=lambda sl: payload,
-                 nmeta=len(payload))
+                 nmeta=len(payload), p=_once(a.size, w.shape, strides))
+
+
+def _once(n: int, shape: Sequence[int], strides: Sequence[int]) -> float:
+    """1.0 when a layout of ``shape`` and ``strides`` reads each of the ``n`` elements of its
+    input exactly once (a transpose, a flip: the reverse sweep then assigns the input's
+    adjoint on a first touch instead of zeroing it first), else 0.0."""
+    if math.prod(shape) != n or n == 0:
+        return 0.0
+    expect = 1  # the stride of the next axis, by increasing stride, if it tiles the input
+    for step, d in sorted((abs(st), d) for d, st in zip(shape, strides) if d != 1):
+        if step != expect:
+            return 0.0
+        expect *= d
+    return 1.0
 
 
 def _alias(x: Tensor, shape: tuple) -> Tensor:
@@ -661,8 +675,10 @@ def _reduce(op: int, fn: Any, x: Any, axis: Any, keepdims: bool) -> Tensor:
         # an empty product is 1 and has nothing to reverse (the kernel needs a non-empty group)
         return set_value(_reduce(K.OP_RESTRIDE, np.sum, x, axis, keepdims) * 0.0 + 1.0, value)
     payload = _reduce_layout(a, axes)
+    # a sum reads each element once: its input's adjoint is assigned on a first touch
+    once = 1.0 if op == K.OP_RESTRIDE and a.size else 0.0
     return emit(op, (x,), np.shape(value), value.dtype, _copy_of(value),
-                 meta=lambda sl: payload, nmeta=len(payload))
+                 meta=lambda sl: payload, nmeta=len(payload), p=once)
 
 
 def sum_(x: Any, axis: Any = None, keepdims: bool = False, **aliases: Any) -> Tensor:

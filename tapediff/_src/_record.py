@@ -580,7 +580,9 @@ def binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
         if not x._rg or not thread_state.grad_enabled:
             return constant(numpy_call(uf, other, xv) if reflected else numpy_call(uf, xv, other))
         o, p = (op_rc, float(other)) if reflected else (op_c[0], op_c[1] * float(other))
-        return emit(o, (x,), xv.shape, np.result_type(xv, other),
+        # (a Python number is weak under NEP 50: a float array keeps its dtype)
+        return emit(o, (x,), xv.shape, xv.dtype if xv.dtype.kind == "f" else
+                    np.result_type(xv, other),
                      (lambda out: uf(other, xv, out=out)) if reflected else
                      (lambda out: uf(xv, other, out=out)), p=p)
     if to is not Tensor:
@@ -627,8 +629,9 @@ def binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
     l, r = strong(l), strong(r)
     if not rec:
         return constant(numpy_call(uf, l, r))
+    dl, dr = dtype_of(l), dtype_of(r)
     return emit(op, (other, x) if reflected else (x, other), shape,
-                 np.result_type(dtype_of(l), dtype_of(r)), lambda out: uf(l, r, out=out),
+                 dl if dl == dr else np.result_type(dl, dr), lambda out: uf(l, r, out=out),
                  bcast=True)
 
 
