@@ -1127,9 +1127,20 @@ def _vector_tangent_any(o, val, tan, oo, oa, ob, nn, ma, mb, ga, gb, c):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def chunking(meta, m, nn, ma, mb):
+    """(chunk length, mask of a, mask of b) of an elementwise record of nn elements whose
+    side-table block is at ``m``: its broadcast layout's, or one chunk of nn (m < 0)."""
+    if m >= 0:
+        return meta[m + 2], meta[m + 3], meta[m + 4]
+    return nn, ma, mb
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def chunk_offsets(meta, m, t):
     """The offsets of operands a and b in chunk ``t`` of the elementwise record whose
-    broadcast layout is at ``meta[m]`` (see the module docstring)."""
+    broadcast layout is at ``meta[m]`` (see the module docstring); 0, 0 without one."""
+    if m < 0:
+        return 0, 0
     nd = meta[m + 1]
     pa = 0
     pb = 0
@@ -1881,16 +1892,9 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
         if tr & ELEMENTWISE:
             # one chunk, or the chunks of a broadcast layout (one call site per loop)
             m = meta_at[i]
-            L = nn
-            if m >= 0:
-                L = meta[m + 2]
-                ma = meta[m + 3]
-                mb = meta[m + 4]
-            ca = 0
-            cb = 0
+            L, ma, mb = chunking(meta, m, nn, ma, mb)
             for j in range(nn // L):
-                if m >= 0:
-                    ca, cb = chunk_offsets(meta, m, j)
+                ca, cb = chunk_offsets(meta, m, j)
                 q = j * L
                 if o == OP_ADD or o == OP_SUB:
                     if ga:
@@ -2000,16 +2004,9 @@ def forward_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, are
         if tr & ELEMENTWISE:
             # one chunk, or the chunks of a broadcast layout (as in reverse_sweep)
             m = meta_at[i]
-            L = nn
-            if m >= 0:
-                L = meta[m + 2]
-                ma = meta[m + 3]
-                mb = meta[m + 4]
-            ca = 0
-            cb = 0
+            L, ma, mb = chunking(meta, m, nn, ma, mb)
             for j in range(nn // L):
-                if m >= 0:
-                    ca, cb = chunk_offsets(meta, m, j)
+                ca, cb = chunk_offsets(meta, m, j)
                 q = oo + j * L
                 if o == OP_ADD:
                     _vector_value(OP_ADD, val, q, oa + ca, ob + cb, L, ma, mb, c)
@@ -2109,16 +2106,9 @@ def tangent_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, are
                 continue
             # one chunk, or the chunks of a broadcast layout (as in reverse_sweep)
             m = meta_at[i]
-            L = nn
-            if m >= 0:
-                L = meta[m + 2]
-                ma = meta[m + 3]
-                mb = meta[m + 4]
-            ca = 0
-            cb = 0
+            L, ma, mb = chunking(meta, m, nn, ma, mb)
             for j in range(nn // L):
-                if m >= 0:
-                    ca, cb = chunk_offsets(meta, m, j)
+                ca, cb = chunk_offsets(meta, m, j)
                 q = oo + j * L
                 if o == OP_ADD:
                     _vector_tangent(OP_ADD, val, tan, q, oa + ca, ob + cb, L, ma, mb, ga, gb, c)
