@@ -1609,17 +1609,19 @@ def _take(meta, m, x, oo, oa, transpose):
     """out[k] = a[pos(k)] over a take payload (output at ``oo``, input at ``oa`` of ``x``),
     or with ``transpose`` (a constant at each call site) its transpose a[pos(k)] += out[k]."""
     count, outer, length, inner = meta[m + 1], meta[m + 2], meta[m + 3], meta[m + 4]
-    k = oo
+    # unsigned indices: no wrap-around test per element (see adj_restride)
+    ui = uint64(inner)
+    k = uint64(oo)
     for o in range(outer):
         base = oa + o * length * inner
         for r in range(count):
-            p = base + meta[m + 5 + r] * inner
-            for j in range(inner):
+            p = uint64(base + meta[m + 5 + r] * inner)
+            for j in range(ui):
                 if transpose:
-                    x[p + j] += x[k]
+                    x[p + j] += x[k + j]
                 else:
-                    x[k] = x[p + j]
-                k += 1
+                    x[k + j] = x[p + j]
+            k += ui
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -1638,14 +1640,18 @@ OP_SCATTER = _opcode()  # out = 0; out[idx[k]] += a[k]: functional index updates
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def fwd_scatter(meta, m, val, oo, oa, nn, na):
     val[oo:oo + nn] = 0.0
+    y = val[oo:]
+    x = val[oa:]
     for k in range(na):
-        val[oo + meta[m + 1 + k]] += val[oa + k]
+        y[uint64(meta[m + 1 + k])] += x[k]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def adj_scatter(meta, m, adj, oo, oa, na):  # adj_a[k] += g[idx[k]]
+    g = adj[oo:]
+    a = adj[oa:]
     for k in range(na):
-        adj[oa + k] += adj[oo + meta[m + 1 + k]]
+        a[k] += g[uint64(meta[m + 1 + k])]
 
 
 # out = a where the weight w is set (1, or 1/2 at a tie), else b; w is the slot listed in the
