@@ -350,3 +350,14 @@ def test_sum_of_a_0d_tensor_fits_in_its_side_table_reservation():
         ys = [s.sum() for _ in range(200)]  # 200 * 6 entries: crosses the 1024-entry table
     ys[-1].backward()
     assert s.grad.item() == 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_program_inputs_keep_away_from_the_shifted_kinks(data):
+    # Found by test_every_op_passes_gradcheck_float32[abs]: the input 0.4141 (float32) put
+    # gradcheck's central difference (step 1e-3) across abs's kink at KINK_SHIFT.
+    prog = data.draw(tst.programs(ops=[next(r for r in tst.OPS if r.name == "abs")],
+                                  min_ops=1, max_ops=1))
+    for x in data.draw(prog.input_tensors(np.float32)):
+        assert (np.abs(np.abs(x.numpy()) - tst.KINK_SHIFT) > 4e-3).all()

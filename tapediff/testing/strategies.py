@@ -446,11 +446,14 @@ class Program:
                       requires_grad: bool | st.SearchStrategy[bool] = True
                       ) -> st.SearchStrategy[tuple[td.Tensor, ...]]:
         """A strategy for inputs: one tensor per input shape, values in [-input_bound,
-        input_bound] (the range the program's bounds assume)."""
+        input_bound] (the range the program's bounds assume), none within a float32
+        finite-difference step (1e-3, with room) of +-``KINK_SHIFT``, where an input fed
+        straight to relu or abs would put a central difference across the kink."""
         dtype = np.dtype(dtype)
         b = self.input_bound
         elements = st.floats(-b, b, allow_nan=False, allow_infinity=False,
-                             width=dtype.itemsize * 8)
+                             width=dtype.itemsize * 8).filter(
+            lambda v: abs(abs(v) - KINK_SHIFT) > 4e-3)
         return st.tuples(*(tensors(dtype, s, elements, requires_grad)
                            for s in self.input_shapes))
 
