@@ -21,8 +21,8 @@ from . import _kernels as K
 from . import _primitives as P
 from ._guards import RAW_VALUE, RecordedComparison, guard
 from ._record import (
-    F64, arena_kind, as_constant, c_strides, check_dtype, constant, dtype_of, emit, numpy_call,
-    register, restride_payload, shape_of, size_of, slot_on, strong, unary,
+    F64, arena_kind, as_constant, c_strides, check_dtype, constant, dtype_of, emit, memoised,
+    numpy_call, register, restride_payload, shape_of, size_of, slot_on, strong, unary,
 )
 from ._tape import thread_state
 from ._tensor import _ERR_LEAF_INPLACE, HINT_LEAF_INPLACE, BroadcastError, Tensor, with_hint
@@ -336,27 +336,23 @@ def getitem(x: Tensor, key: Any) -> Tensor:
     """``x[key]`` with NumPy's indexing: basic (views) and advanced (integer arrays, boolean
     masks, and mixes); repeated indices accumulate in the gradient."""
     keys = key if type(key) is tuple else (key,)
+    basic = True
     for k in keys:
-        if type(k) not in _BASIC:
+        if type(k) not in _BASIC:  # (slices, None, ints, Ellipsis: no further check)
+            key = _index_key(key)
+            basic = _is_basic(key)
+            keys = key if isinstance(key, tuple) else (key,)
             break
-    else:  # slices, None, ints and Ellipsis only (the common case, checked in one pass)
+    if basic:
+        # NumPy gives a view unless every axis takes one integer (then an element, a copy)
         view = len(keys) != len(shape_of(x._v))
         has_ellipsis = False
         for k in keys:
             if k is Ellipsis:
                 has_ellipsis = view = True
-            elif type(k) is not int:
+            elif not isinstance(k, (int, np.integer)):
                 view = True
         if not has_ellipsis:
-            keys = keys + (Ellipsis,)  # so NumPy returns a (possibly 0-d) view, never a copy
-        return record_view(x, lambda a: a[keys], view)
-    key = _index_key(key)
-    if _is_basic(key):
-        keys = key if isinstance(key, tuple) else (key,)
-        # NumPy gives a view unless every axis takes one integer (then an element, a copy)
-        view = len(keys) != len(shape_of(x._v)) or not all(
-            isinstance(k, (int, np.integer)) for k in keys)
-        if not any(k is Ellipsis for k in keys):
             keys = keys + (Ellipsis,)  # so NumPy returns a (possibly 0-d) view, never a copy
         return record_view(x, lambda a: a[keys], view)
     a = array_of(x)
@@ -640,27 +636,24 @@ def _reduce_layout(a: np.ndarray, axes: tuple) -> list:
     last, so out[k // R] collects x[pos(k)] with R the number of reduced elements.  Neighbours
     among the kept axes, and among the reduced ones, that step as one axis are merged (the
     same iteration, with longer inner runs).  Memoised on (shape, axes)."""
-    key = (a.shape, axes)
-    payload = _REDUCE_LAYOUTS.get(key)
-    if payload is None:
-        st = c_strides(a.shape)
-        kept = [d for d in range(a.ndim) if d not in axes]
-        r = math.prod(a.shape[d] for d in axes)
-        shape, strides = [], []
-        for group in (kept, axes):
-            merged: list = []
-            for d in group:
-                if merged and merged[-1][1] == st[d] * a.shape[d]:
-                    merged[-1] = [merged[-1][0] * a.shape[d], st[d]]
-                else:
-                    merged.append([a.shape[d], st[d]])
-            shape += [m[0] for m in merged]
-            strides += [m[1] for m in merged]
-        payload = restride_payload(a.size, shape, strides, 0, max(r, 1))
-        if len(_REDUCE_LAYOUTS) >= 4096:
-            _REDUCE_LAYOUTS.clear()
-        _REDUCE_LAYOUTS[key] = payload
-    return payload
+    return memoised(_REDUCE_LAYOUTS, (a.shape, axes), _merged_layout, a.shape, axes)
+
+
+def _merged_layout(in_shape: tuple, axes: tuple) -> list:
+    st = c_strides(in_shape)
+    kept = [d for d in range(len(in_shape)) if d not in axes]
+    r = math.prod(in_shape[d] for d in axes)
+    shape, strides = [], []
+    for group in (kept, axes):
+        merged: list = []
+        for d in group:
+            if merged and merged[-1][1] == st[d] * in_shape[d]:
+                merged[-1] = [merged[-1][0] * in_shape[d], st[d]]
+            else:
+                merged.append([in_shape[d], st[d]])
+        shape += [m[0] for m in merged]
+        strides += [m[1] for m in merged]
+    return restride_payload(math.prod(in_shape), shape, strides, 0, max(r, 1))
 
 
 def _reduce(op: int, fn: Any, x: Any, axis: Any, keepdims: bool) -> Tensor:

@@ -304,7 +304,7 @@ def emit(op: int, xs: Sequence["Tensor"], shape: tuple, dtype: np.dtype, fill: A
             if K.TRAITS[op] & K.ELEMENTWISE:
                 layout = broadcast_layout(sa, shape_of(xs[1]._v), shape)
             if layout is not None:  # the kernels read the operands in place
-                meta = _const_meta(layout)
+                meta = lambda slots: layout  # noqa: E731
             else:
                 _broadcast_inputs(tape, xs, slots, shape, out_n)
         elif nx != 2:
@@ -320,16 +320,7 @@ def emit(op: int, xs: Sequence["Tensor"], shape: tuple, dtype: np.dtype, fill: A
         s = tape.append(op, a, b, out_n, p, m, kind)
         view = tape.value_view(s, shape)
     numpy_call(fill, view)
-    if kind == K.KIND_F64 and not shape:
-        return register(tape, s, float(view[()]))
-    view.flags.writeable = False
-    t = _new(Tensor)
-    t._v = view
-    t._tape = tape
-    t._slot = s
-    t._rg = True
-    tape._live.append(_weakref(t))
-    return t
+    return register(tape, s, float(view[()]) if kind == K.KIND_F64 and not shape else view)
 
 
 def _broadcast_inputs(tape: Tape, xs: Sequence["Tensor"], slots: list, shape: tuple,
@@ -381,13 +372,24 @@ def restride_payload(in_size: int, shape: Sequence[int], strides: Sequence[int],
     return [len(shape), start, r, *shape, *strides]
 
 
-def _const_meta(payload: list) -> Any:
-    return lambda slots: payload
-
-
-_LAYOUTS: dict = {}  # (a_shape, b_shape, shape) -> broadcast_layout's result
+_LAYOUTS: dict = {}  # (a_shape, b_shape, shape, CHUNK_MIN) -> broadcast_layout's result
 _SHAPES: dict = {}  # (a_shape, b_shape) -> their broadcast shape
 _MEMO_MAX = 4096  # entries a memo keeps before it starts again
+
+
+def memoised(table: dict, key: Any, compute: Any, *args: Any) -> Any:
+    """``table[key]``, or ``compute(*args)`` stored there (the layouts and shapes worked out
+    from shapes alone: the same ones come back at every step of a loop).  A table past
+    ``_MEMO_MAX`` entries starts again."""
+    try:
+        return table[key]
+    except KeyError:
+        pass
+    value = compute(*args)
+    if len(table) >= _MEMO_MAX:
+        table.clear()
+    table[key] = value
+    return value
 
 
 def broadcast_layout(a_shape: tuple, b_shape: tuple, shape: tuple) -> list | None:
@@ -395,16 +397,9 @@ def broadcast_layout(a_shape: tuple, b_shape: tuple, shape: tuple) -> list | Non
     output ``shape`` reads operands of ``a_shape`` and ``b_shape`` in place; None when both
     are full-size or single elements (no layout needed) or when the chunks would be shorter
     than ``K.CHUNK_MIN`` (the operand is then written out by an OP_RESTRIDE record).
-    Memoised: the same shapes come back at every step of a loop."""
-    key = (a_shape, b_shape, shape, K.CHUNK_MIN)
-    try:
-        return _LAYOUTS[key]
-    except KeyError:
-        pass
-    if len(_LAYOUTS) >= _MEMO_MAX:
-        _LAYOUTS.clear()
-    layout = _LAYOUTS[key] = _broadcast_layout(a_shape, b_shape, shape)
-    return layout
+    Memoised."""
+    return memoised(_LAYOUTS, (a_shape, b_shape, shape, K.CHUNK_MIN), _broadcast_layout,
+                    a_shape, b_shape, shape)
 
 
 def _broadcast_layout(a_shape: tuple, b_shape: tuple, shape: tuple) -> list | None:
@@ -456,21 +451,15 @@ def _broadcast_slot(tape: Tape, slot: int, in_shape: tuple, out_shape: tuple) ->
 
 
 def _result_shape(a: tuple, b: tuple) -> tuple:
-    if a == b:
-        return a
+    return a if a == b else memoised(_SHAPES, (a, b), _broadcast_shapes, a, b)
+
+
+def _broadcast_shapes(a: tuple, b: tuple) -> tuple:
     try:
-        return _SHAPES[a, b]
-    except KeyError:
-        pass
-    try:
-        shape = np.broadcast_shapes(a, b)
+        return np.broadcast_shapes(a, b)
     except ValueError:
         raise BroadcastError(f"operands could not be broadcast together: shapes {a} and {b}"
                              ) from None
-    if len(_SHAPES) >= _MEMO_MAX:
-        _SHAPES.clear()
-    _SHAPES[a, b] = shape
-    return shape
 
 
 def _record_scalar(tape: Tape, op: int, a: int, r: float) -> "Tensor":
