@@ -1909,7 +1909,7 @@ def reverse_sweep(start, kind, op, in_a, in_b, off, n, param, meta_at, flag, are
                         _scaled_adjoint(adj, go + q, gbo + cb, L, mb, fb,
                                         1.0 if o == OP_ADD else -1.0)
                 elif tr & LINEAR_C:  # d/da is a constant
-                    _scaled_adjoint(adj, go, gao, nn, ma, fa,
+                    _scaled_adjoint(adj, go + q, gao + ca, L, ma, fa,
                                     partials(o, 1.0, 0.0, 0.0, 0.0, c)[0])
                 elif o == OP_MUL:
                     _vector_rule(OP_MUL, val, adj, oo + q, oa + ca, ob + cb, go + q, gao + ca,
@@ -2023,9 +2023,9 @@ def forward_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, are
                 elif o == OP_DIV:
                     _vector_value(OP_DIV, val, q, oa + ca, ob + cb, L, ma, mb, c)
                 elif o == OP_ADD_C:
-                    _vector_value(OP_ADD_C, val, q, oa, ob, L, ma, mb, c)
+                    _vector_value(OP_ADD_C, val, q, oa + ca, ob + cb, L, ma, mb, c)
                 elif o == OP_MUL_C:
-                    _vector_value(OP_MUL_C, val, q, oa, ob, L, ma, mb, c)
+                    _vector_value(OP_MUL_C, val, q, oa + ca, ob + cb, L, ma, mb, c)
                 else:
                     _vector_value_any(o, val, q, oa + ca, ob + cb, L, ma, mb, c)
         elif o == OP_RESTRIDE:
@@ -2124,7 +2124,8 @@ def tangent_sweep(start, stop, kind, op, in_a, in_b, off, n, param, meta_at, are
                     _vector_tangent(OP_MUL, val, tan, q, oa + ca, ob + cb, L, ma, mb, ga, gb, c)
                 elif tr & LINEAR_C:  # d/da is a constant: MUL_C's loop with the slope
                     k = partials(o, 1.0, 0.0, 0.0, 0.0, c)[0]
-                    _vector_tangent(OP_MUL_C, val, tan, q, oa, ob, L, ma, mb, ga, gb, k)
+                    _vector_tangent(OP_MUL_C, val, tan, q, oa + ca, ob + cb, L, ma, mb, ga, gb,
+                                    k)
                 else:
                     _vector_tangent_any(o, val, tan, q, oa + ca, ob + cb, L, ma, mb, ga, gb, c)
         elif o == OP_RESTRIDE:
