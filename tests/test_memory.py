@@ -555,6 +555,26 @@ def test_a_large_arena_grows_in_place_and_keeps_every_value():
     np.testing.assert_allclose(w.grad.numpy(), d, rtol=1e-10, atol=1e-300)
 
 
+def test_value_and_adjoint_arenas_start_apart_modulo_2_mb(monkeypatch):
+    """Reserved regions are mapped a fixed distance apart; each arena starts at its own
+    offset into its region, so that a value and the adjoint at the same offset (an unplanned
+    sweep) do not share cache sets.  Values and gradients are unaffected."""
+    monkeypatch.setattr(_tape, "_POOL", [])
+    n = _tape.REGION_AT // 8 + 1000
+    x0 = np.random.default_rng(5).random(n)
+    x = td.tensor(x0, requires_grad=True)
+    with td.tape() as t:
+        y = td.sum(x * x)
+    assert t.sweep(y._slot, np.ones(1), True) is not None
+    starts = [a.ctypes.data for a in (t.val, t.adj)]
+    assert all(_tape._region_of(a) is not None for a in (t.val, t.adj))
+    assert starts[0] % (2 << 20) != starts[1] % (2 << 20)
+    np.testing.assert_allclose(t.adjoint_view(x._leaf_record.slot), 2 * x0, rtol=1e-15)
+    aligned = [_tape._arena(n, np.float64) for _ in range(3)]
+    assert len({a.ctypes.data % (2 << 20) for a in aligned}) == 3
+    assert all(a.ctypes.data % 64 == 0 for a in aligned)
+
+
 def test_without_reserved_regions_arenas_are_plain_arrays(monkeypatch):
     """Where the kernel refuses the reservation (a strict overcommit policy), arenas are
     ordinary arrays that move when they grow; results are the same."""

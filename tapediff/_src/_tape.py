@@ -69,6 +69,8 @@ BIG = 2048
 REGION_AT = 8 << 20
 _RESERVE = 16 << 30  # bytes of address space a region reserves (at least; none is committed)
 _MAP_NORESERVE = 0x4000  # Linux's value (absent from the mmap module)
+_STAGGER = 2112  # bytes (33 cache lines): see _arena
+_regions = 0  # regions made so far
 
 _NOTICED: set = set()  # jitted kernels checked for a compile this process
 
@@ -989,7 +991,14 @@ def _arena(n: int, dtype) -> np.ndarray:
         buf.madvise(mmap.MADV_HUGEPAGE)
     except (AttributeError, OSError):
         pass
-    return np.frombuffer(buf, dtype)[:n]
+    # Each region starts at its own offset into its mapping.  Mappings of the same size land
+    # a fixed distance apart (16 GB), so without it the value and adjoint arenas would start
+    # at the same address modulo 2 MB, and a rule reading a value and writing an adjoint at
+    # the same offset would hit the same cache sets: measured, a 10^6-element product's
+    # reverse rule ran in 1.9 ms against 0.95-1.0 ms with any offset between them.
+    global _regions
+    _regions += 1
+    return np.frombuffer(buf, dtype, offset=(_regions % 61 + 1) * _STAGGER)[:n]
 
 
 def _region_of(a: np.ndarray) -> np.ndarray | None:
