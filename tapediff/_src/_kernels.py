@@ -1554,11 +1554,16 @@ def adj_concat(meta, m, op, off, n, flag, adj, oo, touched):
             a = adj[off[s]:]
             first = touched[s] == 0
             for u in range(outer):
-                for t in range(w):
-                    if first:
-                        a[u * w + t] = g[u * row + col + t]
-                    else:
-                        a[u * w + t] += g[u * row + col + t]
+                # unsigned positions: a signed computed index keeps Numba's wrap-around test,
+                # which stops LLVM vectorising the copy (see adj_restride)
+                ua = uint64(u * w)
+                ug = uint64(u * row + col)
+                if first:
+                    for t in range(uint64(w)):
+                        a[ua + t] = g[ug + t]
+                else:
+                    for t in range(uint64(w)):
+                        a[ua + t] += g[ug + t]
             touched[s] = 1
         col += w
 
@@ -1580,8 +1585,10 @@ def fwd_concat(meta, m, off, n, val, oo):
         w = n[s] // outer
         x = val[off[s]:]
         for u in range(outer):
-            for t in range(w):
-                y[u * row + col + t] = x[u * w + t]
+            ux = uint64(u * w)
+            uy = uint64(u * row + col)
+            for t in range(uint64(w)):
+                y[uy + t] = x[ux + t]
         col += w
 
 
