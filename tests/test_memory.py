@@ -64,11 +64,14 @@ def w0():
 
 @pytest.fixture(autouse=True, params=["settle-large", "settle-always"])
 def _settle(request, monkeypatch):
-    """Every test twice: with the default threshold of ``Tape.settle`` (these graphs are
-    below it: reclamation happens when an operation needs room) and with every backward
-    settling its tape (compacting it in place)."""
+    """Every test twice: with the large-tape threshold of ``Tape.settle`` alone (these
+    graphs are below it: reclamation happens when an operation needs room) and with every
+    backward settling its tape (compacting it in place, as array tapes of a few records
+    past ``SETTLE_ARRAYS_AT`` values do by default)."""
     if request.param == "settle-always":
         monkeypatch.setattr(_tape, "SETTLE_AT", 1)
+    else:
+        monkeypatch.setattr(_tape, "SETTLE_ARRAYS_AT", _tape.SETTLE_AT)
 
 
 def _settling() -> bool:
@@ -395,6 +398,29 @@ def test_retained_graph_survives_many_reclamations(w0):
     (h * 2.0).sum().backward()  # the live intermediate is still a working graph node
     np.testing.assert_allclose(w.grad.numpy(), first + 2 * 1.5 * np.cos(1.5 * w0),
                                rtol=1e-12, atol=1e-14)
+
+
+def test_a_loop_of_array_steps_records_into_the_same_place(monkeypatch, w0):
+    """A tape of a few array records settles after each backward once it holds
+    ``SETTLE_ARRAYS_AT`` values: every step then records its values at the same offsets
+    (warm memory), and the gradients are those of the first step."""
+    monkeypatch.setattr(_tape, "SETTLE_ARRAYS_AT", 1 << 16)
+    assert 8 * len(w0) >= 1 << 16  # f records about eight values of len(w0) a step
+    tape = td.tape()
+    w = td.tensor(w0, requires_grad=True)
+    starts, grads = set(), []
+    for _ in range(6):
+        w.grad = None
+        with tape:
+            loss = f(w)
+        first = tape.off[w._leaf_record.slot + 1]  # the step's first record after the leaf
+        loss.backward()
+        starts.add((int(first), tape.top, tape.vtop))
+        grads.append(w.grad.numpy())
+    assert len(starts) == 1
+    for g in grads[1:]:
+        np.testing.assert_array_equal(g, grads[0])
+    np.testing.assert_allclose(grads[0], df_np(w0), rtol=1e-12, atol=1e-14)
 
 
 def test_values_taken_from_recorded_tensors_survive_reclamations(w0):

@@ -53,6 +53,11 @@ _MIN_META = 1024
 # (8 MB of float64): below that a tape is cheap to keep as it is, and scalar code, whose
 # tapes are small and whose backward calls are many, never pays for a compaction there.
 SETTLE_AT = 1 << 20
+# ... and so does a tape of at most ``PLAN_MAX`` records (array code) once it holds
+# ``SETTLE_ARRAYS_AT`` values (512 KB): a training step of a few large records otherwise
+# records each step at a fresh offset of its arena, out of cache (MLP 784-256-256-10 batch 64,
+# about 130,000 values a step: 3 % faster settled).
+SETTLE_ARRAYS_AT = 1 << 16
 # A backward plans its adjoint storage by liveness (``plan_adjoints``) on tapes of at least
 # ``PLAN_AT`` values and at most ``PLAN_MAX`` records (array code: a few large records, where
 # each adjoint range freed is megabytes; the plan costs O(records x live ranges)).
@@ -773,7 +778,8 @@ class Tape:
 
     def settle(self) -> None:
         """At a point where no operation is being recorded (the end of ``backward``): when the
-        tape holds at least ``SETTLE_AT`` values, drop what no live tensor can reach and move
+        tape holds at least ``SETTLE_AT`` values (``SETTLE_ARRAYS_AT`` for a tape of few
+        records), drop what no live tensor can reach and move
         what is left to the front of the same arenas, and let go of the spare arenas.  The
         next step then records into the same warm pages, with one arena resident.
 
@@ -781,7 +787,9 @@ class Tape:
         of its inputs' values taken before its ``reserve`` (a reclaim there compacts into the
         spare arena and leaves the old one intact until the next reclaim).  A settle keeps the
         arenas' sizes (what the steps need); ``reclaim()`` returns memory explicitly."""
-        if self._guards is not None or self.vtop + self.vtop32 < SETTLE_AT:
+        held = self.vtop + self.vtop32
+        if self._guards is not None or held < SETTLE_AT and (
+                held < SETTLE_ARRAYS_AT or self.top > PLAN_MAX):
             return
         self._reclaim(in_place=True)
 
