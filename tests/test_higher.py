@@ -238,6 +238,10 @@ def test_broadcasting_arithmetic_hessian_and_jacobians_against_torch(name, torch
         sb = data.draw(hnp.broadcastable_shapes(sa, max_dims=3, max_side=3))
         a = data.draw(domain_arrays((da,), shape=sa))
         b = data.draw(domain_arrays((db,), shape=sb))
+        if name == "pow":  # PyTorch's second derivatives of a ** b drop the slope 1/a at
+            # b == 0 (its mask; README, "Conventions"): tapediff's are checked there against
+            # the closed form instead (test_power_hessian_at_a_zero_exponent_closed_form)
+            b = np.where(b == 0, 0.5, b)
         out_shape = np.broadcast_shapes(sa, sb)
         w = rng(3).standard_normal(out_shape)
         f = lambda a, b: (op(a, b) ** 2 * w).sum()  # noqa: E731
