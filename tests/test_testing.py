@@ -361,3 +361,25 @@ def test_program_inputs_keep_away_from_the_shifted_kinks(data):
                                   min_ops=1, max_ops=1))
     for x in data.draw(prog.input_tensors(np.float32)):
         assert (np.abs(np.abs(x.numpy()) - tst.KINK_SHIFT) > 4e-3).all()
+
+
+def test_program_inputs_keep_away_from_kinks_the_shifts_cancel_into():
+    # Found by test_random_programs_hessian_blocks_against_differences_of_grad: in
+    # abs(relu(v0 + v0 + s) - s) the shifts cancel, and Hypothesis drew v0 = 0, the kink:
+    # the Hessian there is 0 and a difference of gradients across it 2e5.
+    s = tst.KINK_SHIFT
+    prog = tst.Program([()], [tst.Step("v1", "add", "v0 + v0", (), 4.0),
+                              tst.Step("v2", "relu", f"td.relu(v1 + {s})", (), 4.5),
+                              tst.Step("v3", "abs", f"td.abs(v2 - {s})", (), 4.1)])
+    assert prog.kink_distance(np.float64(0.0)) == 0.0
+    assert prog.kink_distance(np.float64(0.25)) == pytest.approx(0.5)
+    assert prog.kink_distance(np.float64(-1.0)) == pytest.approx(s)  # relu's operand
+    assert tst.Program([(2,)], [tst.Step("v1", "exp", "td.exp(v0)", (2,), 8.0)]).kink_distance(
+        np.zeros(2)) == math.inf
+
+    @settings(max_examples=40, deadline=None)
+    @given(xs=prog.input_tensors())
+    def check(xs):
+        assert abs(xs[0].item()) > 5e-3
+
+    check()

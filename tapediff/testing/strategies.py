@@ -442,20 +442,38 @@ class Program:
                 values.append(env[s.target])
         return values
 
+    def kink_distance(self, *arrays: Any) -> float:
+        """How far, at these inputs, the operand of the program's nearest relu or abs is from
+        its kink (inf without one).  A shifted operand can still land on it: in
+        ``td.abs(td.relu(v0 + v0 + s) - s)`` the shifts cancel and v0 = 0 is the kink."""
+        self._check(arrays)
+        env = {f"v{i}": np.asarray(a, np.float64) for i, a in enumerate(arrays)}
+        nearest = math.inf
+        with _no_nan():
+            for s in self.steps:
+                if s.op in ("relu", "abs"):  # td.relu(<operand>): the operand's distance to 0
+                    operand = np.asarray(eval(s.expr[s.expr.index("(") + 1:-1],  # noqa: S307
+                                              _NUMPY_NS, env))
+                    if operand.size:
+                        nearest = min(nearest, float(np.abs(operand).min()))
+                env[s.target] = np.asarray(eval(s.expr, _NUMPY_NS, env))  # noqa: S307
+        return nearest
+
     def input_tensors(self, dtype: Any = np.float64,
                       requires_grad: bool | st.SearchStrategy[bool] = True
                       ) -> st.SearchStrategy[tuple[td.Tensor, ...]]:
         """A strategy for inputs: one tensor per input shape, values in [-input_bound,
-        input_bound] (the range the program's bounds assume), none within a float32
-        finite-difference step (1e-3, with room) of +-``KINK_SHIFT``, where an input fed
-        straight to relu or abs would put a central difference across the kink."""
+        input_bound] (the range the program's bounds assume), such that no relu or abs
+        operand lies within 1e-2 of its kink (``kink_distance``), where a finite difference
+        (float32's step is 1e-3) would straddle two slopes."""
         dtype = np.dtype(dtype)
         b = self.input_bound
         elements = st.floats(-b, b, allow_nan=False, allow_infinity=False,
                              width=dtype.itemsize * 8).filter(
             lambda v: abs(abs(v) - KINK_SHIFT) > 4e-3)
         return st.tuples(*(tensors(dtype, s, elements, requires_grad)
-                           for s in self.input_shapes))
+                           for s in self.input_shapes)).filter(
+            lambda ts: self.kink_distance(*(t.detach().numpy() for t in ts)) > 1e-2)
 
 
 def _bound_of(row: OpSpec, bounds: Sequence[float], fanin: int) -> float:
