@@ -423,6 +423,64 @@ def test_a_loop_of_array_steps_records_into_the_same_place(monkeypatch, w0):
     np.testing.assert_allclose(grads[0], df_np(w0), rtol=1e-12, atol=1e-14)
 
 
+def _arenas(t) -> list:
+    return [a for a in (t.val, t.adj, t.val32, t.adj32, t._padj, t._padj32) if a is not None]
+
+
+def test_a_product_hands_its_leaf_gradient_over_without_a_copy(monkeypatch):
+    """A leaf that one matrix product alone reads gets its adjoint in an array of its own,
+    which becomes its ``.grad``: not a view of any arena, unchanged by later steps, and the
+    same numbers as the closed form; a leaf read by other records too (a second product, a
+    penalty, a concatenation) takes the arena's path, with the right gradient."""
+    handed = []
+    matmul_into = _tape.Tape._matmul_into
+
+    def spy(self, s, *args):
+        matmul_into(self, s, *args)
+        handed.append(s in self._handed)
+
+    monkeypatch.setattr(_tape.Tape, "_matmul_into", spy)
+    rng = np.random.default_rng(7)
+    X, W0 = rng.standard_normal((10, 20)), rng.standard_normal((20, 30))
+    w = td.tensor(W0, requires_grad=True)
+    tape = td.tape()
+    grads = []
+    for step in range(3):
+        Xs = X * (step + 1)
+        w.grad = None
+        with tape:
+            loss = td.tanh(Xs @ w).sum()
+        loss.backward()
+        g = w.grad.numpy()
+        assert not any(np.shares_memory(g, a) for a in _arenas(tape))
+        np.testing.assert_allclose(g, Xs.T @ (1 - np.tanh(Xs @ W0) ** 2), rtol=1e-12)
+        grads.append((g, g.copy()))
+    assert handed == [True] * 3
+    for g, snapshot in grads:  # later steps wrote nowhere near an earlier .grad
+        np.testing.assert_array_equal(g, snapshot)
+    # accumulation: a second backward adds into the handed .grad
+    with tape:
+        loss = td.tanh(X @ w).sum()
+    loss.backward()
+    np.testing.assert_allclose(w.grad.numpy(), grads[-1][1] + X.T @ (1 - np.tanh(X @ W0) ** 2),
+                               rtol=1e-12)
+    # read by more than the product
+    ones = np.ones((10, 30))
+    cases = {
+        "two products": (lambda: (X @ w).sum() + (X @ w * 2.0).sum(), 3 * X.T @ ones),
+        "a penalty": (lambda: (X @ w).sum() + (w * w).sum(), X.T @ ones + 2 * W0),
+        "a concatenation": (lambda: td.concatenate([X @ w, w]).sum(), X.T @ ones + 1.0),
+    }
+    for name, (f, want) in cases.items():
+        w.grad = None
+        with tape:
+            loss = f()
+        handed.clear()
+        loss.backward()
+        assert not any(handed), name
+        np.testing.assert_allclose(w.grad.numpy(), want, rtol=1e-12, err_msg=name)
+
+
 def test_values_taken_from_recorded_tensors_survive_reclamations(w0):
     # Values handed out from a recorded tensor (detach, np.asarray, no_grad results) must
     # not share storage a later reclamation writes into, whatever the arena reuse policy.

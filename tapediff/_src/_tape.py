@@ -38,7 +38,6 @@ from __future__ import annotations
 import mmap
 import sys
 import threading
-import weakref
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -144,6 +143,7 @@ class Tape:
         "val32", "adj32", "_spare32", "vtop32", "vcap32",  # float32 arena
         "mtop", "rcap", "_recent", "_live", "_cached", "_guards", "__weakref__",
         "_aoff", "_padj", "_padj32",  # a planned sweep's adjoint offsets and arenas
+        "_handed",  # leaf slot -> its whole adjoint, computed into an array of its own
     )
 
     def __init__(self) -> None:
@@ -163,6 +163,7 @@ class Tape:
         self._aoff = None  # adjoint offsets of the last sweep when planned, else None (off)
         self._padj = np.empty(0, np.float64)
         self._padj32 = np.empty(0, np.float32)
+        self._handed: dict = {}
 
     def __del__(self) -> None:
         try:
@@ -316,6 +317,9 @@ class Tape:
     def adjoint_view(self, slot: int) -> np.ndarray:
         """The flat adjoint range of ``slot`` (valid after a sweep that reached it, until the
         next sweep; after a planned sweep, for the leaves only)."""
+        handed = self._handed.get(slot)
+        if handed is not None:
+            return handed.reshape(-1)
         kind = int(self.arena_of[slot])
         o = int(self.off[slot] if self._aoff is None else self._aoff[slot])
         return self._adjoints(kind)[o:o + int(self.n[slot])]
@@ -633,6 +637,7 @@ class Tape:
         ``adjoint_view`` then holds for the leaves only, until the next sweep.
         """
         self._aoff = None
+        self._handed = {}
         aoff = self.off
         if (plan and root < PLAN_MAX and self.vtop + self.vtop32 >= PLAN_AT
                 and self._guards is None):
@@ -672,7 +677,7 @@ class Tape:
                 K.reverse_late(r, self.op, self.in_a, self.off, self.n, self.meta_at, self.flag,
                                self.meta, val, adj, touched, aoff)
             else:
-                self._python_rule(r, touched)
+                self._python_rule(r, touched, plan)
             i = r - 1
         if not retain_graph:
             swept = touched.view(bool) & (self.op[:root + 1] != K.OP_LEAF)
@@ -699,9 +704,10 @@ class Tape:
         if len(self.adj32) != len(self.val32) and self.vtop32:
             self.adj32 = _arena(len(self.val32), np.float32)
 
-    def _python_rule(self, i: int, touched: np.ndarray) -> None:
+    def _python_rule(self, i: int, touched: np.ndarray, plan: bool = False) -> None:
         """The reverse rules that are NumPy calls: matmul (BLAS), casts between arenas, the
-        table's rules, and the ``NUMPY_ADJOINT`` rules on large records."""
+        table's rules, and the ``NUMPY_ADJOINT`` rules on large records (``plan``: see
+        ``_matmul_into``)."""
         op = int(self.op[i])
         if K.TRAITS[op] & K.NUMPY_ADJOINT:
             self._numpy_adjoint(i, touched)
@@ -727,10 +733,10 @@ class Tape:
         g = g.reshape(bs, mm, nn)
         if self._gets_adjoint(a):
             bv = self.value_view(b, (bs, kk, nn)).transpose(0, 2, 1)
-            self._matmul_into(a, (bs, mm, kk), g, bv, touched)
+            self._matmul_into(a, (bs, mm, kk), g, bv, touched, plan)
         if self._gets_adjoint(b):
             av = self.value_view(a, (bs, mm, kk)).transpose(0, 2, 1)
-            self._matmul_into(b, (bs, kk, nn), av, g, touched)
+            self._matmul_into(b, (bs, kk, nn), av, g, touched, plan)
 
     def _numpy_adjoint(self, i: int, touched: np.ndarray) -> None:
         """Record ``i``'s reverse rule (a unary ``NUMPY_ADJOINT`` one) on whole arrays: the
@@ -752,13 +758,36 @@ class Tape:
         return self.op[s] != K.OP_CONST and not self.flag[s] & K.FLAG_CONSTANT
 
     def _matmul_into(self, s: int, shape: tuple, x: np.ndarray, y: np.ndarray,
-                     touched: np.ndarray) -> None:
-        """adj[s] (+)= x @ y, written by BLAS straight into the adjoint on a first touch."""
+                     touched: np.ndarray, plan: bool) -> None:
+        """adj[s] (+)= x @ y, written by BLAS straight into the adjoint on a first touch.
+
+        With ``plan`` (a backward: only the leaves' adjoints are read after it), a leaf that
+        this product is the only record to read gets its adjoint in an array of its own
+        (``_handed``), which ``backward`` makes its ``.grad`` without a copy, as PyTorch's
+        gradient accumulation does (a leaf of one element keeps the arena: ``backward``
+        reads those in one gather)."""
         if touched[s]:
             self.adjoint_view(s).reshape(shape)[...] += np.matmul(x, y)
+            return
+        touched[s] = 1
+        if plan and self.op[s] == K.OP_LEAF and self.n[s] > 1 and self._read_once(s):
+            self._handed[s] = np.matmul(x, y)
         else:
             np.matmul(x, y, out=self.adjoint_view(s).reshape(shape))
-            touched[s] = 1
+
+    def _read_once(self, s: int) -> bool:
+        """Whether exactly one record on the tape that is not released (a released record is
+        never swept again) reads slot ``s``."""
+        top = self.top
+        live = (self.flag[:top] & K.FLAG_RELEASED) == 0
+        if np.count_nonzero(((self.in_a[:top] == s) | (self.in_b[:top] == s)) & live) != 1 or (
+                self.in_a[:top] == self.in_b[:top])[live & (self.in_a[:top] == s)].any():
+            return False
+        for r in np.flatnonzero((K.TRAITS[self.op[:top]] & K.META_INPUTS) * live).tolist():
+            m = int(self.meta_at[r])
+            if s in self.meta[m + 2:m + 2 + int(self.meta[m + 1])]:
+                return False
+        return True
 
     # -- reclamation -------------------------------------------------------------------------
     def reclaim(self) -> None:
@@ -890,8 +919,14 @@ class Tape:
         self._spare = old_val if len(old_val) == cap_v > _MIN_VALUES and not in_place else None
         self._spare32 = (old_val32 if len(old_val32) == cap_v32 > _MIN_VALUES and not in_place
                          else None)
-        self._set_arena(K.KIND_F64, new_val, int(vt))
-        self._set_arena(K.KIND_F32, new_val32, int(vt32))
+        if same:  # (a settle: the arena is where it was)
+            self.vtop = int(vt)
+        else:
+            self._set_arena(K.KIND_F64, new_val, int(vt))
+        if same32:
+            self.vtop32 = int(vt32)
+        else:
+            self._set_arena(K.KIND_F32, new_val32, int(vt32))
         if len(self._padj) > cap_v:  # (a plan never needs more than the values' room)
             self._padj = np.empty(0, np.float64)
         if len(self._padj32) > cap_v32:
@@ -909,7 +944,6 @@ class Tape:
         # leaf/constant records that survive keep feeding .grad (their slot moved); a tensor
         # whose cached record was dropped records its value again when next used
         self._cached = {}
-        me = weakref.ref(self)
         for s, r, here in cached:
             t = r()
             ns = int(new_slot[s])
@@ -917,8 +951,8 @@ class Tape:
                 continue
             if ns >= 0:
                 self._cached[ns] = r
-                if here:
-                    t._leaf_record = t._leaf_record._replace(tape=me, slot=ns)
+                if here and ns != s:
+                    t._leaf_record = t._leaf_record._replace(slot=ns)
             elif here:
                 t._leaf_record = None
 

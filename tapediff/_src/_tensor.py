@@ -305,11 +305,13 @@ class Tensor:
                     leaf._grad = wrap(g)
                 else:
                     _accumulate_grad(leaf, np.array([g]))
+            handed = tape._handed
             for s in slots[~scalar].tolist():
                 r = cached.get(s)
                 leaf = r() if r is not None else None
                 if leaf is not None:
-                    _accumulate_grad(leaf, tape.adjoint_view(s))
+                    _accumulate_grad(leaf, tape.adjoint_view(s), s in handed)
+            tape._handed = {}  # (a .grad set to None later frees its array)
         tape.settle()  # a large tape: the next step records into the same warm arena
 
     # -- array attributes --------------------------------------------------------------------
@@ -794,8 +796,9 @@ def _graph_backward(y: Tensor, gradient: Any, retain_graph: bool) -> None:
             leaf._grad = g if old is None else old + g
 
 
-def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
-    """Add the flat adjoint ``g`` into ``leaf.grad`` (created on first use).
+def _accumulate_grad(leaf: Tensor, g: np.ndarray, own: bool = False) -> None:
+    """Add the flat adjoint ``g`` into ``leaf.grad`` (created on first use; from ``g`` itself
+    when ``own``: an array nothing else holds).
 
     An existing ``.grad`` outside any graph is updated in place, its version bumped so that a
     tape holding its old value records it again; any other is replaced."""
@@ -812,7 +815,7 @@ def _accumulate_grad(leaf: Tensor, g: np.ndarray) -> None:
     dt = leaf.dtype
     shape = leaf.shape
     if old is None:
-        leaf._grad = constant(g.reshape(shape).astype(dt, copy=True))
+        leaf._grad = constant(g.reshape(shape).astype(dt, copy=not own))
         return
     ov = old._v
     if (old._tape is None and type(ov) is np.ndarray and ov.flags.writeable
