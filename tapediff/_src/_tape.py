@@ -868,7 +868,7 @@ class Tape:
                 keep[t._slot] = 1
                 alive.append(t)
                 live_refs.append(r)
-        cached = []  # (slot, weakref, whether the tensor's cache points at that slot)
+        cached = []  # (slot, weakref, the tensor's cache record when it points at that slot)
         for s, r in self._cached.items():
             t = r()
             if t is None:
@@ -877,7 +877,7 @@ class Tape:
             here = c is not None and c.tape() is self and c.slot == s
             if here and c.version == t._ver:  # still the tensor's current value: worth keeping
                 keep[s] = 1
-            cached.append((s, r, here))
+            cached.append((s, r, c if here else None))
         K.mark_live(top, self.op, self.in_a, self.in_b, self.meta_at, self.flag, self.meta, keep)
 
         kept = keep.view(bool)
@@ -944,16 +944,18 @@ class Tape:
         # leaf/constant records that survive keep feeding .grad (their slot moved); a tensor
         # whose cached record was dropped records its value again when next used
         self._cached = {}
-        for s, r, here in cached:
+        for s, r, c in cached:
             t = r()
             ns = int(new_slot[s])
             if t is None:
                 continue
             if ns >= 0:
                 self._cached[ns] = r
-                if here and ns != s:
-                    t._leaf_record = t._leaf_record._replace(slot=ns)
-            elif here:
+                # (from the record read above: another thread may have pointed the tensor's
+                # cache at its own tape since; that tape then records the value again)
+                if c is not None and ns != s:
+                    t._leaf_record = c._replace(slot=ns)
+            elif c is not None:
                 t._leaf_record = None
 
 
