@@ -440,6 +440,7 @@ def test_a_product_hands_its_leaf_gradient_over_without_a_copy(monkeypatch):
         handed.append(s in self._handed)
 
     monkeypatch.setattr(_tape.Tape, "_matmul_into", spy)
+    monkeypatch.setattr(_tape, "HANDOVER_AT", 2)  # (these leaves are small)
     rng = np.random.default_rng(7)
     X, W0 = rng.standard_normal((10, 20)), rng.standard_normal((20, 30))
     w = td.tensor(W0, requires_grad=True)

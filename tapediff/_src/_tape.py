@@ -66,6 +66,10 @@ PLAN_MAX = 1 << 13
 # least ``BIG`` elements: NumPy's SIMD loops beat a scalar libm call per element by more than
 # a hand-back costs (e.g. tanh: ~0.8 ns/element against ~9), and give NumPy's values exactly.
 BIG = 2048
+# A backward hands the adjoint of a leaf that one matrix product alone reads over as its
+# ``.grad`` (no copy out of the arena) from this many elements (512 KB of float64): below
+# that, the copy (~0.3 ns an element) costs less than counting the leaf's readers on the tape.
+HANDOVER_AT = 1 << 16
 
 # Arenas of at least ``REGION_AT`` bytes live in a reserved region of virtual memory (``_region``)
 # that they grow into without moving: a growing tape neither copies its values nor touches
@@ -764,13 +768,13 @@ class Tape:
         With ``plan`` (a backward: only the leaves' adjoints are read after it), a leaf that
         this product is the only record to read gets its adjoint in an array of its own
         (``_handed``), which ``backward`` makes its ``.grad`` without a copy, as PyTorch's
-        gradient accumulation does (a leaf of one element keeps the arena: ``backward``
-        reads those in one gather)."""
+        gradient accumulation does; from ``HANDOVER_AT`` elements (a smaller copy costs less
+        than finding the leaf's readers)."""
         if touched[s]:
             self.adjoint_view(s).reshape(shape)[...] += np.matmul(x, y)
             return
         touched[s] = 1
-        if plan and self.op[s] == K.OP_LEAF and self.n[s] > 1 and self._read_once(s):
+        if plan and self.op[s] == K.OP_LEAF and self.n[s] >= HANDOVER_AT and self._read_once(s):
             self._handed[s] = np.matmul(x, y)
         else:
             np.matmul(x, y, out=self.adjoint_view(s).reshape(shape))
