@@ -57,19 +57,6 @@ def _meta(tape: Any, i: int) -> np.ndarray:
     return tape.meta[m + 1:m + 1 + int(tape.meta[m])].copy()
 
 
-def _inputs(tape: Any, i: int) -> list:
-    """Record ``i``'s input slots, in the order its rule takes them: a, b, then those
-    listed in its payload."""
-    o = int(tape.op[i])
-    m = int(tape.meta_at[i])
-    listed = []
-    if m >= 0 and K.TRAITS[o] & K.META_INPUTS:
-        listed = [int(s) for s in tape.meta[m + 2:m + 2 + int(tape.meta[m + 1])]]
-    if o == K.OP_CONCAT:  # its payload lists every input (a and b are the first two)
-        return listed
-    return [int(s) for s in (tape.in_a[i], tape.in_b[i]) if s >= 0] + listed
-
-
 def _slot_tensor(tape: Any, s: int) -> Tensor:
     """Slot ``s``'s value as a recorded tensor (flat; a float for a float64 scalar)."""
     n = int(tape.n[s])
@@ -92,7 +79,7 @@ class _Slot:
         self.op = int(tape.op[i])
         self.param = float(tape.param[i])
         self.meta = _meta(tape, i)
-        self.ins = _inputs(tape, i)
+        self.ins = tape.inputs(i)
         self.n = int(tape.n[i])
         self.kind = int(tape.arena_of[i])
 
@@ -144,7 +131,7 @@ def graph_gradients(y: Tensor, seed: Any, targets: list[int] | None,
         o = int(ops[i])
         if K.TRAITS[o] & K.NO_GRADIENT or o == K.OP_CONST or o == K.OP_LEAF:
             continue
-        if any(leads[s] for s in _inputs(tape, i)):
+        if any(leads[s] for s in tape.inputs(i)):
             leads[i] = True
             walk.append(i)
     if not leads[root]:

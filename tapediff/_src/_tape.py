@@ -312,6 +312,18 @@ class Tape:
         self.mtop = m + 1 + k
         return m
 
+    def inputs(self, i: int) -> list:
+        """Record ``i``'s input slots, in the order its rule takes them: a, b, then those
+        listed in its payload."""
+        o = int(self.op[i])
+        m = int(self.meta_at[i])
+        listed = []
+        if m >= 0 and K.TRAITS[o] & K.META_INPUTS:
+            listed = [int(s) for s in self.meta[m + 2:m + 2 + int(self.meta[m + 1])]]
+        if o == K.OP_CONCAT:  # its payload lists every input (a and b are the first two)
+            return listed
+        return [int(s) for s in (self.in_a[i], self.in_b[i]) if s >= 0] + listed
+
     def value_view(self, slot: int, shape: tuple) -> np.ndarray:
         """The arena range of ``slot`` as an array of ``shape`` (writable; callers freeze it)."""
         o = int(self.off[slot])
@@ -783,15 +795,10 @@ class Tape:
         """Whether exactly one record on the tape that is not released (a released record is
         never swept again) reads slot ``s``."""
         top = self.top
-        live = (self.flag[:top] & K.FLAG_RELEASED) == 0
-        if np.count_nonzero(((self.in_a[:top] == s) | (self.in_b[:top] == s)) & live) != 1 or (
-                self.in_a[:top] == self.in_b[:top])[live & (self.in_a[:top] == s)].any():
-            return False
-        for r in np.flatnonzero((K.TRAITS[self.op[:top]] & K.META_INPUTS) * live).tolist():
-            m = int(self.meta_at[r])
-            if s in self.meta[m + 2:m + 2 + int(self.meta[m + 1])]:
-                return False
-        return True
+        near = ((self.in_a[:top] == s) | (self.in_b[:top] == s)
+                | (K.TRAITS[self.op[:top]] & K.META_INPUTS != 0))
+        near &= (self.flag[:top] & K.FLAG_RELEASED) == 0
+        return sum(self.inputs(r).count(s) for r in np.flatnonzero(near).tolist()) == 1
 
     # -- reclamation -------------------------------------------------------------------------
     def reclaim(self) -> None:
@@ -812,9 +819,9 @@ class Tape:
     def settle(self) -> None:
         """At a point where no operation is being recorded (the end of ``backward``): when the
         tape holds at least ``SETTLE_AT`` values (``SETTLE_ARRAYS_AT`` for a tape of few
-        records), drop what no live tensor can reach and move
-        what is left to the front of the same arenas, and let go of the spare arenas.  The
-        next step then records into the same warm pages, with one arena resident.
+        records), drop what no live tensor can reach and move what is left to the front of
+        the same arenas, and let go of the spare arenas.  The next step then records into the
+        same warm pages, with one arena resident.
 
         Only here may values move in place: while an operation records, it may hold views
         of its inputs' values taken before its ``reserve`` (a reclaim there compacts into the
