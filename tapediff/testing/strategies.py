@@ -446,17 +446,15 @@ class Program:
         """How far, at these inputs, the operand of the program's nearest relu or abs is from
         its kink (inf without one).  A shifted operand can still land on it: in
         ``td.abs(td.relu(v0 + v0 + s) - s)`` the shifts cancel and v0 = 0 is the kink."""
-        self._check(arrays)
-        env = {f"v{i}": np.asarray(a, np.float64) for i, a in enumerate(arrays)}
+        names = [f"v{i}" for i in range(self.n_inputs)] + [s.target for s in self.steps]
+        env = dict(zip(names, self.trace(*arrays)))
         nearest = math.inf
-        with _no_nan():
-            for s in self.steps:
-                if s.op in ("relu", "abs"):  # td.relu(<operand>): the operand's distance to 0
-                    operand = np.asarray(eval(s.expr[s.expr.index("(") + 1:-1],  # noqa: S307
-                                              _NUMPY_NS, env))
-                    if operand.size:
-                        nearest = min(nearest, float(np.abs(operand).min()))
-                env[s.target] = np.asarray(eval(s.expr, _NUMPY_NS, env))  # noqa: S307
+        for s in self.steps:
+            if s.op in ("relu", "abs"):  # td.relu(<operand>): the operand's distance to 0
+                operand = np.asarray(eval(s.expr[s.expr.index("(") + 1:-1],  # noqa: S307
+                                          _NUMPY_NS, env))
+                if operand.size:
+                    nearest = min(nearest, float(np.abs(operand).min()))
         return nearest
 
     def input_tensors(self, dtype: Any = np.float64,
