@@ -704,7 +704,7 @@ def test_replay_contender_matches_eager_tapediff(case):
 
 
 def test_every_replay_workload_case_has_the_replay_contender():
-    for module in (scalar, mlp, gmm, ba):
+    for module in (scalar, elementwise, mlp, gmm, ba):
         assert all(c.replay for c in module.cases(quick=True))
     assert [c.name for c in mlp.cases(quick=False) if c.threads] == [
         "MLP 784-256-256-10 batch 64"]

@@ -327,7 +327,7 @@ def test_compiled_drivers_pass_the_sweeps_no_constant_argument():
     import ast
     import inspect
 
-    sweeps = {"forward_sweep", "reverse_sweep", "reverse_all", "tangent_sweep"}
+    sweeps = {"forward_sweep", "reverse_sweep", "reverse_all", "tangent_sweep", "fused_group"}
     tree = ast.parse(inspect.getsource(K))
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
              and isinstance(node.func, ast.Name) and node.func.id in sweeps]

@@ -7,6 +7,9 @@ transcendental functions: the gradient should cost a small multiple of the prima
 * mixed: ``sum(log1p(exp(x*y)) * sin(x) + tanh(y) * x**2)``, gradients in x and y.
 * Rosenbrock: ``sum(100 (x[1:] - x[:-1]^2)^2 + (1 - x[:-1])^2)``, with a hand-written
   NumPy gradient as a peer.
+
+Both also run as replay contenders: replay runs each chain as one fused group (the slices
+of x read in place, the sum accumulated block by block).
 """
 from __future__ import annotations
 
@@ -46,8 +49,8 @@ def cases(quick: bool) -> list[Case]:
     for n in sizes:
         rng = np.random.default_rng(n)
         x, y = rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)
-        out.append(Case(WORKLOAD, f"mixed n={n:,}", mixed, [x, y], size={"n": n},
+        out.append(Case(WORKLOAD, f"mixed n={n:,}", mixed, [x, y], size={"n": n}, replay=True,
                         note="sum(log1p(exp(x*y))*sin(x) + tanh(y)*x**2), grad in x and y"))
         out.append(Case(WORKLOAD, f"Rosenbrock n={n:,}", rosenbrock, [x.copy()],
-                        size={"n": n}, hand_grad=rosenbrock_hand))
+                        size={"n": n}, hand_grad=rosenbrock_hand, replay=True))
     return out

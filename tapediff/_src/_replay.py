@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import _kernels as K
+from . import _fusion as fusion
 from . import _primitives as P
 from ._grad_mode import enable_grad
 from ._tape import BIG, Tape, notice_compile, thread_state
@@ -303,6 +304,7 @@ class _Recording:
         self.in_ranges = [self._range(self.slot(x)) for x in self.inputs]
         self.grad_ranges = [self._range(self.slot(x)) for x in self.diff]
         self.root = -1 if self.out is None else self.out._slot
+        self.plan = None  # fused groups: planned from what the first sweep reaches
         self.first = self._sweep()
         if not allow_unused:
             self._check_used(order)
@@ -316,6 +318,12 @@ class _Recording:
         self.touched = np.zeros(top, np.uint8)
         self.leaf_slots = np.empty(top, np.int64)
         self.nleaf = np.zeros(1, np.int64)
+        if guarded and top:  # (NumPy's rules are run by NumPy, and not fused, from BIG on)
+            self.plan = fusion.plan(tape, self.root, self.swept, BIG)
+        if self.plan is not None:
+            for kind, registers in zip((K.KIND_F64, K.KIND_F32), self.plan.registers):
+                if registers:
+                    tape.room_past(kind, registers)
 
     def _range(self, s: int) -> tuple:
         """(slot, arena kind, first, end) of slot ``s``, or (-1, 0, 0, 0) when unused."""
@@ -339,7 +347,8 @@ class _Recording:
     def _sweep(self) -> tuple:
         """(value, gradients) from the values now in the arena."""
         touched = self.swept = np.zeros(self.tape.top, np.uint8)
-        if self.root >= 0 and self.tape.sweep(self.root, np.ones(1), True, touched) is None:
+        if self.root >= 0 and self.tape.sweep(self.root, np.ones(1), True, touched,
+                                              fused=self.plan) is None:
             raise AssertionError("a kept recording was released")  # pragma: no cover
         return self._collect(touched)
 
@@ -388,7 +397,8 @@ class _Recording:
         for (s, kind, lo, hi), v in zip(self.in_ranges, dyn):
             if s >= 0:
                 (tape.val if kind == K.KIND_F64 else tape.val32)[lo:hi] = v.reshape(-1)
-        if self.fast:
+        fused = self.plan is not None and self.plan.fused > 0
+        if self.fast and not fused:
             notice_compile(K.replay_sweeps, "the replay sweeps", 8)
             kind = int(tape.arena_of[0])
             val, adj = tape.arena(kind)
@@ -401,7 +411,11 @@ class _Recording:
             if r != K.SWEEP_DONE:
                 raise AssertionError(f"replay sweep ended with code {r}")
             return self._collect(self.touched)
-        g = tape.forward()
+        # records one by one and fused groups (compiled on first use), along the plan's
+        # schedule: a few calls from Python, against groups of at least FUSE_MIN elements
+        if fused:
+            notice_compile(K.fused_group, "the fused replay kernels", 8)
+        g = tape.forward(fused=self.plan)
         if g >= 0:
             return int(tape.param[g])
         return self._sweep()

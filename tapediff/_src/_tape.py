@@ -380,14 +380,27 @@ class Tape:
         return self._guards is not None
 
     # -- replay ------------------------------------------------------------------------------
-    def forward(self, start: int = 0) -> int:
+    def forward(self, start: int = 0, fused: Any = None) -> int:
         """Recompute every record's value from ``start`` on, from the values of the leaves and
-        constants in the arena (replay writes new inputs there first).
+        constants in the arena (replay writes new inputs there first); with ``fused`` (a
+        ``_fusion.Plan`` of this tape), every record along its schedule.
 
         Returns -1, or the index of the first guard record whose value no longer matches
         what was seen when recording (the values above it are then stale).
         """
-        i, top = start, self.top
+        if fused is None:
+            return self._forward(start, self.top)
+        for lo, hi, g in fused.sched.tolist():
+            if g >= 0:
+                self._fused(fused, g, False, None)
+                continue
+            r = self._forward(lo, hi)
+            if r >= 0:
+                return r
+        return -1
+
+    def _forward(self, i: int, top: int) -> int:
+        """``forward`` over records i .. top - 1."""
         if K.forward_sweep not in _NOTICED:
             notice_compile(K.forward_sweep, "the forward sweep", 12)
         while i < top:
@@ -558,7 +571,7 @@ class Tape:
             out = np.empty((len(seeds), sum(sizes)), val.dtype)
             if K.reverse_rows not in _NOTICED:
                 notice_compile(K.reverse_rows, "the batched reverse sweep", 3)
-            r = K.reverse_rows(root, kind, self.op, self.in_a, self.in_b, self.off, self.n,
+            r = K.reverse_rows(root, 0, kind, self.op, self.in_a, self.in_b, self.off, self.n,
                                self.param, self.meta_at, self.flag, self.arena_of, self.meta,
                                val, adj, np.ascontiguousarray(seeds, val.dtype), leaf_off,
                                leaf_n, out, K.NEVER)
@@ -637,7 +650,7 @@ class Tape:
 
     # -- differentiation -----------------------------------------------------------------------
     def sweep(self, root: int, seed: np.ndarray, retain_graph: bool,
-              touched: np.ndarray | None = None, plan: bool = False):
+              touched: np.ndarray | None = None, plan: bool = False, fused: Any = None):
         """Run the reverse sweep from ``root`` seeded with ``seed``; return the leaf slots reached.
 
         The jitted sweep runs over the records of one arena kind and hands back at records of
@@ -651,6 +664,9 @@ class Tape:
         (``K.plan_adjoints``): the adjoint arenas need the largest set of adjoints live at one
         time rather than the size of the values, and the sweep works in the same warm range.
         ``adjoint_view`` then holds for the leaves only, until the next sweep.
+
+        ``fused`` (a ``_fusion.Plan`` of a recording kept for replay) runs the records along
+        its schedule, its groups by ``K.fused_group``.
         """
         self._aoff = None
         self._handed = {}
@@ -670,11 +686,36 @@ class Tape:
         nleaf = np.zeros(1, np.int64)
         if K.reverse_sweep not in _NOTICED:
             notice_compile(K.reverse_sweep, "the reverse sweep", 8)
-        i = root
-        while i >= 0:
+        if fused is None:
+            if not self._sweep_down(root, 0, touched, leaf_slots, nleaf, aoff, plan):
+                return None
+        else:
+            for lo, hi, g in reversed(fused.sched.tolist()):
+                if g >= 0:
+                    self._fused(fused, g, True, touched)
+                elif min(hi - 1, root) >= lo and not self._sweep_down(
+                        min(hi - 1, root), lo, touched, leaf_slots, nleaf, aoff, plan):
+                    return None
+        if not retain_graph:
+            swept = touched.view(bool) & (self.op[:root + 1] != K.OP_LEAF)
+            self.flag[:root + 1][swept] |= K.FLAG_RELEASED
+        return leaf_slots[:nleaf[0]]
+
+    def _fused(self, fused: Any, g: int, reverse: bool, touched: np.ndarray | None) -> None:
+        """Fused group ``g`` of plan ``fused``, forward or in reverse (``K.fused_group``)."""
+        kind = int(fused.groups[g, K.G_KIND])
+        K.fused_group(g, reverse, fused.groups, fused.fu, fused.fc, fused.ru, fused.rc, self.off,
+                      self.n, self.arena(kind)[0], self._adjoints(kind),
+                      np.zeros(0, np.uint8) if touched is None else touched, fused.fresh,
+                      fused.tmp)
+
+    def _sweep_down(self, i: int, stop: int, touched: np.ndarray, leaf_slots: np.ndarray,
+                    nleaf: np.ndarray, aoff: np.ndarray, plan: bool) -> bool:
+        """``sweep`` over records i down to ``stop``; False at a released record."""
+        while i >= stop:
             kind = int(self.arena_of[i])
             val, adj = self.arena(kind)[0], self._adjoints(kind)
-            r = K.reverse_sweep(i, kind, self.op, self.in_a, self.in_b, self.off, self.n,
+            r = K.reverse_sweep(i, stop, kind, self.op, self.in_a, self.in_b, self.off, self.n,
                                 self.param, self.meta_at, self.flag, self.arena_of, self.meta, val,
                                 adj, touched, leaf_slots, nleaf, BIG, aoff)
             if r == K.SWEEP_DONE:
@@ -682,7 +723,7 @@ class Tape:
             if r == K.UNKNOWN_OPCODE:
                 raise AssertionError("reverse sweep met an opcode it has no rule for")
             if r < 0:
-                return None
+                return False
             if int(self.arena_of[r]) != kind:
                 i = r  # resume on the other arena
                 continue
@@ -695,10 +736,7 @@ class Tape:
             else:
                 self._python_rule(r, touched, plan)
             i = r - 1
-        if not retain_graph:
-            swept = touched.view(bool) & (self.op[:root + 1] != K.OP_LEAF)
-            self.flag[:root + 1][swept] |= K.FLAG_RELEASED
-        return leaf_slots[:nleaf[0]]
+        return True
 
     def _plan(self, root: int) -> np.ndarray:
         """Plan the adjoint storage of a sweep from ``root`` (see ``sweep``) and make the
@@ -719,6 +757,19 @@ class Tape:
             self.adj = _arena(len(self.val), np.float64)
         if len(self.adj32) != len(self.val32) and self.vtop32:
             self.adj32 = _arena(len(self.val32), np.float32)
+
+    def room_past(self, kind: int, items: int) -> None:
+        """Room for ``items`` more values (and adjoints) past the last value of the arena of
+        ``kind``, every offset kept: scratch that replay's fused groups use as registers."""
+        val = self.arena(kind)[0]
+        used = self.vtop if kind == K.KIND_F64 else self.vtop32
+        if len(val) < used + items:
+            new = _grown(val, used + items)
+            if new is None:
+                new = _arena(used + items, val.dtype)
+                new[:used] = val[:used]
+            self._set_arena(kind, new, used)
+        self._size_adjoints()
 
     def _python_rule(self, i: int, touched: np.ndarray, plan: bool = False) -> None:
         """The reverse rules that are NumPy calls: matmul (BLAS), casts between arenas, the

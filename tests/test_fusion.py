@@ -1,0 +1,273 @@
+"""Tests of replay's fused groups (``tapediff._src._fusion``): chains of elementwise records
+planned after recording and run block by block, inner values in registers.
+
+Fusion must change nothing a user can see but the time: each test compares a fused replay
+with eager tapediff (``value_and_grad`` without replay), with an unfused replay, or with a
+closed form.  Most run with ``fusing(minimum=1, block=b)``, which fuses records of any size
+and cuts them into blocks of a few elements, so that tiny inputs exercise several blocks,
+short last blocks, and every rule of the op table inside a group:
+
+* every row of the op table with a gradient, in float64 and float32 (``test_replay``'s
+  table case, fused);
+* random programs, at several block lengths, against eager and the unfused replay;
+* the plan itself, on random programs: every record runs once (in a group, one by one, or
+  read in place as a slice), after everything it reads;
+* the cases the planner singles out: slices read in place (overlapping ones adding into one
+  adjoint), a sum closing its group, members read outside their group, operands read twice
+  by one rule, size-1 operands summed over blocks, members no adjoint reaches (no 0 * inf),
+  arguments not differentiated, NaN, float32, groups of different sizes, threads.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import tapediff as td
+from tapediff._src import _fusion
+from tapediff._src import _kernels as K
+from tapediff.testing.strategies import programs
+
+from helpers import crash_guard, note
+from test_replay import CHUNKS, _table_case, assert_same_result, eager
+
+
+@contextlib.contextmanager
+def fusing(minimum: int = 1, block: int = 3):
+    """Fuse records from ``minimum`` elements on, in blocks of ``block``."""
+    saved = _fusion.FUSE_MIN, _fusion.BLOCK
+    _fusion.FUSE_MIN, _fusion.BLOCK = minimum, block
+    try:
+        yield
+    finally:
+        _fusion.FUSE_MIN, _fusion.BLOCK = saved
+
+
+def unfused():
+    return fusing(1 << 62)
+
+
+def plan_of(f) -> _fusion.Plan:
+    """The plan of a replayed function's most recent recording in this thread."""
+    return f._recs()[0].plan
+
+
+def replayed(fn, *args, argnums=0):
+    """``fn``'s value and gradient replayed at ``args`` (recorded at ``args`` + 1 first), and
+    the replayed function."""
+    f = td.value_and_grad(fn, argnums, replay=True, allow_unused=True)
+    f(*[np.asarray(a) + 1.0 for a in args])
+    out = f(*args)
+    assert (f.recordings, f.replays) == (1, 1), f.last_guard
+    return out, f
+
+
+def rosenbrock(x):
+    return (100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2).sum()
+
+
+def rosenbrock_grad(x: np.ndarray) -> np.ndarray:
+    g = np.zeros_like(x)
+    d = x[1:] - x[:-1] ** 2
+    g[1:] += 200.0 * d
+    g[:-1] += -400.0 * x[:-1] * d - 2.0 * (1.0 - x[:-1])
+    return g
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. every rule inside a group; random programs
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rows", CHUNKS, ids=[f"{c[0].name}..{c[-1].name}" for c in CHUNKS])
+@crash_guard
+def test_op_table_replays_fused_in_blocks_of_two(rows):
+    """Each row, times a weight array and summed (one group with the sum), replayed in
+    blocks of two elements: the same value and gradient as eager, float64 and float32."""
+    failures = []
+    with fusing(1, 2):
+        for row in rows:
+            for dtype in (np.float64,) if row.alias else (np.float64, np.float32):
+                try:
+                    _table_case(row, dtype)
+                except Exception as e:  # noqa: BLE001 - reported below, with the row
+                    failures.append(f"{row.name} ({np.dtype(dtype).name}): "
+                                    f"{type(e).__name__}: {e}")
+    assert not failures, "\n\n".join(failures)
+
+
+@crash_guard
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prog=programs(max_ops=8), block=st.sampled_from([1, 2, 3, 5, 512]), data=st.data())
+def test_generated_programs_fused_match_eager_and_unfused_replay(prog, block, data):
+    first = [t.numpy() for t in data.draw(prog.input_tensors(), label="first inputs")]
+    second = [t.numpy() for t in data.draw(prog.input_tensors(), label="second inputs")]
+    assume(any(not np.array_equal(a, b) for a, b in zip(first, second)))
+    argnums = tuple(range(prog.n_inputs))
+    with fusing(1, block):
+        f = td.value_and_grad(prog, argnums, replay=True, allow_unused=True)
+        f(*first)
+        note(f"fused replay of\n{prog}\nat {second!r}, blocks of {block}")
+        got = f(*second)
+        assert (f.recordings, f.replays) == (1, 1), f.last_guard
+    assert_same_result(got, eager(prog, *second, argnums=argnums))
+    with unfused():
+        g = td.value_and_grad(prog, argnums, replay=True, allow_unused=True)
+        g(*first)
+        plain = g(*second)
+        assert plan_of(g).fused == 0
+    # the same rules in the same order: only sums over blocks may associate differently
+    assert_same_result(got, plain, {"rtol": 1e-13, "atol": 1e-13})
+
+
+def _check_schedule(tape, plan: _fusion.Plan) -> None:
+    """Every record runs once, after the records it reads: one by one in a range of the
+    schedule, as a member of a group, or read in place as a slice by a group."""
+    top = tape.top
+    runs = np.zeros(top, int)
+    done = np.zeros(top, bool)
+    in_place = set()
+    for lo, hi, g in plan.sched.tolist():
+        if g < 0:
+            members = list(range(lo, hi))
+        else:
+            nn, block, f0, f1, r0, r1, _ = plan.groups[g].tolist()
+            assert f1 - f0 >= 2, "a group of one record"
+            assert 1 <= block <= nn
+            members = [int(i) for i in np.flatnonzero(plan.group_of == g)]
+            assert len(members) == f1 - f0
+            # the group reads everything its members read and that is not one of them
+            for m in members:
+                for s in tape.inputs(m):
+                    if s in members:
+                        continue
+                    if not done[s] and int(tape.op[s]) == K.OP_RESTRIDE:
+                        in_place.add(s)  # a slice read in place: its input must be done
+                        s = int(tape.in_a[s])
+                    assert done[s], f"group {g} reads record {s} before it runs"
+        for i in members:
+            if g < 0:
+                for s in tape.inputs(i):
+                    assert done[s], f"record {i} reads record {s} before it runs"
+            runs[i] += 1
+            done[i] = True
+    for s in in_place:
+        runs[s] += 1
+    assert (runs == 1).all(), f"records run {runs.tolist()} times"
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prog=programs(max_ops=10), data=st.data())
+def test_the_plan_runs_every_record_once_after_its_inputs(prog, data):
+    x = [t.numpy() for t in data.draw(prog.input_tensors(), label="inputs")]
+    with fusing(1, 3):
+        f = td.value_and_grad(prog, tuple(range(prog.n_inputs)), replay=True,
+                              allow_unused=True)
+        f(*x)
+    _check_schedule(f.tape, plan_of(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. what the planner singles out
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rosenbrock_is_one_group_reading_its_slices_in_place(dtype):
+    """At the default sizes: the elementwise chain, its three slices of x and the sum make
+    one group; only the leaf runs one by one; the gradient is the closed form's."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, 1000).astype(dtype)
+    (value, grad), f = replayed(rosenbrock, x)
+    p = plan_of(f)
+    assert p.sched.tolist() == [[0, 1, -1], [0, 0, 0]]
+    assert p.fused == 8  # 7 elementwise records and the sum
+    assert grad.dtype == dtype and np.asarray(value).dtype == dtype
+    tol = {"rtol": 1e-12, "atol": 1e-9} if dtype == np.float64 else {"rtol": 2e-5, "atol": 2e-2}
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(grad, rosenbrock_grad(x64), **tol)
+    np.testing.assert_allclose(value, rosenbrock(x64), **tol)
+
+
+@crash_guard
+@pytest.mark.parametrize("block", [1, 2, 7, 512])
+@pytest.mark.parametrize("name", [
+    "overlapping slices", "whole slice and whole", "operand twice", "size-1 operand",
+    "member read outside", "slice of a member", "two sizes", "unreached member",
+    "not differentiated", "nan"])
+def test_planner_cases_match_eager(name, block):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.5, 2.0, 40)
+    y = rng.uniform(0.5, 2.0, 25)
+    s = np.array(0.7)
+    cases = {
+        # x's adjoint gets three overlapping contributions, all adds after one zeroing
+        "overlapping slices": (lambda x: (x[2:] * x[1:-1] + 3.0 * x[:-2]).sum(), (x,)),
+        # x read in place through a slice of all of it and directly: all its contributions
+        # add (a direct first contribution assigning would erase the slice's)
+        "whole slice and whole": (lambda x: (td.exp(x) + x[0:] * 2.0).sum(), (x,)),
+        "operand twice": (lambda x: (x * x + x / x + (x + x)).sum(), (x,)),
+        # s's adjoint sums n contributions over the blocks
+        "size-1 operand": (lambda x, s: (x * s + s - x / s).sum(), (x, s)),
+        # y is read by the group and by a later record (y[3]): stored, and its adjoint
+        # from outside meets the group's
+        "member read outside": (lambda x: (2.0 * x).sum() + td.exp(x * 0.5)[3] ** 2, (x,)),
+        "slice of a member": (lambda x: (lambda m: (m[1:] * m[:-1]).sum())(x * 2.0 + 1.0),
+                              (x,)),
+        "two sizes": (lambda x, y: (x * x).sum() * (y * 3.0 + 1.0).sum(), (x, y)),
+        # exp(1000 x) overflows; only a comparison reads it: its adjoint is never formed
+        "unreached member": (lambda x: td.where(td.exp(1000.0 * x) > 1.0, x, -x).sum(),
+                             (x - 1.0,)),
+        "not differentiated": (lambda x, y: (x[:25] * td.sin(y) * y).sum(), (x, y)),
+        "nan": (lambda x: (td.sqrt(x) * x).sum(), (np.where(np.arange(40) % 7 == 3, -1.0, x),)),
+    }
+    fn, args = cases[name]
+    argnums = (0,) if name == "not differentiated" else tuple(range(len(args)))
+    with fusing(1, block):
+        got, f = replayed(fn, *args, argnums=argnums)
+        assert plan_of(f).fused > 0
+        _check_schedule(f.tape, plan_of(f))
+    expected = eager(fn, *args, argnums=argnums)
+    if name == "nan":
+        assert np.isnan(got[1][0]).tolist() == np.isnan(expected[1][0]).tolist()
+        assert np.isnan(expected[1][0]).any()
+        np.testing.assert_allclose(got[1][0], expected[1][0], rtol=1e-12)
+        return
+    assert_same_result(got, expected, {"rtol": 1e-12, "atol": 1e-12})
+    if name == "unreached member":
+        assert np.isfinite(got[1][0]).all()
+
+
+def test_a_group_too_small_runs_record_by_record():
+    """Below FUSE_MIN elements nothing is fused (a pass over memory costs less there than a
+    block's dispatch)."""
+    x = np.linspace(0.1, 1.0, _fusion.FUSE_MIN - 1)
+    _, f = replayed(rosenbrock, x)
+    assert plan_of(f).fused == 0 and plan_of(f).sched.tolist() == [[0, f.tape.top, -1]]
+
+
+@crash_guard
+def test_one_fused_replay_from_two_threads():
+    """Each thread keeps its own recording, plan and scratch: concurrent replays of a fused
+    group give each thread its own inputs' gradient."""
+    f = td.value_and_grad(rosenbrock, replay=True)
+    rng = np.random.default_rng(2)
+    inputs = [rng.uniform(-2, 2, 3000) for _ in range(2)]
+    errors = []
+
+    def work(x):
+        try:
+            f(x + 0.5)
+            for _ in range(20):
+                value, grad = f(x)
+                np.testing.assert_allclose(grad, rosenbrock_grad(x), rtol=1e-12, atol=1e-9)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(x,)) for x in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert f.recordings == 2 and f.replays == 40
