@@ -39,12 +39,12 @@ from test_replay import CHUNKS, _table_case, assert_same_result, eager
 @contextlib.contextmanager
 def fusing(minimum: int = 1, block: int = 3):
     """Fuse records from ``minimum`` elements on, in blocks of ``block``."""
-    saved = _fusion.FUSE_MIN, _fusion.BLOCK
-    _fusion.FUSE_MIN, _fusion.BLOCK = minimum, block
+    saved = _fusion.FUSE_MIN, _fusion.BLOCK, _fusion.FUSE_WORK
+    _fusion.FUSE_MIN, _fusion.BLOCK, _fusion.FUSE_WORK = minimum, block, 0
     try:
         yield
     finally:
-        _fusion.FUSE_MIN, _fusion.BLOCK = saved
+        _fusion.FUSE_MIN, _fusion.BLOCK, _fusion.FUSE_WORK = saved
 
 
 def unfused():
@@ -177,7 +177,7 @@ def test_rosenbrock_is_one_group_reading_its_slices_in_place(dtype):
     """At the default sizes: the elementwise chain, its three slices of x and the sum make
     one group; only the leaf runs one by one; the gradient is the closed form's."""
     rng = np.random.default_rng(0)
-    x = rng.uniform(-2, 2, 1000).astype(dtype)
+    x = rng.uniform(-2, 2, 20_000).astype(dtype)
     (value, grad), f = replayed(rosenbrock, x)
     p = plan_of(f)
     assert p.sched.tolist() == [[0, 1, -1], [0, 0, 0]]
@@ -238,12 +238,19 @@ def test_planner_cases_match_eager(name, block):
         assert np.isfinite(got[1][0]).all()
 
 
-def test_a_group_too_small_runs_record_by_record():
-    """Below FUSE_MIN elements nothing is fused (a pass over memory costs less there than a
-    block's dispatch)."""
-    x = np.linspace(0.1, 1.0, _fusion.FUSE_MIN - 1)
-    _, f = replayed(rosenbrock, x)
+@pytest.mark.parametrize("n", [_fusion.FUSE_MIN - 1, _fusion.FUSE_WORK // 8])
+def test_a_group_too_small_runs_record_by_record(n):
+    """Records below FUSE_MIN elements are not fused (a pass over memory costs less there
+    than a block's dispatch), nor chains of fewer than FUSE_WORK element operations (8 in
+    Rosenbrock's group, of n - 1 elements): the recording replays in one compiled call, with
+    the gradient."""
+    x = np.linspace(0.1, 1.0, n)
+    (_, grad), f = replayed(rosenbrock, x)
     assert plan_of(f).fused == 0 and plan_of(f).sched.tolist() == [[0, f.tape.top, -1]]
+    np.testing.assert_allclose(grad, rosenbrock_grad(x), rtol=1e-12, atol=1e-9)
+    x = np.linspace(0.1, 1.0, _fusion.FUSE_WORK // 8 + 1)  # just enough
+    _, f = replayed(rosenbrock, x)
+    assert plan_of(f).fused == 8
 
 
 @crash_guard
