@@ -20,6 +20,7 @@ short last blocks, and every rule of the op table inside a group:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 import numpy as np
@@ -196,6 +197,8 @@ def test_rosenbrock_is_one_group_reading_its_slices_in_place(dtype):
     "member read outside", "slice of a member", "two sizes", "unreached member",
     "not differentiated", "nan"])
 def test_planner_cases_match_eager(name, block):
+    if name in ("unreached member", "nan") and os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        pytest.skip("with the JIT off, Python's math raises where the kernels give inf or nan")
     rng = np.random.default_rng(1)
     x = rng.uniform(0.5, 2.0, 40)
     y = rng.uniform(0.5, 2.0, 25)
@@ -259,13 +262,14 @@ def test_one_fused_replay_from_two_threads():
     group give each thread its own inputs' gradient."""
     f = td.value_and_grad(rosenbrock, replay=True)
     rng = np.random.default_rng(2)
-    inputs = [rng.uniform(-2, 2, 3000) for _ in range(2)]
+    inputs = [rng.uniform(-2, 2, 10_000) for _ in range(2)]  # (enough to fuse)
     errors = []
 
     def work(x):
         try:
             f(x + 0.5)
-            for _ in range(20):
+            assert plan_of(f).fused == 8  # (this thread's recording)
+            for _ in range(10):
                 value, grad = f(x)
                 np.testing.assert_allclose(grad, rosenbrock_grad(x), rtol=1e-12, atol=1e-9)
         except Exception as e:  # noqa: BLE001 - reported below
@@ -277,4 +281,4 @@ def test_one_fused_replay_from_two_threads():
     for t in threads:
         t.join()
     assert not errors, errors
-    assert f.recordings == 2 and f.replays == 40
+    assert f.recordings == 2 and f.replays == 20
