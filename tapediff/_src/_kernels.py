@@ -2187,20 +2187,10 @@ U_COLUMNS = 17
 def _block_value_hot(o, x, z, c):
     """The forward rules with a vectorised block loop in the fused groups: the common ones
     without a libm call (each loop adds ~0.3 s to the first replay's compile)."""
-    if o == OP_ADD:
-        return fwd_add(x, z, c)
-    if o == OP_SUB:
-        return fwd_sub(x, z, c)
-    if o == OP_MUL:
-        return fwd_mul(x, z, c)
-    if o == OP_DIV:
-        return fwd_div(x, z, c)
-    if o == OP_ADD_C:
-        return fwd_add_c(x, z, c)
-    if o == OP_MUL_C:
-        return fwd_mul_c(x, z, c)
     if o == OP_RSUB_C:
         return fwd_rsub_c(x, z, c)
+    if o != OP_POW_C:
+        return value_hot(o, x, z, c)
     return fwd_pow_c(x, z, 2.0)  # OP_POW_C (only c == 2 comes here)
 
 
