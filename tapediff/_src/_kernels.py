@@ -2219,6 +2219,18 @@ def _block_partials_loop(o, g, x, z, y, ta, tb, c):
         ta[k], tb[k] = _block_partials_hot(o, g[k], x[k], z[k], y[k], c)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _block_rule_one(o, g, x, z, y, d, first, c):
+    """The contributions of a block to input a alone (b gets none), assigned (first) or
+    added, in one loop per case: no scratch pass."""
+    if first:
+        for k in range(len(g)):
+            d[k] = _block_partials_hot(o, g[k], x[k], z[k], y[k], c)[0]
+    else:
+        for k in range(len(g)):
+            d[k] += _block_partials_hot(o, g[k], x[k], z[k], y[k], c)[0]
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _block_put(d, t, first):
     """d = t (first contribution) or d += t over a block."""
@@ -2284,6 +2296,13 @@ def _block_adjoint(o, val, adj, oo, oa, ob, L, ma, mb, ga, gb, fa, fb, c, tmp):
     y = val[oo:oo + L]
     x = val[oa:oa + L]
     z = val[ob:ob + L]
+    if ga and not gb:  # one input gets an adjoint (a unary rule, a constant factor)
+        if o == OP_POW_C and c == 2.0:  # (0.44 -> 0.3 ns an element through scratch)
+            _block_rule_one(OP_POW_C, g, x, z, y, adj[oa:oa + L], fa, c)
+            return
+        if o == OP_MUL:
+            _block_rule_one(OP_MUL, g, x, z, y, adj[oa:oa + L], fa, c)
+            return
     ta = tmp[0, :L]
     tb = tmp[1, :L]
     if o == OP_MUL:
