@@ -60,7 +60,8 @@ _NOT_FUSED = K.NO_GRADIENT | K.PYTHON_RULE | K.LATE_RULE | K.META_INPUTS
 
 
 class Plan(NamedTuple):
-    """A recording's schedule and micro-ops (the arguments of ``_kernels.replay_sweeps``)."""
+    """A recording's schedule and micro-ops, followed by ``Tape.forward`` and ``Tape.sweep``
+    (``fused=``), whose groups ``_kernels.fused_group`` runs."""
 
     sched: np.ndarray  # (rows, 3): (lo, hi, -1) records lo .. hi - 1, or (0, 0, g) group g
     groups: np.ndarray  # (groups, 7): see _kernels.G_*
@@ -83,7 +84,7 @@ def unfused(top: int) -> Plan:
                 (0, 0), 0, np.full(top, -1, np.int64))
 
 
-def _contiguous(meta: np.ndarray, m: int) -> tuple:
+def _contiguous(meta: np.ndarray, m: int) -> tuple | None:
     """(start, elements iterated, R) of the restride payload at ``meta[m]`` when it reads
     consecutive input elements (a slice, a reshape, or a sum of a whole range); else None."""
     d, start, r = (int(v) for v in meta[m + 1:m + 4])
@@ -123,7 +124,7 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int) -> Plan:
     # restrides that read consecutive elements: slices to read in place, and whole sums
     slices = {}  # slot -> (its input, first element read)
     sums = set()
-    for i in np.flatnonzero((op == K.OP_RESTRIDE) & (n >= 1)).tolist():
+    for i in np.flatnonzero(op == K.OP_RESTRIDE).tolist():
         c = _contiguous(tape.meta, int(tape.meta_at[i]))
         if c is None:
             continue
