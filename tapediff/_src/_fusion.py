@@ -208,10 +208,13 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int) -> Plan:
                 reg[m] = bases[gk] + len(reg) * block
         registers[gk] = max(registers[gk], len(reg) * block)
 
+        def target(s: int) -> int:
+            """The slot whose adjoint operand s's contributions go to."""
+            return in_place[s][0] if s in in_place else s
+
         # slots whose adjoint only accumulates here: read through a slice, or of size 1
         # (then every contribution to them adds, after one zeroing)
-        adds = {in_place[s][0] if s in in_place else s
-                for m in members for s in (in_a[m], in_b[m])
+        adds = {target(s) for m in members for s in (in_a[m], in_b[m])
                 if s >= 0 and (s in in_place or int(n[s]) != nn)}
 
         def at_(s: int) -> tuple:
@@ -248,11 +251,10 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int) -> Plan:
             if not ga and not gb:
                 continue
             first = []
-            for key, gets, acc in (((sla, oa) if sla >= 0 else ("r", oa), ga, za),
-                                   ((slb, ob) if slb >= 0 else ("r", ob), gb, zb)):
-                first.append(int(gets and not acc and key not in seen))
+            for s, gets, acc in ((a, ga, za), (b, gb, zb)):
+                first.append(int(gets and not acc and target(s) not in seen))
                 if gets:
-                    seen.add(key)
+                    seen.add(target(s))
             oo, so, *_ = at_(m)
             ru.append([int(op[m]), oo, so, oa, sa, ob, sb, ma, mb, int(ga), int(gb), *first,
                        sla, slb, za, zb])

@@ -2232,19 +2232,10 @@ def _block_rule_one(o, g, x, z, y, d, first, c):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _block_put(d, t, first):
-    """d = t (first contribution) or d += t over a block."""
-    if first:
-        for k in range(len(t)):
-            d[k] = t[k]
-    else:
-        for k in range(len(t)):
-            d[k] += t[k]
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _block_scaled(g, d, s, first):
-    """d = s g (first contribution) or d += s g over a block."""
+    """d = s g (first contribution) or d += s g over a block: ``_scaled_adjoint`` without
+    its mask, whose ``k & mask`` index keeps the add from vectorising.  s = 1 (a
+    contribution computed into scratch) is exact."""
     if first:
         for k in range(len(g)):
             d[k] = s * g[k]
@@ -2315,9 +2306,9 @@ def _block_adjoint(o, val, adj, oo, oa, ob, L, ma, mb, ga, gb, fa, fb, c, tmp):
         _vector_rule_any(o, val, adj, oo, oa, ob, oo, oa, ob, L, ma, mb, ga, gb, fa, fb, c)
         return
     if ga:
-        _block_put(adj[oa:oa + L], ta, fa)
+        _block_scaled(ta, adj[oa:oa + L], 1.0, fa)
     if gb:
-        _block_put(adj[ob:ob + L], tb, fb)
+        _block_scaled(tb, adj[ob:ob + L], 1.0, fb)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")

@@ -320,7 +320,6 @@ class _Recording:
         self.nleaf = np.zeros(1, np.int64)
         if guarded and top:  # (NumPy's rules are run by NumPy, and not fused, from BIG on)
             self.plan = fusion.plan(tape, self.root, self.swept, K.NEVER if self.fast else BIG)
-        if self.plan is not None:
             for kind, registers in zip((K.KIND_F64, K.KIND_F32), self.plan.registers):
                 if registers:
                     tape.room_past(kind, registers)

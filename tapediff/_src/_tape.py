@@ -691,10 +691,11 @@ class Tape:
                 return None
         else:
             for lo, hi, g in reversed(fused.sched.tolist()):
+                start = min(hi - 1, root)  # (records past the output get no adjoint)
                 if g >= 0:
                     self._fused(fused, g, True, touched)
-                elif min(hi - 1, root) >= lo and not self._sweep_down(
-                        min(hi - 1, root), lo, touched, leaf_slots, nleaf, aoff, plan):
+                elif start >= lo and not self._sweep_down(start, lo, touched, leaf_slots,
+                                                          nleaf, aoff, plan):
                     return None
         if not retain_graph:
             swept = touched.view(bool) & (self.op[:root + 1] != K.OP_LEAF)
