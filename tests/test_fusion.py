@@ -13,7 +13,8 @@ short last blocks, and every rule of the op table inside a group:
 * the plan itself, on random programs: every record runs once (in a group, one by one, or
   read in place as a slice), after everything it reads;
 * the cases the planner singles out: slices read in place (overlapping ones adding into one
-  adjoint), a sum closing its group, members read outside their group, operands read twice
+  adjoint), a sum closing its group (of all of a member, or of segments over trailing
+  axes), members read outside their group, operands read twice
   by one rule, size-1 operands summed over blocks, members no adjoint reaches (no 0 * inf),
   arguments not differentiated, NaN, float32, groups of different sizes, threads.
 """
@@ -195,7 +196,8 @@ def test_rosenbrock_is_one_group_reading_its_slices_in_place(dtype):
 @pytest.mark.parametrize("name", [
     "overlapping slices", "whole slice and whole", "operand twice", "size-1 operand",
     "member read outside", "slice of a member", "two sizes", "unreached member",
-    "not differentiated", "nan"])
+    "not differentiated", "nan", "segment sum", "segments of two axes",
+    "sum over a leading axis"])
 def test_planner_cases_match_eager(name, block):
     if name in ("unreached member", "nan") and os.environ.get("NUMBA_DISABLE_JIT") == "1":
         pytest.skip("with the JIT off, Python's math raises where the kernels give inf or nan")
@@ -223,6 +225,14 @@ def test_planner_cases_match_eager(name, block):
                              (x - 1.0,)),
         "not differentiated": (lambda x, y: (x[:25] * td.sin(y) * y).sum(), (x, y)),
         "nan": (lambda x: (td.sqrt(x) * x).sum(), (np.where(np.arange(40) % 7 == 3, -1.0, x),)),
+        # segments of 5 (and of 20) summed: a segment straddles blocks of 2 and 7
+        "segment sum": (lambda x: ((x.reshape(8, 5) * 2.0 + 1.0) ** 2).sum(axis=1)
+                        @ np.arange(8.0), (x,)),
+        "segments of two axes": (lambda x: (td.exp(x.reshape(2, 4, 5) * 0.3) * x.reshape(
+            2, 4, 5)).sum(axis=(1, 2)).prod(), (x,)),
+        # a sum over a leading axis reads no segments: it runs after its group
+        "sum over a leading axis": (lambda x: ((x.reshape(8, 5) * 2.0 + 1.0) ** 2).sum(
+            axis=0) @ np.arange(5.0), (x,)),
     }
     fn, args = cases[name]
     argnums = (0,) if name == "not differentiated" else tuple(range(len(args)))
@@ -239,6 +249,28 @@ def test_planner_cases_match_eager(name, block):
     assert_same_result(got, expected, {"rtol": 1e-12, "atol": 1e-12})
     if name == "unreached member":
         assert np.isfinite(got[1][0]).all()
+
+
+@pytest.mark.parametrize("segment", [1, 10, 700, 20_000])
+def test_a_sum_over_trailing_axes_closes_its_group(segment):
+    """(q * q).sum(axis=-1), the GMM's Mahalanobis terms: the square is never stored (it
+    lives in registers), the sum accumulates segment by segment (segments shorter and
+    longer than a block), and values and gradients are eager's."""
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(20_000 // segment, segment))
+    w = rng.normal(size=q.shape[0])
+
+    def fn(q):
+        return ((q * q - 0.5 * q).sum(axis=-1) * w).sum()
+
+    got, f = replayed(fn, q)
+    p = plan_of(f)
+    sums = p.fu[p.fu[:, K.U_OP] == K.OP_RESTRIDE]
+    # a sum of one element each is a reshape: no sum of segments of 1
+    assert (sums[:, K.U_SEG] == segment).any() == (segment > 1)
+    if segment > 1:
+        assert p.fu[:, K.U_REGISTER].sum() >= 2  # q * q and 0.5 * q: registers
+    assert_same_result(got, eager(fn, q), {"rtol": 1e-12, "atol": 1e-12})
 
 
 @pytest.mark.parametrize("n", [_fusion.FUSE_MIN - 1, _fusion.FUSE_WORK // 8])

@@ -9,8 +9,9 @@ kept for replay knows all its records, so ``plan`` groups them once, after recor
   A record that is not elementwise does not end the open group unless it reads one of its
   members: it runs before the group (nothing in the group feeds it), so ``x[1:]`` recorded
   in the middle of a chain does not split it.  A record of another size ends it; so does a
-  sum of a whole member, which joins the group as its last micro-op (a sum accumulated
-  block by block).
+  sum of a member over its trailing axes (all of it, or ``(Qx * Qx).sum(axis=-1)``), which
+  joins the group as its last micro-op: segments of R consecutive elements summed block by
+  block, a segment straddling two blocks in two pieces.
 * A slice of consecutive elements (``x[1:]``, a reshape) read only by one group is not run:
   the group reads its input in place, and adds its adjoint contributions straight into the
   input's adjoint.
@@ -31,7 +32,8 @@ kept for replay knows all its records, so ``plan`` groups them once, after recor
 The micro-ops evaluate the primitives' own ``fwd_``/``adj_`` rules, per element in the same
 order as the record-by-record sweeps, so values and adjoints are those of an unfused replay
 up to the association of sums: a sum's value and a size-1 operand's adjoint are summed
-block by block, and an adjoint reached through overlapping slices adds its contributions
+block by block (a segment of a sum over trailing axes piece by piece, eight running sums
+each), and an adjoint reached through overlapping slices adds its contributions
 in another order (Rosenbrock at 10^6: 1.5e-16 of the gradient's largest element, 1.5e-14 of
 the value).  No code is generated per
 recording: the plan is data, read by kernels compiled once.
@@ -121,9 +123,10 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int) -> Plan:
     def inputs(i: int) -> list:
         return tape.inputs(i) if listed[i] else [s for s in (in_a[i], in_b[i]) if s >= 0]
 
-    # restrides that read consecutive elements: slices to read in place, and whole sums
+    # restrides that read consecutive elements: slices to read in place, and sums over
+    # trailing axes (of all of their input, or of segments of R consecutive elements)
     slices = {}  # slot -> (its input, first element read)
-    sums = set()
+    sums = {}  # slot -> R
     for i in np.flatnonzero(op == K.OP_RESTRIDE).tolist():
         c = _contiguous(tape.meta, int(tape.meta_at[i]))
         if c is None:
@@ -131,8 +134,9 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int) -> Plan:
         start, total, r = c
         if r == 1 and total == n[i] and total >= FUSE_MIN and kind[in_a[i]] == kind[i]:
             slices[i] = (in_a[i], start)
-        elif n[i] == 1 and r == total and start == 0 and total == n[in_a[i]]:
-            sums.add(i)
+        elif (r > 1 and start == 0 and total == n[in_a[i]] and n[i] * r == total
+              and kind[in_a[i]] == kind[i]):
+            sums[i] = r
 
     # -- groups, in the order they and the other records run ----------------------------
     group_of = np.full(top, -1, np.int64)
@@ -236,7 +240,7 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int) -> Plan:
             where[m] = at_(a), (at_(b) if b >= 0 else at_(a))
             (oa, sa, ma, *_), (ob, sb, mb, *_) = where[m]
             fu.append([int(op[m]), oo, so, oa, sa, ob, sb, ma, mb, int(m in reg)]
-                      + [0] * (K.U_COLUMNS - 10))
+                      + [0] * (K.U_SEG - 10) + [sums.get(m, 0)])
             fc.append(float(param[m]))
         r0 = len(ru)
         seen = set()  # slots that already have a contribution
@@ -257,7 +261,7 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int) -> Plan:
                     seen.add(target(s))
             oo, so, *_ = at_(m)
             ru.append([int(op[m]), oo, so, oa, sa, ob, sb, ma, mb, int(ga), int(gb), *first,
-                       sla, slb, za, zb])
+                       sla, slb, za, zb, sums.get(m, 0)])
             rc.append(float(param[m]))
         rows.append([nn, block, f0, len(fu), r0, len(ru), gk])
 

@@ -2206,7 +2206,10 @@ G_SIZE, G_BLOCK, G_F0, G_F1, G_R0, G_R1, G_KIND = range(7)
 U_OP, U_OUT, U_OUT_STEP, U_A, U_A_STEP, U_B, U_B_STEP, U_MASK_A, U_MASK_B = range(9)
 U_REGISTER = 9
 U_GRAD_A, U_GRAD_B, U_FIRST_A, U_FIRST_B, U_SLOT_A, U_SLOT_B, U_ZERO_A, U_ZERO_B = range(9, 17)
-U_COLUMNS = 17
+#: OP_RESTRIDE (a sum over trailing axes) only: operand elements per output element (the
+#: group's size for a sum of all of it)
+U_SEG = 17
+U_COLUMNS = 18
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -2359,16 +2362,54 @@ def _block_sum(x, lo, L):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _segment_sums(val, oa, out, q, L, R):
+    """val[out + (q + k) // R] += val[oa + k] for k < L: block [q, q + L) of a sum over
+    trailing axes (R elements to an output; segments straddle blocks), one ``_block_sum``
+    per piece of a segment in the block."""
+    seg = q // R
+    k = 0
+    pos = q - seg * R
+    while k < L:
+        stop = min(L, k + R - pos)
+        val[out + seg] += _block_sum(val, oa + k, stop - k)
+        seg += 1
+        pos = 0
+        k = stop
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _segment_spread(adj, go, gd, q, L, R, first):
+    """adj[gd + k] = (or +=, unless ``first``) adj[go + (q + k) // R] for k < L: the reverse
+    of ``_segment_sums`` (R the group's size: a sum of all of it)."""
+    seg = q // R
+    k = 0
+    pos = q - seg * R
+    while k < L:
+        stop = min(L, k + R - pos)
+        gk = adj[go + seg]
+        d = adj[gd + k:gd + stop]
+        if first:
+            d[:] = gk
+        else:
+            for t in range(stop - k):
+                d[t] += gk
+        seg += 1
+        pos = 0
+        k = stop
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def fused_group(g, reverse, groups, fu, fc, ru, rc, off, n, val, adj, touched, fresh, tmp):
     """Group ``g``'s values (``reverse`` false) or its reverse rules, block by block.
 
     Forward: the micro-ops' outputs read outside the group go to their arena ranges, the
     others to registers; a sum accumulates block by block (a group holds at most one sum,
-    its last micro-op).  Reverse (adjoints at the values' offsets: replay lays them out
-    alike): each block's registers are recomputed, then its reverse rules run.  An arena
-    adjoint no record has touched yet is assigned by its first contribution in the group,
-    or zeroed and then summed when it only accumulates; registers are always assigned
-    first.  ``fresh`` is scratch of one row per reverse micro-op, ``tmp`` of two float64
+    its last micro-op: of all of the group, in float64, or of segments of ``U_SEG``
+    elements into its zeroed output).  Reverse (adjoints at the values' offsets: replay
+    lays them out alike): each block's registers are recomputed, then its reverse rules
+    run.  An arena adjoint no record has touched yet is assigned by its first contribution
+    in the group, or zeroed and then summed when it only accumulates; registers are always
+    assigned first.  ``fresh`` is scratch of one row per reverse micro-op, ``tmp`` of two float64
     blocks.  (One function for both directions: each compiled function costs the first
     replay ~0.3 s.)"""
     f0 = groups[g, G_F0]
@@ -2390,6 +2431,10 @@ def fused_group(g, reverse, groups, fu, fc, ru, rc, off, n, val, adj, touched, f
     nn = groups[g, G_SIZE]
     B = groups[g, G_BLOCK]
     total = 0.0
+    last = f1 - 1
+    segments = fu[last, U_OP] == OP_RESTRIDE and fu[last, U_SEG] < nn
+    if not reverse and segments:  # sums over trailing axes accumulate block by block
+        val[fu[last, U_OUT]:fu[last, U_OUT] + nn // fu[last, U_SEG]] = 0.0
     for q in range(0, nn, B):
         L = min(B, nn - q)
         for u in range(f0, f1):
@@ -2398,7 +2443,10 @@ def fused_group(g, reverse, groups, fu, fc, ru, rc, off, n, val, adj, touched, f
                 continue
             oa = fu[u, U_A] + fu[u, U_A_STEP] * q
             if o == OP_RESTRIDE:
-                total += _block_sum(val, oa, L)
+                if fu[u, U_SEG] == nn:
+                    total += _block_sum(val, oa, L)
+                else:
+                    _segment_sums(val, oa, fu[u, U_OUT], q, L, fu[u, U_SEG])
                 continue
             oo = fu[u, U_OUT] + fu[u, U_OUT_STEP] * q
             ob = fu[u, U_B] + fu[u, U_B_STEP] * q
@@ -2414,14 +2462,9 @@ def fused_group(g, reverse, groups, fu, fc, ru, rc, off, n, val, adj, touched, f
             o = ru[u, U_OP]
             oo = ru[u, U_OUT] + ru[u, U_OUT_STEP] * q
             oa = ru[u, U_A] + ru[u, U_A_STEP] * q
-            if o == OP_RESTRIDE:  # a sum: its adjoint to every element of its operand
-                gs = adj[oo]
-                da = adj[oa:oa + L]
-                if ru[u, U_FIRST_A] != 0 and fresh[u, 0] != 0:
-                    da[:] = gs
-                else:
-                    for k in range(L):
-                        da[k] += gs
+            if o == OP_RESTRIDE:  # a sum: its adjoint to every element of its segment
+                _segment_spread(adj, ru[u, U_OUT], oa, q, L, ru[u, U_SEG],
+                                ru[u, U_FIRST_A] != 0 and fresh[u, 0] != 0)
                 continue
             ob = ru[u, U_B] + ru[u, U_B_STEP] * q
             ma = ru[u, U_MASK_A]
@@ -2435,8 +2478,8 @@ def fused_group(g, reverse, groups, fu, fc, ru, rc, off, n, val, adj, touched, f
             else:  # a size-1 operand: the sweeps' generic loops
                 _vector_rule_any(o, val, adj, oo, oa, ob, oo, oa, ob, L, ma, mb, ga, gb, fa, fb,
                                  rc[u])
-    if not reverse and fu[f1 - 1, U_OP] == OP_RESTRIDE:
-        val[fu[f1 - 1, U_OUT]] = total
+    if not reverse and fu[last, U_OP] == OP_RESTRIDE and not segments:
+        val[fu[last, U_OUT]] = total
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
