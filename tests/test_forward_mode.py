@@ -292,6 +292,19 @@ def test_max_and_min_ties_give_the_mean_tangent_of_the_tied_elements():
     dot_test(t, xs, y, [v], got)  # consistent with the reverse rule's equal shares
 
 
+def test_max_and_min_over_a_leading_axis_match_the_last_axis():
+    """Reduced over axis 0 the groups are strided runs, which the rules visit row by row:
+    the same tangents as over the last axis of the transpose, ties and NaN included."""
+    x = np.array([[1.0, 3.0, 3.0, 2.0], [0.5, 0.5, 0.5, 2.0], [np.nan, 0.0, 1.0, 2.0]])
+    v = np.array([[10.0, 1.0, 2.0, 40.0], [3.0, 6.0, 9.0, 50.0], [7.0, 8.0, 9.0, 11.0]])
+    xt = np.ascontiguousarray(x.T)
+    t, xs, y = record(lambda x: td.concatenate([x.max(axis=0), x.min(axis=0)]), [xt])
+    t1, xs1, y1 = record(lambda x: td.concatenate([x.max(axis=1), x.min(axis=1)]), [x])
+    got = tangent_of(t, xs, y, [np.ascontiguousarray(v.T)])
+    np.testing.assert_array_equal(got, tangent_of(t1, xs1, y1, [v]))
+    np.testing.assert_array_equal(got, [1.5, 50.0, 7.0, 10.0, 6.0, 7.0])  # NaN wins: its own
+
+
 def test_maximum_tie_blends_and_where_selects():
     # maximum at a tie weighs both sides 1/2 (its reverse rule does the same)
     x, y0 = np.array([1.0, 2.0, 3.0]), np.array([1.0, 5.0, 0.0])

@@ -731,7 +731,7 @@ class Tape:
             if K.TRAITS[self.op[r]] & K.LATE_RULE:
                 if K.reverse_late not in _NOTICED:
                     notice_compile(K.reverse_late, "the reverse rules of max, min, prod and "
-                                   "the cumulative sums and products", 2)
+                                   "the cumulative sums and products", 3)
                 K.reverse_late(r, self.op, self.in_a, self.off, self.n, self.meta_at, self.flag,
                                self.meta, val, adj, touched, aoff)
             else:
