@@ -1326,16 +1326,26 @@ def fwd_restride(meta, m, val, oo, oa, nn):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def restride_positions(meta, m):
-    """The input position of every element of a restride layout, in iteration order."""
-    d, start, _, shp, st, total = _layout(meta, m)
-    pos = np.empty(total, np.int64)
+def _starts(meta, m, last):
+    """The input positions of the restride layout at ``meta[m]`` stepped over its dimensions
+    0 .. last only, in iteration order: the start of each run of the dimensions after."""
+    d, start, _, shp, st, _ = _layout(meta, m)
+    count = 1
+    for j in range(last + 1):
+        count *= shp[j]
+    pos = np.empty(count, np.int64)
     idx = np.zeros(d, np.int64)
     base = start
-    for k in range(total):
+    for k in range(count):
         pos[k] = base
-        base = _advance(idx, shp, st, base, d - 1)
+        base = _advance(idx, shp, st, base, last)
     return pos
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def restride_positions(meta, m):
+    """The input position of every element of a restride layout, in iteration order."""
+    return _starts(meta, m, meta[m + 1] - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1344,7 +1354,7 @@ def restride_positions(meta, m):
 @njit(cache=True, nogil=True, error_model="numpy")
 def group_positions(meta, m):
     """(pos, rs, ts, ps): element t of group j of the reduction layout at ``meta[m]`` (R
-    elements per group) is at ``pos[j * rs + t * ts] + t * s``.  A group that is one run
+    elements per group) is at ``pos[j * rs + t * ts] + t * ps``.  A group that is one run
     along the layout's last dimension (``x.max(axis=0)`` of a matrix, any reduction of one
     axis) needs only its start: pos holds one entry per group, ps is the run's stride.
     Otherwise pos holds every element's position (``restride_positions``).
@@ -1353,17 +1363,10 @@ def group_positions(meta, m):
     order, all groups a step at a time: a group at a time read (200, 10,000).max(axis=0)'s
     column of 200 elements 80 KB apart, which all fall in one cache set (16 ns an
     element)."""
-    d, start, r, shp, st, total = _layout(meta, m)
+    d, _, r, shp, st, _ = _layout(meta, m)
     if r > 0 and shp[d - 1] == r:
-        groups = total // r
-        pos = np.empty(groups, np.int64)
-        idx = np.zeros(d, np.int64)
-        base = start
-        for j in range(groups):
-            pos[j] = base
-            base = _advance(idx, shp, st, base, d - 2)
-        return pos, 1, 0, st[d - 1]
-    return restride_positions(meta, m), r, 1, 0
+        return _starts(meta, m, d - 2), 1, 0, st[d - 1]
+    return _starts(meta, m, d - 1), r, 1, 0
 
 
 OP_PROD = _opcode(LATE_RULE)  # product over groups of R elements
