@@ -1353,20 +1353,20 @@ def restride_positions(meta, m):
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
 def group_positions(meta, m):
-    """(pos, rs, ts, ps): element t of group j of the reduction layout at ``meta[m]`` (R
-    elements per group) is at ``pos[j * rs + t * ts] + t * ps``.  A group that is one run
-    along the layout's last dimension (``x.max(axis=0)`` of a matrix, any reduction of one
-    axis) needs only its start: pos holds one entry per group, ps is the run's stride.
-    Otherwise pos holds every element's position (``restride_positions``).
+    """(pos, rs, ts, ps, across): element t of group j of the reduction layout at
+    ``meta[m]`` (R elements per group) is at ``pos[j * rs + t * ts] + t * ps``.  A group
+    that is one run along the layout's last dimension (``x.max(axis=0)`` of a matrix, any
+    reduction of one axis) needs only its start: pos holds one entry per group, ps is the
+    run's stride.  Otherwise pos holds every element's position (``restride_positions``).
 
-    Where the runs are strided (``x.max(axis=0)``), the rules visit the input in its own
-    order, all groups a step at a time: a group at a time read (200, 10,000).max(axis=0)'s
-    column of 200 elements 80 KB apart, which all fall in one cache set (16 ns an
-    element)."""
+    Where the runs are strided (``x.max(axis=0)``: ``across``), the rules visit the input in
+    its own order, all groups a step at a time (``_element``): a group at a time read
+    (200, 10,000).max(axis=0)'s column of 200 elements 80 KB apart, which all fall in one
+    cache set (16 ns an element)."""
     d, _, r, shp, st, _ = _layout(meta, m)
     if r > 0 and shp[d - 1] == r:
-        return _starts(meta, m, d - 2), 1, 0, st[d - 1]
-    return _starts(meta, m, d - 1), r, 1, 0
+        return _starts(meta, m, d - 2), 1, 0, st[d - 1], st[d - 1] != 1
+    return _starts(meta, m, d - 1), r, 1, 0, False
 
 
 OP_PROD = _opcode(LATE_RULE)  # product over groups of R elements
@@ -1429,7 +1429,7 @@ OP_EXTREME = _opcode(LATE_RULE)  # max (p = 1) or min (p = -1) over groups; ties
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _element(pos, rs, ts, ps, across, nn, r, u, w):
+def _element(pos, rs, ts, ps, across, u, w):
     """(group j, position of its element t) at step (u, w) of a double loop over a
     reduction layout's elements (``group_positions``): groups outer and their elements
     inner, or, ``across`` (strided runs), elements outer and groups inner, which visits the
@@ -1439,19 +1439,24 @@ def _element(pos, rs, ts, ps, across, nn, r, u, w):
     return j, pos[j * rs + t * ts] + t * ps
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _attains(v, y):
+    """Whether element v attains its group's extreme y (NaN attains a NaN extreme)."""
+    return v == y or (v != v and y != y)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def fwd_extreme(meta, m, val, oo, oa, nn, sign):
     """Max (sign 1) or min (sign -1) of each group of R elements; NaN wins, as in NumPy."""
     r = meta[m + 3]
-    pos, rs, ts, ps = group_positions(meta, m)
-    across = ts == 0 and ps != 1
+    pos, rs, ts, ps, across = group_positions(meta, m)
     x = val[oa:]
     y = val[oo:oo + nn]
     for j in range(nn):
         y[j] = x[pos[j * rs]]
     for u in range(r if across else nn):
         for w in range(nn if across else r):
-            j, q = _element(pos, rs, ts, ps, across, nn, r, u, w)
+            j, q = _element(pos, rs, ts, ps, across, u, w)
             v = x[q]
             if v != v or (v - y[j]) * sign > 0.0:  # (once NaN, y compares False: kept)
                 y[j] = v
@@ -1461,21 +1466,20 @@ def fwd_extreme(meta, m, val, oo, oa, nn, sign):
 def adj_extreme(meta, m, val, adj, oo, oa, go, ga_, nn):
     """The adjoint of a group's extreme goes to the elements equal to it, in equal shares."""
     r = meta[m + 3]
-    pos, rs, ts, ps = group_positions(meta, m)
-    across = ts == 0 and ps != 1
+    pos, rs, ts, ps, across = group_positions(meta, m)
     x = val[oa:]
     a = adj[ga_:]
     y = val[oo:oo + nn]
     cnt = np.zeros(nn, np.int64)
     for u in range(r if across else nn):
         for w in range(nn if across else r):
-            j, q = _element(pos, rs, ts, ps, across, nn, r, u, w)
-            if x[q] == y[j] or (x[q] != x[q] and y[j] != y[j]):
+            j, q = _element(pos, rs, ts, ps, across, u, w)
+            if _attains(x[q], y[j]):
                 cnt[j] += 1
     for u in range(r if across else nn):
         for w in range(nn if across else r):
-            j, q = _element(pos, rs, ts, ps, across, nn, r, u, w)
-            if x[q] == y[j] or (x[q] != x[q] and y[j] != y[j]):
+            j, q = _element(pos, rs, ts, ps, across, u, w)
+            if _attains(x[q], y[j]):
                 a[q] += adj[go + j] / max(cnt[j], 1)
 
 
@@ -1484,8 +1488,7 @@ def tan_extreme(meta, m, val, tan, oo, oa, nn):
     """Tangent of a group's extreme: the mean of the tangents of the elements equal to it
     (the transpose of ``adj_extreme``'s equal shares)."""
     r = meta[m + 3]
-    pos, rs, ts, ps = group_positions(meta, m)
-    across = ts == 0 and ps != 1
+    pos, rs, ts, ps, across = group_positions(meta, m)
     x = val[oa:]
     dx = tan[oa:]
     y = val[oo:oo + nn]
@@ -1493,8 +1496,8 @@ def tan_extreme(meta, m, val, tan, oo, oa, nn):
     acc = np.zeros(nn)
     for u in range(r if across else nn):
         for w in range(nn if across else r):
-            j, q = _element(pos, rs, ts, ps, across, nn, r, u, w)
-            if x[q] == y[j] or (x[q] != x[q] and y[j] != y[j]):
+            j, q = _element(pos, rs, ts, ps, across, u, w)
+            if _attains(x[q], y[j]):
                 cnt[j] += 1
                 acc[j] += dx[q]
     for j in range(nn):
@@ -2302,9 +2305,9 @@ def _block_rule_one(o, g, x, z, y, d, first, c):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _block_scaled(g, d, s, first):
-    """d = s g (first contribution) or d += s g over a block: ``_scaled_adjoint`` without
-    its mask, whose ``k & mask`` index keeps the add from vectorising.  s = 1 (a
-    contribution computed into scratch) is exact."""
+    """d = s g (first contribution) or d += s g over a block: ``_scaled_adjoint``'s loops
+    for a g that may live outside the adjoint arena (a contribution computed into scratch,
+    s = 1: exact), on views (an offset into one arena would need its mask test)."""
     if first:
         for k in range(len(g)):
             d[k] = s * g[k]
