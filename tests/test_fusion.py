@@ -16,7 +16,10 @@ short last blocks, and every rule of the op table inside a group:
   adjoint), a sum closing its group (of all of a member, or of segments over trailing
   axes), members read outside their group, operands read twice
   by one rule, size-1 operands summed over blocks, members no adjoint reaches (no 0 * inf),
-  arguments not differentiated, NaN, float32, groups of different sizes, threads.
+  arguments not differentiated, NaN, float32, groups of different sizes, threads;
+* ``Tensor.backward`` on a large eager tape, which runs its elementwise chains as groups
+  too: against the unfused sweep on random programs, a closed form, a loop of steps
+  reusing one plan, and what a second backward may and may not do.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from hypothesis import strategies as st
 import tapediff as td
 from tapediff._src import _fusion
 from tapediff._src import _kernels as K
+from tapediff._src import _tape
 from tapediff.testing.strategies import programs
 
 from helpers import crash_guard, note
@@ -314,3 +318,189 @@ def test_one_fused_replay_from_two_threads():
         t.join()
     assert not errors, errors
     assert f.recordings == 2 and f.replays == 20
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. eager backward: a large tape's elementwise chains run as groups
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def compile_here(monkeypatch):
+    """The fused kernels compile before a backward that needs them returns (not in the
+    background, where a first backward would sweep unfused): the tests see the groups."""
+    monkeypatch.setattr(_tape, "COMPILE_BEHIND", False)
+
+
+@contextlib.contextmanager
+def eager_fusing(block: int = 3, on: bool = True):
+    """Let ``Tensor.backward`` fuse tapes of any size (``on``) or none, in blocks of
+    ``block``."""
+    saved = _tape.FUSE_VALUES, _tape.FUSE_RECORDS
+    _tape.FUSE_VALUES, _tape.FUSE_RECORDS = (0, saved[1]) if on else (saved[0], 0)
+    try:
+        with fusing(1, block):
+            yield
+    finally:
+        _tape.FUSE_VALUES, _tape.FUSE_RECORDS = saved
+
+
+def backward(fn, *arrays, requires_grad=None):
+    """``fn(*tensors).backward()`` on a fresh tape: (value, the inputs' .grad as arrays, the
+    fused plan the backward used or None)."""
+    with td.tape() as tape:
+        xs = [td.tensor(a, requires_grad=True if requires_grad is None else r)
+              for a, r in zip(arrays, requires_grad or [None] * len(arrays))]
+        y = fn(*xs)
+        y.backward()
+    grads = [None if x.grad is None else x.grad.numpy() for x in xs]
+    return y.item(), grads, None if tape._groups is None else tape._groups[1]
+
+
+def assert_same_grads(got: list, expected: list, rtol: float = 1e-13) -> None:
+    assert [g is None for g in got] == [g is None for g in expected]
+    for g, e in zip(got, expected):
+        if e is not None:
+            assert g.dtype == e.dtype and g.shape == e.shape
+            np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol)
+
+
+@crash_guard
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prog=programs(max_ops=8), block=st.sampled_from([1, 2, 3, 5, 512]), data=st.data())
+def test_generated_programs_backward_fused_matches_the_sweep(prog, block, data):
+    inputs = [t.numpy() for t in data.draw(prog.input_tensors(), label="inputs")]
+    note(f"fused backward of\n{prog}\nat {inputs!r}, blocks of {block}")
+    with eager_fusing(block):
+        value, got, plan = backward(prog, *inputs)
+    with eager_fusing(on=False):
+        expected_value, expected, unplanned = backward(prog, *inputs)
+    assert unplanned is None
+    assert value == expected_value  # (the forward is NumPy's either way)
+    # the same rules in the same order: only sums over blocks may associate differently
+    assert_same_grads(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_backward_of_a_large_rosenbrock_is_one_group(dtype):
+    """At the default thresholds: Rosenbrock on 2^15 elements (about 2^18 values on the
+    tape) runs its eight elementwise records as one group, the slices read in place, and
+    a loop of steps (each recording afresh at the same offsets) reuses the plan; another
+    constant is another plan."""
+    x = np.linspace(-1.5, 1.5, 1 << 15).astype(dtype)
+    plans = []
+    for step in range(3):
+        xs = x + np.asarray(0.1 * step, dtype)
+        _, (grad,), plan = backward(rosenbrock, xs)
+        assert grad.dtype == dtype and plan is not None and plan.fused == 8
+        tol = 1e-12 if dtype == np.float64 else 2e-5
+        np.testing.assert_allclose(grad, rosenbrock_grad(xs.astype(np.float64)), rtol=tol,
+                                   atol=tol * 1e3)
+        plans.append(plan)
+    # (each backward used a fresh tape: the plans are equal, not the same object)
+    assert all(np.array_equal(p.ru, plans[0].ru) for p in plans)
+
+    def scaled(x):
+        return (50.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2).sum()
+
+    _, (grad,), plan = backward(scaled, x)
+    assert plan.fused == 8 and 50.0 in plan.rc and 100.0 not in plan.rc
+    expected = rosenbrock_grad(x.astype(np.float64))
+    expected -= 0.5 * (rosenbrock_grad(x.astype(np.float64))
+                       - _rosen_rest_grad(x.astype(np.float64)))
+    np.testing.assert_allclose(grad, expected, rtol=1e-12 if dtype == np.float64 else 2e-5,
+                               atol=1e-9 if dtype == np.float64 else 2e-2)
+
+
+def _rosen_rest_grad(x: np.ndarray) -> np.ndarray:
+    """The gradient of sum((1 - x[:-1])^2), Rosenbrock's second term."""
+    g = np.zeros_like(x)
+    g[:-1] = -2.0 * (1.0 - x[:-1])
+    return g
+
+
+def test_a_training_loop_reuses_one_tape_and_plan():
+    """One tape, settled after each backward: every step records at the same offsets and
+    the backward finds its plan cached (the same object), with each step's gradient."""
+    rng = np.random.default_rng(5)
+    x = td.tensor(rng.uniform(-1, 1, 1 << 15), requires_grad=True)
+    seen = []
+    for _ in range(4):
+        loss = rosenbrock(x)
+        loss.backward()
+        tape = loss._tape
+        seen.append(tape._groups[1])
+        np.testing.assert_allclose(x.grad.numpy(), rosenbrock_grad(x.numpy()), rtol=1e-12,
+                                   atol=1e-9)
+        with td.no_grad():
+            x -= 1e-4 * x.grad
+        x.grad = None
+    assert seen[0] is not None and all(p is seen[-1] for p in seen[1:])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_a_second_backward_after_a_fused_one(fused):
+    """What a second backward does is the unfused sweep's: through released records it
+    raises; with retain_graph the gradients add up, from the root or from an inner value
+    (a register of the group)."""
+    x0 = np.linspace(0.1, 2.0, 300)
+    with eager_fusing(7, on=fused), td.tape() as tape:
+        x = td.tensor(x0, requires_grad=True)
+        inner = x[1:] - x[:-1] ** 2
+        loss = (100.0 * inner ** 2 + (1.0 - x[:-1]) ** 2).sum()
+        loss.backward()
+        assert (tape._groups is not None and tape._groups[1] is not None) == fused
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            loss.backward()
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            inner.sum().backward()
+
+        x.grad = None
+        inner = x[1:] - x[:-1] ** 2
+        loss = (100.0 * inner ** 2 + (1.0 - x[:-1]) ** 2).sum()
+        loss.backward(retain_graph=True)
+        loss.backward(retain_graph=True)
+        np.testing.assert_allclose(x.grad.numpy(), 2 * rosenbrock_grad(x0), rtol=1e-12)
+        x.grad = None
+        inner.sum().backward()
+        expected = np.zeros_like(x0)
+        expected[1:] += 1.0
+        expected[:-1] -= 2.0 * x0[:-1]
+        np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-12)
+
+
+class _Kernel:
+    """A stand-in for a jitted kernel: compiles when its gate opens."""
+
+    def __init__(self) -> None:
+        self.overloads: dict = {}
+        self.threads: list = []
+        self.gate = threading.Event()
+
+    def compile(self, sig) -> None:
+        assert self.gate.wait(30)
+        self.threads.append(threading.current_thread().name)
+        self.overloads[sig] = object()
+
+
+def test_a_kernel_not_compiled_yet_compiles_behind_once(monkeypatch):
+    """Without a compiled or cached kernel, ``kernel_ready`` says no and compiles it in one
+    background thread (the backward meanwhile sweeps record by record); once compiled,
+    yes.  With ``COMPILE_BEHIND`` false it compiles before answering."""
+    monkeypatch.setattr(_tape, "COMPILE_BEHIND", True)
+    kernel, args = _Kernel(), (np.zeros(3), 1)
+    assert not _tape.kernel_ready(kernel, args, "a kernel")
+    _tape.compile_behind()
+    assert not _tape.kernel_ready(kernel, args, "a kernel")  # (the same thread still)
+    _tape.compile_behind()
+    threads = [t for (k, _), t in _tape._BEHIND.items() if k is kernel]
+    assert len(threads) == 1 and not _tape._QUEUED
+    thread = threads[0]
+    kernel.gate.set()
+    thread.join(30)
+    assert _tape.kernel_ready(kernel, args, "a kernel")
+    assert kernel.threads == ["tapediff-compile"]
+
+    monkeypatch.setattr(_tape, "COMPILE_BEHIND", False)
+    kernel = _Kernel()
+    kernel.gate.set()
+    assert _tape.kernel_ready(kernel, args, "a kernel")
+    assert kernel.threads == [threading.current_thread().name]

@@ -37,6 +37,12 @@ each), and an adjoint reached through overlapping slices adds its contributions
 in another order (Rosenbrock at 10^6: 1.5e-16 of the gradient's largest element, 1.5e-14 of
 the value).  No code is generated per
 recording: the plan is data, read by kernels compiled once.
+
+``Tensor.backward`` plans the records of a tape of a few large array records the same way
+(``Tape._plan``: the records up to the output, those its sweep reaches) and sweeps its groups
+in reverse; every value is already in the arena there, and transcendental records are left
+out of the groups, so the registers recompute what NumPy computed (bit for bit, but for a
+power NumPy takes by another route, ``x ** 0.5`` by ``sqrt``: within an ulp).
 """
 from __future__ import annotations
 
@@ -76,6 +82,9 @@ class Plan(NamedTuple):
     registers: tuple  # elements of scratch needed past the last value of each arena kind
     fused: int  # records in groups
     group_of: np.ndarray  # each record's group, or -1
+    untouched: np.ndarray  # records whose adjoint range the sweep never touches (registers,
+    # slices read in place)
+    reach: np.ndarray | None = None  # an eager backward's: the records its sweep reaches
 
 
 def unfused(top: int) -> Plan:
@@ -83,7 +92,7 @@ def unfused(top: int) -> Plan:
     empty = np.zeros((0, K.U_COLUMNS), np.int64)
     return Plan(np.array([[0, top, -1]], np.int64), np.zeros((0, 7), np.int64), empty,
                 np.zeros(0), empty, np.zeros(0), np.zeros((0, 2), np.uint8), np.zeros((2, 1)),
-                (0, 0), 0, np.full(top, -1, np.int64))
+                (0, 0), 0, np.full(top, -1, np.int64), np.zeros(top, bool))
 
 
 def _contiguous(meta: np.ndarray, m: int) -> tuple | None:
@@ -99,14 +108,14 @@ def _contiguous(meta: np.ndarray, m: int) -> tuple | None:
     return start, step, r
 
 
-def plan(tape, root: int, swept: np.ndarray, numpy_from: int) -> Plan:
-    """Group the records of ``tape`` (kept for replay) whose output is slot ``root``;
+def plan(tape, root: int, swept: np.ndarray, numpy_from: int, top: int | None = None) -> Plan:
+    """Group the first ``top`` (all) records of ``tape`` whose output is slot ``root``;
     ``swept`` marks the records a reverse sweep from ``root`` reaches.  Registers start at
     the first free value of their group's arena, which the caller makes room for
     (``Plan.registers``).  Records of ``numpy_from`` elements or more whose rules the sweeps
     hand to NumPy (its SIMD transcendental loops, 2-4x faster than a libm call per element)
     are not fused."""
-    top = tape.top
+    top = tape.top if top is None else top
     op, n, kind = tape.op[:top], tape.n[:top], tape.arena_of[:top]
     tr = K.TRAITS[op]
     a_, b_ = tape.in_a[:top], tape.in_b[:top]
@@ -279,4 +288,5 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int) -> Plan:
                 np.array(fu, np.int64).reshape(-1, K.U_COLUMNS), np.array(fc, np.float64),
                 np.array(ru, np.int64).reshape(-1, K.U_COLUMNS), np.array(rc, np.float64),
                 np.zeros((len(ru), 2), np.uint8), np.zeros((2, BLOCK)),
-                (registers[K.KIND_F64], registers[K.KIND_F32]), int(member.sum()), group_of)
+                (registers[K.KIND_F64], registers[K.KIND_F32]), int(member.sum()), group_of,
+                (member & ~stored) | np.isin(np.arange(top), list(in_place)))

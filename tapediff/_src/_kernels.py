@@ -2674,7 +2674,7 @@ def _give_block(fs, fz, nf, top, k, o, size):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def plan_adjoints(root, op, in_a, in_b, n, flag, arena_of, meta_at, meta, aoff, peak):
+def plan_adjoints(root, op, in_a, in_b, n, flag, arena_of, meta_at, meta, aoff, peak, reach):
     """Adjoint offsets for a reverse sweep from ``root`` that keeps an adjoint range only
     while it is live: from the first touch of a record (when a consumer is swept) until the
     record itself has been swept.  Leaves keep theirs (they are read after the sweep).
@@ -2683,15 +2683,16 @@ def plan_adjoints(root, op, in_a, in_b, n, flag, arena_of, meta_at, meta, aoff, 
     an adjoint; every input listed by a concatenation; none through a comparison); each
     input's range is taken before the range of the record being swept is given back, so a
     rule never writes where it reads.  Writes ``aoff[i]`` for every slot reached (0
-    elsewhere) and ``peak[kind]``, the size each adjoint arena needs.  Returns 0, or -1 when
-    a released record or an unknown opcode is reached (the sweep will refuse it).
+    elsewhere), ``peak[kind]``, the size each adjoint arena needs, and ``reach[i]`` = 1 for
+    every record the sweep reaches (0 elsewhere).  Returns 0, or -1 when a released record
+    or an unknown opcode is reached (the sweep will refuse it).
     """
     nr = root + 2
     fs = np.empty((2, nr), np.int64)
     fz = np.empty((2, nr), np.int64)
     nf = np.zeros(2, np.int64)
     top = np.zeros(2, np.int64)
-    reach = np.zeros(root + 1, np.uint8)
+    reach[:root + 1] = 0
     aoff[:root + 1] = 0
     peak[:] = 0
     reach[root] = 1

@@ -27,10 +27,11 @@ plans instead (``_kernels.plan_adjoints``): a record's adjoint range exists from
 touch until the record has been swept, so the adjoint arenas hold the largest set of
 adjoints live at one time, reused in place (``sweep``).
 
-Layering: this is the storage layer; it imports only the kernels and the table of primitives,
-and knows nothing of tensors (``Tape.gradient`` hands its work to the tensor it is given).
-The per-thread state lives here too, in one place (``_State``: grad mode, the stack of open
-tapes, and the tape recording now, which the hot path reads in one thread-local lookup);
+Layering: this is the storage layer; it imports only the kernels, the table of primitives and
+the planner of fused groups (``_fusion``, for ``Tensor.backward``), and knows nothing of
+tensors (``Tape.gradient`` hands its work to the tensor it is given).  The per-thread state
+lives here too, in one place (``_State``: grad mode, the stack of open tapes, and the tape
+recording now, which the hot path reads in one thread-local lookup);
 ``tapediff._src._grad_mode`` is the public API over it.
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _fusion
 from . import _kernels as K
 from . import _primitives as P
 
@@ -62,6 +64,13 @@ SETTLE_ARRAYS_AT = 1 << 16
 # each adjoint range freed is megabytes; the plan costs O(records x live ranges)).
 PLAN_AT = 1 << 20
 PLAN_MAX = 1 << 13
+# ... and fuses the elementwise chains of a tape of at most ``FUSE_RECORDS`` records holding at
+# least ``FUSE_VALUES`` values (``_plan``), when the adjoint ranges the groups keep at the
+# values' offsets are at most ``FUSE_ROOM`` times the planned ones: grouping costs ~10 us of
+# Python a record, and a group saves a pass over memory per member.
+FUSE_RECORDS = 256
+FUSE_VALUES = 1 << 18
+FUSE_ROOM = 1.25
 # Replay hands the forward rule of a ``replay_numpy`` primitive back to NumPy on records of at
 # least ``BIG`` elements: NumPy's SIMD loops beat a scalar libm call per element by more than
 # a hand-back costs (e.g. tanh: ~0.8 ns/element against ~9), and give NumPy's values exactly.
@@ -114,6 +123,63 @@ def notice_compile(kernel: Any, what: str, seconds: int) -> None:
               "runs read Numba's cache)", file=sys.stderr, flush=True)
 
 
+def _in_disk_cache(kernel: Any, sig: tuple) -> bool:
+    """Whether Numba's on-disk cache holds ``kernel`` compiled for ``sig`` (private API: any
+    surprise there reads as no)."""
+    try:
+        return any(key[0] == sig for key in kernel._cache._cache_file._load_index())
+    except Exception:
+        return False
+
+
+_BEHIND: dict = {}  # (kernel, signature) -> the thread compiling it (None: not started)
+_QUEUED: list = []  # keys of _BEHIND whose thread ``compile_behind`` starts
+_BEHIND_LOCK = threading.Lock()
+# Whether ``kernel_ready`` compiles in a background thread (else here, before it returns).
+COMPILE_BEHIND = True
+
+
+def kernel_ready(kernel: Any, args: tuple, what: str, seconds: int = 8) -> bool:
+    """Whether ``kernel`` can run ``args`` now without compiling: compiled in this process,
+    or in Numba's cache (then loaded here).  Otherwise queue it to compile in a background
+    thread, once (``compile_behind`` starts it), and return False: the caller takes another
+    way meanwhile.  Used for kernels that only speed up what another path computes anyway
+    (a first backward on a machine pays no ~8 s compile for them).  With ``COMPILE_BEHIND``
+    false, compiles here."""
+    import numba  # (imported by the kernels already)
+
+    if not hasattr(kernel, "overloads"):  # (NUMBA_DISABLE_JIT: a Python function)
+        return True
+    sig = tuple(numba.typeof(a) for a in args)
+    if sig in kernel.overloads:
+        return True
+    if _in_disk_cache(kernel, sig) or not COMPILE_BEHIND:
+        notice_compile(kernel, what, seconds)
+        kernel.compile(sig)
+        return True
+    with _BEHIND_LOCK:
+        if (kernel, sig) not in _BEHIND:
+            _BEHIND[kernel, sig] = None
+            _QUEUED.append((kernel, sig, what, seconds))
+    return False
+
+
+def compile_behind() -> None:
+    """Start the compiles ``kernel_ready`` queued, each in a daemon thread.  Called at the
+    end of a backward: Numba compiles one function at a time, so kernels the backward
+    itself needs (settling the tape) compile first, not after."""
+    if not _QUEUED:
+        return
+    with _BEHIND_LOCK:
+        for kernel, sig, what, seconds in _QUEUED:
+            notice_compile(kernel, what + " in the background", seconds)
+            thread = threading.Thread(target=kernel.compile, args=(sig,), daemon=True,
+                                      name="tapediff-compile")
+            _BEHIND[kernel, sig] = thread
+            thread.start()
+        _QUEUED.clear()
+
+
 class LeafRecord(NamedTuple):
     """Where a tape-less tensor (a leaf or a constant) has its value recorded: its cache,
     valid while the tape lives and the tensor's version and requires_grad are unchanged."""
@@ -148,6 +214,7 @@ class Tape:
         "mtop", "rcap", "_recent", "_live", "_cached", "_guards", "__weakref__",
         "_aoff", "_padj", "_padj32",  # a planned sweep's adjoint offsets and arenas
         "_handed",  # leaf slot -> its whole adjoint, computed into an array of its own
+        "_groups",  # (key, _fusion.Plan or None): the last backward's fused groups
     )
 
     def __init__(self) -> None:
@@ -168,6 +235,7 @@ class Tape:
         self._padj = np.empty(0, np.float64)
         self._padj32 = np.empty(0, np.float32)
         self._handed: dict = {}
+        self._groups: tuple | None = None
 
     def __del__(self) -> None:
         try:
@@ -671,11 +739,8 @@ class Tape:
         self._aoff = None
         self._handed = {}
         aoff = self.off
-        if (plan and root < PLAN_MAX and self.vtop + self.vtop32 >= PLAN_AT
-                and self._guards is None):
-            if K.plan_adjoints not in _NOTICED:
-                notice_compile(K.plan_adjoints, "the adjoint planner", 2)
-            aoff = self._plan(root)
+        if plan and self._guards is None:
+            aoff, fused = self._plan(root)
         if self._aoff is None:
             self._size_adjoints()
         self.adjoint_view(root)[:] = seed.ravel()
@@ -697,6 +762,8 @@ class Tape:
                 elif start >= lo and not self._sweep_down(start, lo, touched, leaf_slots,
                                                           nleaf, aoff, plan):
                     return None
+        if fused is not None and fused.reach is not None:  # (registers are not marked)
+            touched[:root + 1] |= fused.reach
         if not retain_graph:
             swept = touched.view(bool) & (self.op[:root + 1] != K.OP_LEAF)
             self.flag[:root + 1][swept] |= K.FLAG_RELEASED
@@ -704,11 +771,13 @@ class Tape:
 
     def _fused(self, fused: Any, g: int, reverse: bool, touched: np.ndarray | None) -> None:
         """Fused group ``g`` of plan ``fused``, forward or in reverse (``K.fused_group``)."""
+        K.fused_group(*self._fused_args(fused, g, reverse, touched))
+
+    def _fused_args(self, fused: Any, g: int, reverse: bool, touched: np.ndarray | None) -> tuple:
         kind = int(fused.groups[g, K.G_KIND])
-        K.fused_group(g, reverse, fused.groups, fused.fu, fused.fc, fused.ru, fused.rc, self.off,
-                      self.n, self.arena(kind)[0], self._adjoints(kind),
-                      np.zeros(0, np.uint8) if touched is None else touched, fused.fresh,
-                      fused.tmp)
+        return (g, reverse, fused.groups, fused.fu, fused.fc, fused.ru, fused.rc, self.off,
+                self.n, self.arena(kind)[0], self._adjoints(kind),
+                np.zeros(0, np.uint8) if touched is None else touched, fused.fresh, fused.tmp)
 
     def _sweep_down(self, i: int, stop: int, touched: np.ndarray, leaf_slots: np.ndarray,
                     nleaf: np.ndarray, aoff: np.ndarray, plan: bool) -> bool:
@@ -739,18 +808,80 @@ class Tape:
             i = r - 1
         return True
 
-    def _plan(self, root: int) -> np.ndarray:
-        """Plan the adjoint storage of a sweep from ``root`` (see ``sweep``) and make the
-        planned adjoint arenas large enough; returns the offsets (``off`` if no plan)."""
+    def _plan(self, root: int) -> tuple:
+        """Plan a backward from ``root`` (see ``sweep``): its fused groups, its adjoint
+        storage, both or neither.  Returns the adjoint offsets (``off`` unless planned by
+        liveness, then in ``_padj``) and the ``_fusion.Plan`` to sweep along, or None.
+
+        A tape of at most ``FUSE_RECORDS`` records holding ``FUSE_VALUES`` values or more
+        (a few large array records) is grouped as replay groups its recordings: a chain
+        of elementwise records then runs its reverse rules block by block, its inner values
+        recomputed and its inner adjoints in registers, where the sweep would write and
+        read back an adjoint range per record.  Transcendental records are left out (their
+        values are NumPy's; a recomputation could differ in the last bit), so a register
+        holds what NumPy computed (see ``_fusion``).  Groups keep adjoints at the values'
+        offsets: they are used only when the adjoint ranges they touch (``Plan.untouched``
+        aside) are at most ``FUSE_ROOM`` times what planning by liveness would hold.  The
+        first such backward of a process on a machine without the fused kernels compiled
+        sweeps record by record while ``kernel_ready`` compiles them in the background."""
+        values = self.vtop + self.vtop32
+        planned = root < PLAN_MAX and values >= PLAN_AT
+        fusing = root < FUSE_RECORDS and values >= FUSE_VALUES
+        if not (planned or fusing):
+            return self.off, None
+        key = None
+        if fusing:  # a loop's steps record the same records at the same offsets
+            r = root + 1
+            key = b"".join([np.array([root, self.vtop, self.vtop32]).tobytes()] + [
+                a[:r].tobytes() for a in (self.op, self.in_a, self.in_b, self.off, self.n,
+                                          self.param, self.meta_at, self.flag, self.arena_of)]
+                + [self.meta[:self.mtop].tobytes()])
+            if self._groups is not None and self._groups[0] == key:
+                groups = self._groups[1]
+                if groups is not None and self._with_registers(groups) is not None:
+                    return self.off, groups
         aoff = np.empty(root + 1, np.int64)
         peak = np.zeros(2, np.int64)
-        if K.plan_adjoints(root, self.op, self.in_a, self.in_b, self.n, self.flag,
-                           self.arena_of, self.meta_at, self.meta, aoff, peak) != 0:
-            return self.off
+        reach = np.empty(root + 1, np.uint8)
+        args = (root, self.op, self.in_a, self.in_b, self.n, self.flag, self.arena_of,
+                self.meta_at, self.meta, aoff, peak, reach)
+        if not planned and not kernel_ready(K.plan_adjoints, args, "the adjoint planner", 2):
+            return self.off, None  # (only for groups: not worth a first compile here)
+        if K.plan_adjoints not in _NOTICED:
+            notice_compile(K.plan_adjoints, "the adjoint planner", 2)
+        if K.plan_adjoints(*args) != 0:
+            return self.off, None  # (the sweep refuses what the planner did)
+        if fusing and (self._groups is None or self._groups[0] != key):
+            groups, chosen = _fusion.plan(self, root, reach, 0, root + 1), None
+            if groups.fused:
+                kept = reach.view(bool) & ~groups.untouched
+                need = [int(self.n[:root + 1][kept & (self.arena_of[:root + 1] == k)].sum())
+                        for k in (K.KIND_F64, K.KIND_F32)]
+                if not planned or all(need[k] <= FUSE_ROOM * peak[k] for k in range(2)):
+                    chosen = groups._replace(reach=reach.view(bool))
+            self._groups = key, chosen
+            if chosen is not None and self._with_registers(chosen) is not None:
+                return self.off, chosen
+        if not planned:
+            return self.off, None
         self._padj = _at_least(self._padj, int(peak[K.KIND_F64]), np.float64)
         self._padj32 = _at_least(self._padj32, int(peak[K.KIND_F32]), np.float32)
         self._aoff = aoff
-        return aoff
+        return aoff, None
+
+    def _with_registers(self, groups: Any) -> Any:
+        """``groups`` (a ``_fusion.Plan``), with room past the arenas' values for its
+        registers; None while ``K.fused_group`` is compiling for one of its kinds."""
+        self._size_adjoints()
+        kinds = groups.groups[:, K.G_KIND].tolist()
+        for kind in set(kinds):
+            args = self._fused_args(groups, kinds.index(kind), True, np.zeros(0, np.uint8))
+            if not kernel_ready(K.fused_group, args, "the fused sweep kernels"):
+                return None
+        for kind, registers in zip((K.KIND_F64, K.KIND_F32), groups.registers):
+            if registers:
+                self.room_past(kind, registers)
+        return groups
 
     def _size_adjoints(self) -> None:
         """Give the adjoint arenas the sizes of the value arenas (contents unset)."""

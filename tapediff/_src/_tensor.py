@@ -18,7 +18,7 @@ import numpy as np
 from . import _kernels as K
 from . import _primitives as P
 from ._format import format_tensor
-from ._tape import thread_state
+from ._tape import compile_behind, thread_state
 
 F64 = np.dtype(np.float64)
 # Threads may backward into the same leaf at once (NumPy's in-place add releases the GIL);
@@ -313,6 +313,7 @@ class Tensor:
                     _accumulate_grad(leaf, tape.adjoint_view(s), s in handed)
             tape._handed = {}  # (a .grad set to None later frees its array)
         tape.settle()  # a large tape: the next step records into the same warm arena
+        compile_behind()  # (kernels this backward found missing, in the background)
 
     # -- array attributes --------------------------------------------------------------------
     @property
