@@ -25,9 +25,9 @@ kept for replay knows all its records, so ``plan`` groups them once, after recor
   rules in reverse order, adjoints at the values' offsets: an inner adjoint is a register,
   assigned by its first contribution; an adjoint in the arena is assigned or added as the
   record-by-record sweep would, or, when only contributions through a slice or of a size-1
-  operand reach it, zeroed once and summed.  Only the members the recording's first sweep
-  reached get a reverse micro-op, so a member no adjoint reaches contributes nothing (not
-  even 0 * inf).
+  operand reach it, zeroed block by block just ahead of them and summed.  Only the members
+  the recording's first sweep reached get a reverse micro-op, so a member no adjoint
+  reaches contributes nothing (not even 0 * inf).
 
 The micro-ops evaluate the primitives' own ``fwd_``/``adj_`` rules, per element in the same
 order as the record-by-record sweeps, so values and adjoints are those of an unfused replay
@@ -229,6 +229,10 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int, top: int | None = 
         # (then every contribution to them adds, after one zeroing)
         adds = {target(s) for m in members for s in (in_a[m], in_b[m])
                 if s >= 0 and (s in in_place or int(n[s]) != nn)}
+        ahead = {}  # such a slot -> the largest start of a slice of it read here
+        for s in {s for m in members for s in (in_a[m], in_b[m]) if s in in_place}:
+            src, start = in_place[s]
+            ahead[src] = max(ahead.get(src, 0), start)
 
         def at_(s: int) -> tuple:
             """(base, step, mask, slot getting the adjoint, accumulates only) of slot s read
@@ -269,8 +273,9 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int, top: int | None = 
                 if gets:
                     seen.add(target(s))
             oo, so, *_ = at_(m)
+            zero = [1 + ahead.get(sl, 0) if z else 0 for sl, z in ((sla, za), (slb, zb))]
             ru.append([int(op[m]), oo, so, oa, sa, ob, sb, ma, mb, int(ga), int(gb), *first,
-                       sla, slb, za, zb, sums.get(m, 0)])
+                       sla, slb, *zero, sums.get(m, 0)])
             rc.append(float(param[m]))
         rows.append([nn, block, f0, len(fu), r0, len(ru), gk])
 

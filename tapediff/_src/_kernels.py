@@ -2244,8 +2244,9 @@ G_SIZE, G_BLOCK, G_F0, G_F1, G_R0, G_R1, G_KIND = range(7)
 #: with mask 0); the masks of a and b; then, forward: whether the output is a register
 #: (recomputed by the reverse pass); reverse: which inputs get an adjoint, whether this is
 #: the first contribution to each in the group, their slots (-1: a register), and whether
-#: each only accumulates (a size-1 operand, or an arena range read through a slice of it),
-#: its whole range zeroed first when no record has touched it yet.
+#: each only accumulates (a size-1 operand, or an arena range read through a slice of it):
+#: 0 if not, else 1 + the largest start of a slice of it the group reads (its range is
+#: zeroed block by block, just ahead of the contributions, when no record has touched it).
 U_OP, U_OUT, U_OUT_STEP, U_A, U_A_STEP, U_B, U_B_STEP, U_MASK_A, U_MASK_B = range(9)
 U_REGISTER = 9
 U_GRAD_A, U_GRAD_B, U_FIRST_A, U_FIRST_B, U_SLOT_A, U_SLOT_B, U_ZERO_A, U_ZERO_B = range(9, 17)
@@ -2451,14 +2452,18 @@ def fused_group(g, reverse, groups, fu, fc, ru, rc, off, n, val, adj, touched, f
     elements into its zeroed output).  Reverse (adjoints at the values' offsets: replay
     lays them out alike): each block's registers are recomputed, then its reverse rules
     run.  An arena adjoint no record has touched yet is assigned by its first contribution
-    in the group, or zeroed and then summed when it only accumulates; registers are always
-    assigned first.  ``fresh`` is scratch of one row per reverse micro-op, ``tmp`` of two float64
-    blocks.  (One function for both directions: each compiled function costs the first
-    replay ~0.3 s.)"""
+    in the group, or, when it only accumulates, zeroed block by block just ahead of the
+    contributions (a slice starting at element t reaches t elements past its block) and
+    summed; registers are always assigned first.  ``fresh`` is scratch of one row per
+    reverse micro-op, ``tmp`` of two float64 blocks.  (One function for both directions:
+    each compiled function costs the first replay ~0.3 s.)"""
     f0 = groups[g, G_F0]
     f1 = groups[g, G_F1]
     r0 = groups[g, G_R0]
     r1 = groups[g, G_R1]
+    zs = np.empty(2 * (r1 - r0) if reverse else 0, np.int64)  # slots zeroed as blocks go
+    zsh = np.empty_like(zs)  # ... and how far ahead of the block
+    nz = 0
     if reverse:
         for u in range(r0, r1):  # read every flag before any is set
             for side in range(2):
@@ -2468,8 +2473,10 @@ def fused_group(g, reverse, groups, fu, fc, ru, rc, off, n, val, adj, touched, f
             for side in range(2):
                 s = ru[u, U_SLOT_A + side]
                 if s >= 0 and ru[u, U_GRAD_A + side]:
-                    if fresh[u, side] and ru[u, U_ZERO_A + side]:
-                        adj[off[s]:off[s] + n[s]] = 0.0
+                    if fresh[u, side] and ru[u, U_ZERO_A + side] and touched[s] == 0:
+                        zs[nz] = s
+                        zsh[nz] = ru[u, U_ZERO_A + side] - 1
+                        nz += 1
                     touched[s] = 1
     nn = groups[g, G_SIZE]
     B = groups[g, G_BLOCK]
@@ -2501,6 +2508,12 @@ def fused_group(g, reverse, groups, fu, fc, ru, rc, off, n, val, adj, touched, f
                 _vector_value_any(o, val, oo, oa, ob, L, ma, mb, fc[u])
         if not reverse:
             continue
+        for j in range(nz):  # what this block's contributions reach first, zeroed: a pass
+            s = zs[j]  # over L1 where a whole range zeroed ahead would be one over memory
+            lo = 0 if q == 0 else q + zsh[j]
+            hi = n[s] if q + L >= nn else min(q + zsh[j] + L, n[s])
+            if lo < hi:
+                adj[off[s] + lo:off[s] + hi] = 0.0
         for u in range(r0, r1):
             o = ru[u, U_OP]
             oo = ru[u, U_OUT] + ru[u, U_OUT_STEP] * q
