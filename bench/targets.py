@@ -103,6 +103,13 @@ TARGETS = [
     Target("linalg value+gradient <= 3x the NumPy primal at n = 500 (slogdet, solve, cholesky)",
            lambda r: r.workload == "linalg" and r.size.get("n") == 500,
            lambda r: paired_ratio(r, TAPEDIFF, PRIMAL), 3.0, False, "{:.2f}x primal"),
+    # fused replay (issue 16): one micro-op of Rosenbrock's group, in cache; a block loop LLVM
+    # no longer vectorises costs 3-10x this
+    Target("fused micro-op <= 0.5 ns/element, forward and reverse (Rosenbrock n=10^5)",
+           lambda r: r.name == "Rosenbrock n=100,000",
+           lambda r: max(_metric(r, "fused micro-op, forward") or 0.0,
+                         _metric(r, "fused micro-op, reverse") or 0.0) or None,
+           0.5, False, "{:.2f} ns/element"),
     # higher order (issue 13): bench/workloads/higher.py, the product and the gradient
     # (td.hvp, td.grad) timed in the same paired rounds
     Target("Hessian-vector product <= 4x one gradient (Rosenbrock n=10^5, MLP 784-256-256-10)",
