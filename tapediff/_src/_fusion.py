@@ -209,6 +209,13 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int, top: int | None = 
     # -- micro-ops ------------------------------------------------------------------------
     bases = {K.KIND_F64: tape.vtop, K.KIND_F32: tape.vtop32}
     flag, param = tape.flag, tape.param
+    # (x * x runs as x ** 2: the same value, and one contribution 2 g x to x's adjoint in one
+    # loop where the product's rule gives two, through scratch: 1.0 -> 0.3 ns an element)
+    code, c = {}, {}
+    for m in np.flatnonzero(member).tolist():
+        square = op[m] == K.OP_MUL and in_a[m] == in_b[m]
+        code[m] = K.OP_POW_C if square else int(op[m])
+        c[m] = 2.0 if square else float(param[m])
     fu, fc, ru, rc, rows = [], [], [], [], []
     registers = {K.KIND_F64: 0, K.KIND_F32: 0}
     for g, members in enumerate(groups):
@@ -252,15 +259,15 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int, top: int | None = 
             oo, so, *_ = at_(m)
             where[m] = at_(a), (at_(b) if b >= 0 else at_(a))
             (oa, sa, ma, *_), (ob, sb, mb, *_) = where[m]
-            fu.append([int(op[m]), oo, so, oa, sa, ob, sb, ma, mb, int(m in reg)]
+            fu.append([code[m], oo, so, oa, sa, ob, sb, ma, mb, int(m in reg)]
                       + [0] * (K.U_SEG - 10) + [sums.get(m, 0)])
-            fc.append(float(param[m]))
+            fc.append(c[m])
         r0 = len(ru)
         seen = set()  # slots that already have a contribution
         for m in reversed(members):
             if not swept[m]:
                 continue
-            a, b = in_a[m], in_b[m]
+            a, b = in_a[m], (in_b[m] if code[m] == op[m] else -1)
             (oa, sa, ma, sla, za), (ob, sb, mb, slb, zb) = where[m]
             sla, slb = (sla, slb) if b >= 0 else (sla, -1)
             ga = a >= 0 and op[a] != K.OP_CONST and not flag[a] & K.FLAG_CONSTANT
@@ -274,9 +281,9 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int, top: int | None = 
                     seen.add(target(s))
             oo, so, *_ = at_(m)
             zero = [1 + ahead.get(sl, 0) if z else 0 for sl, z in ((sla, za), (slb, zb))]
-            ru.append([int(op[m]), oo, so, oa, sa, ob, sb, ma, mb, int(ga), int(gb), *first,
+            ru.append([code[m], oo, so, oa, sa, ob, sb, ma, mb, int(ga), int(gb), *first,
                        sla, slb, *zero, sums.get(m, 0)])
-            rc.append(float(param[m]))
+            rc.append(c[m])
         rows.append([nn, block, f0, len(fu), r0, len(ru), gk])
 
     sched = []
