@@ -504,3 +504,26 @@ def test_a_kernel_not_compiled_yet_compiles_behind_once(monkeypatch):
     kernel.gate.set()
     assert _tape.kernel_ready(kernel, args, "a kernel")
     assert kernel.threads == [threading.current_thread().name]
+
+
+def test_groups_give_way_to_planned_adjoints_when_those_hold_less(monkeypatch):
+    """Groups keep adjoints at the values' offsets.  A chain of transcendental records (not
+    fused) keeps an adjoint range per record that way, where planning by liveness reuses
+    two: then the backward plans by liveness and does not fuse; without the chain it fuses.
+    The gradient is the same either way."""
+    monkeypatch.setattr(_tape, "PLAN_AT", 0)
+    x0 = np.linspace(0.1, 0.9, 200)
+
+    def chain(x, k):
+        y = x * 2.0 + 1.0  # a group of two
+        for _ in range(k):
+            y = td.sin(y)
+        return y.sum()
+
+    for k, fused in ((12, False), (0, True)):
+        with eager_fusing(7):
+            _, (grad,), plan = backward(lambda x: chain(x, k), x0)
+        assert (plan is not None) == fused
+        with eager_fusing(on=False):
+            _, (expected,), _ = backward(lambda x: chain(x, k), x0)
+        np.testing.assert_allclose(grad, expected, rtol=1e-13)

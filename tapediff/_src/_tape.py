@@ -872,7 +872,6 @@ class Tape:
     def _with_registers(self, groups: Any) -> Any:
         """``groups`` (a ``_fusion.Plan``), with room past the arenas' values for its
         registers; None while ``K.fused_group`` is compiling for one of its kinds."""
-        self._size_adjoints()
         kinds = groups.groups[:, K.G_KIND].tolist()
         for kind in set(kinds):
             args = self._fused_args(groups, kinds.index(kind), True, np.zeros(0, np.uint8))
