@@ -296,9 +296,11 @@ def plan(tape, root: int, swept: np.ndarray, numpy_from: int, top: int | None = 
             sched[-1][1] = item + 1
         else:
             sched.append([item, item + 1, -1])
+    untouched = member & ~stored  # (registers)
+    untouched[list(in_place)] = True
     return Plan(np.array(sched, np.int64), np.array(rows, np.int64),
                 np.array(fu, np.int64).reshape(-1, K.U_COLUMNS), np.array(fc, np.float64),
                 np.array(ru, np.int64).reshape(-1, K.U_COLUMNS), np.array(rc, np.float64),
                 np.zeros((len(ru), 2), np.uint8), np.zeros((2, BLOCK)),
                 (registers[K.KIND_F64], registers[K.KIND_F32]), int(member.sum()), group_of,
-                (member & ~stored) | np.isin(np.arange(top), list(in_place)))
+                untouched)

@@ -106,30 +106,26 @@ _ERR_RELEASED = ("Trying to backward through the graph a second time: a backward
                  "Jacobian first, or pass retain_graph=True to that backward.")
 
 
+def _cache_index(kernel: Any) -> dict | None:
+    """The entries of ``kernel`` in Numba's on-disk cache, keyed by (signature, ...); None
+    when they cannot be read (a private API: any surprise there reads as unknown)."""
+    try:
+        return kernel._cache._cache_file._load_index()
+    except Exception:
+        return None
+
+
 def notice_compile(kernel: Any, what: str, seconds: int) -> None:
     """Say on stderr, before the first call of ``kernel`` in this process, that Numba is about
     to compile it (no valid entry in its on-disk cache): a one-time wait of seconds that
-    would otherwise look like a hang.  Reads Numba's cache index (private API: any surprise
-    there just skips the notice)."""
+    would otherwise look like a hang.  An unreadable cache index skips the notice."""
     if kernel in _NOTICED:
         return
     _NOTICED.add(kernel)
-    try:
-        cached = bool(kernel._cache._cache_file._load_index())
-    except Exception:
-        return
-    if not cached:
+    index = _cache_index(kernel)
+    if index is not None and not index:
         print(f"tapediff: compiling {what} for this machine, once (about {seconds} s; later "
               "runs read Numba's cache)", file=sys.stderr, flush=True)
-
-
-def _in_disk_cache(kernel: Any, sig: tuple) -> bool:
-    """Whether Numba's on-disk cache holds ``kernel`` compiled for ``sig`` (private API: any
-    surprise there reads as no)."""
-    try:
-        return any(key[0] == sig for key in kernel._cache._cache_file._load_index())
-    except Exception:
-        return False
 
 
 _BEHIND: dict = {}  # (kernel, signature) -> the thread compiling it (None: not started)
@@ -153,7 +149,7 @@ def kernel_ready(kernel: Any, args: tuple, what: str, seconds: int = 8) -> bool:
     sig = tuple(numba.typeof(a) for a in args)
     if sig in kernel.overloads:
         return True
-    if _in_disk_cache(kernel, sig) or not COMPILE_BEHIND:
+    if any(key[0] == sig for key in _cache_index(kernel) or ()) or not COMPILE_BEHIND:
         notice_compile(kernel, what, seconds)
         kernel.compile(sig)
         return True
@@ -840,6 +836,8 @@ class Tape:
                 groups = self._groups[1]
                 if groups is not None and self._with_registers(groups) is not None:
                     return self.off, groups
+                if not planned:  # (the planner below would only serve the groups)
+                    return self.off, None
         aoff = np.empty(root + 1, np.int64)
         peak = np.zeros(2, np.int64)
         reach = np.empty(root + 1, np.uint8)
