@@ -498,6 +498,29 @@ def test_a_kernel_not_compiled_yet_compiles_behind_once(monkeypatch):
     assert kernel.threads == [threading.current_thread().name]
 
 
+def test_a_ready_kernel_is_remembered_by_its_argument_kinds(monkeypatch):
+    """Once ``kernel_ready`` found a kernel compiled for some arguments, arguments of the same
+    kinds (dtype, dimensions, layout, writeability) answer without Numba's typeof (which
+    costs a backward ~40 us per array); another kind is typed and checked again."""
+    import numba
+
+    monkeypatch.setattr(_tape, "COMPILE_BEHIND", False)
+    kernel = _Kernel()
+    kernel.gate.set()
+    assert _tape.kernel_ready(kernel, (np.zeros(3), 1), "a kernel")
+    typed = []
+    real = numba.typeof
+    monkeypatch.setattr(numba, "typeof", lambda a: typed.append(a) or real(a))
+    assert _tape.kernel_ready(kernel, (np.ones(5), 7), "a kernel")
+    assert typed == []
+    assert _tape.kernel_ready(kernel, (np.zeros(3, np.float32), 1), "a kernel")
+    assert len(typed) == 2 and len(kernel.overloads) == 2
+    frozen = np.zeros(3)
+    frozen.flags.writeable = False
+    assert _tape.kernel_ready(kernel, (frozen, 1), "a kernel")
+    assert len(kernel.overloads) == 3
+
+
 def test_groups_give_way_to_planned_adjoints_when_those_hold_less(monkeypatch):
     """Groups keep adjoints at the values' offsets.  A chain of transcendental records (not
     fused) keeps an adjoint range per record that way, where planning by liveness reuses

@@ -128,6 +128,7 @@ def notice_compile(kernel: Any, what: str, seconds: int) -> None:
               "runs read Numba's cache)", file=sys.stderr, flush=True)
 
 
+_READY: set = set()  # (kernel, argument keys) that ``kernel_ready`` found compiled
 _BEHIND: dict = {}  # (kernel, signature) -> the thread compiling it (None: not started)
 _QUEUED: list = []  # keys of _BEHIND whose thread ``compile_behind`` starts
 _BEHIND_LOCK = threading.Lock()
@@ -146,12 +147,22 @@ def kernel_ready(kernel: Any, args: tuple, what: str, seconds: int = 8) -> bool:
 
     if not hasattr(kernel, "overloads"):  # (NUMBA_DISABLE_JIT: a Python function)
         return True
+    # What decides Numba's type of each argument, read without ``numba.typeof`` (~40 us an
+    # array here, paid on every backward otherwise).  A key that maps two signatures together
+    # could only make a call compile where it is made, never run the wrong code.
+    key = (kernel, *[(a.dtype.num, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous,
+                      a.flags.writeable, a.flags.aligned) if type(a) is np.ndarray else type(a)
+                     for a in args])
+    if key in _READY:
+        return True
     sig = tuple(numba.typeof(a) for a in args)
     if sig in kernel.overloads:
+        _READY.add(key)
         return True
     if any(key[0] == sig for key in _cache_index(kernel) or ()) or not COMPILE_BEHIND:
         notice_compile(kernel, what, seconds)
         kernel.compile(sig)
+        _READY.add(key)
         return True
     with _BEHIND_LOCK:
         if (kernel, sig) not in _BEHIND:
