@@ -344,9 +344,12 @@ class _Recording:
         return c.slot if c is not None and c.tape() is self.tape else -1
 
     def _sweep(self) -> tuple:
-        """(value, gradients) from the values now in the arena."""
+        """(value, gradients) from the values now in the arena.  A recording not kept for
+        replay is swept as ``Tensor.backward`` sweeps (only its leaves' adjoints are read):
+        adjoints kept while live, elementwise chains of a large tape fused."""
         touched = self.swept = np.zeros(self.tape.top, np.uint8)
         if self.root >= 0 and self.tape.sweep(self.root, np.ones(1), True, touched,
+                                              plan=self.tape._guards is None,
                                               fused=self.plan) is None:
             raise AssertionError("a kept recording was released")  # pragma: no cover
         return self._collect(touched)
@@ -381,10 +384,12 @@ class _Recording:
         tape = self.tape
         value = tape.value_view(self.root, self.shape).copy()
         grads = []
+        planned = tape._aoff is not None or tape._handed  # (a sweep planned: see _sweep)
         for x, (s, kind, lo, hi) in zip(self.diff, self.grad_ranges):
             if s >= 0 and touched[s]:
-                adj = tape.adj if kind == K.KIND_F64 else tape.adj32
-                grads.append(adj[lo:hi].reshape(x.shape).copy())
+                adj = (tape.adjoint_view(s) if planned else
+                       (tape.adj if kind == K.KIND_F64 else tape.adj32)[lo:hi])
+                grads.append(adj.reshape(x.shape).copy())
             else:
                 grads.append(np.zeros(x.shape, x.dtype))
         return value, grads

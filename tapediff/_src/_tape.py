@@ -128,6 +128,8 @@ def notice_compile(kernel: Any, what: str, seconds: int) -> None:
               "runs read Numba's cache)", file=sys.stderr, flush=True)
 
 
+_PLANS_KEPT = 8  # plans each thread keeps for tapes recorded alike (``_State.plans``)
+_UNPLANNED = object()
 _READY: set = set()  # (kernel, argument keys) that ``kernel_ready`` found compiled
 _BEHIND: dict = {}  # (kernel, signature) -> the thread compiling it (None: not started)
 _QUEUED: list = []  # keys of _BEHIND whose thread ``compile_behind`` starts
@@ -843,6 +845,12 @@ class Tape:
                 a[:r].tobytes() for a in (self.op, self.in_a, self.in_b, self.off, self.n,
                                           self.param, self.meta_at, self.flag, self.arena_of)]
                 + [self.meta[:self.mtop].tobytes()])
+            if self._groups is None or self._groups[0] != key:
+                # another tape of this thread may have recorded the same records (the
+                # private tapes of td.grad and value_and_grad: a fresh one every call)
+                known = thread_state.plans.get(key, _UNPLANNED)
+                if known is not _UNPLANNED:
+                    self._groups = key, known
             if self._groups is not None and self._groups[0] == key:
                 groups = self._groups[1]
                 if groups is not None and self._with_registers(groups) is not None:
@@ -869,6 +877,10 @@ class Tape:
                 if not planned or all(need[k] <= FUSE_ROOM * peak[k] for k in range(2)):
                     chosen = groups._replace(reach=reach.view(bool))
             self._groups = key, chosen
+            plans = thread_state.plans
+            if len(plans) >= _PLANS_KEPT:
+                del plans[next(iter(plans))]  # the oldest
+            plans[key] = chosen
             if chosen is not None and self._with_registers(chosen) is not None:
                 return self.off, chosen
         if not planned:
@@ -1309,6 +1321,9 @@ class _State(threading.local):
         # (tape, ids of its input leaves, its recorded inputs); what depends on them must
         # not leave the tape (a conversion to values would drop that dependence)
         self.differentiating: list[tuple] = []
+        # the fused groups planned for the last few tapes' records (``Tape._plan``), keyed
+        # by those records' bytes; per thread, as a plan's scratch is written by its sweeps
+        self.plans: dict = {}
 
     @property
     def grad_enabled(self) -> bool:
