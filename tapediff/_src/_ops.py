@@ -1178,7 +1178,7 @@ def _elementwise(p: P.Primitive) -> Any:
         spec = P.UNARY[p.name]
 
         def fn(x: Any) -> Tensor:
-            return unary(spec, as_tensor(x))
+            return unary(spec, x if type(x) is Tensor else as_tensor(x))
     else:
         def fn(a: Any, b: Any) -> Tensor:  # type: ignore[misc]
             return _binary_primitive(p.op, p.array, a, b)

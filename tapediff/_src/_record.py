@@ -526,37 +526,89 @@ DIV = _binary_spec(K.OP_DIV, K.OP_DIV_C, 1.0, K.OP_RDIV_C)
 POW = _binary_spec(K.OP_POW, K.OP_POW_C, 1.0, K.OP_RPOW_C)
 
 
-def binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
-    """``x (op) other``, or ``other (op) x`` when reflected."""
-    op, uf, sf, op_c, op_rc = spec
-    xv = x._v
-    to = type(other)
-    if to is float or to is int or to is bool:
-        # tensor (op) Python number: the number goes into the record's parameter
-        if type(xv) is float:
+def binary_method(spec: tuple, reflected: bool) -> Any:
+    """``Tensor.__add__`` and the other arithmetic operators: ``x (op) other``, or
+    ``other (op) x`` when ``reflected``, for the operator ``spec`` (``ADD`` ...).  Its
+    constants are bound in the method, so scalar code's hottest path pays one Python call."""
+    op, uf, sf, (op_c, sign), op_rc = spec
+
+    def method(x: "Tensor", other: Any) -> "Tensor":
+        xv = x._v
+        to = type(other)
+        if to is float or to is int or to is bool:
+            # tensor (op) Python number: the number goes into the record's parameter
+            if type(xv) is float:
+                try:
+                    v = sf(other, xv) if reflected else sf(xv, other)
+                except _ARITH_ERRORS:
+                    v = float(numpy_call(uf, other, np.float64(xv)) if reflected else
+                              numpy_call(uf, np.float64(xv), other))
+                tape = thread_state.rec  # one thread-local read: the recording tape, or None
+                if tape is None or not x._rg:
+                    return wrap(v)
+                if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
+                    tape._reclaim(2, 2)
+                a = x._slot if x._tape is tape else _leaf_slot(x, tape)
+                # the hottest path of scalar code: _record_scalar written out, plus the parameter
+                i = tape.top
+                tape.top = i + 1
+                o = tape.vtop
+                tape.vtop = o + 1
+                if reflected:
+                    tape._wop[i] = op_rc
+                    tape._wparam[i] = other
+                else:
+                    tape._wop[i] = op_c
+                    tape._wparam[i] = sign * other
+                tape._win_a[i] = a
+                tape._woff[i] = o
+                tape._wval[o] = v
+                t = _new(Tensor)
+                t._v = v
+                t._tape = tape
+                t._slot = i
+                t._rg = True
+                tape._live.append(_weakref(t))
+                return t
+            if not x._rg or not thread_state.grad_enabled:
+                return constant(numpy_call(uf, other, xv) if reflected else
+                                numpy_call(uf, xv, other))
+            o, p = (op_rc, float(other)) if reflected else (op_c, sign * float(other))
+            # (a Python number is weak under NEP 50: a float array keeps its dtype)
+            return emit(o, (x,), xv.shape, xv.dtype if xv.dtype.kind == "f" else
+                        np.result_type(xv, other),
+                         (lambda out: uf(other, xv, out=out)) if reflected else
+                         (lambda out: uf(xv, other, out=out)), p=p)
+        if to is not Tensor:
+            if isinstance(other, (str, bytes)) or other is None:
+                return NotImplemented
+            # ndarrays, lists and NumPy scalars (typed operands under NEP 50) are constants
+            other = as_constant(other)
+        ov = other._v
+        l, r = (ov, xv) if reflected else (xv, ov)
+        tape = thread_state.rec
+        rec = tape is not None and (x._rg or other._rg)
+        if type(l) is float and type(r) is float:
             try:
-                v = sf(other, xv) if reflected else sf(xv, other)
+                v = sf(l, r)
             except _ARITH_ERRORS:
-                v = float(numpy_call(uf, other, np.float64(xv)) if reflected else
-                          numpy_call(uf, np.float64(xv), other))
-            tape = thread_state.rec  # one thread-local read: the recording tape, or None
-            if tape is None or not x._rg:
+                v = float(numpy_call(uf, np.float64(l), r))
+            if not rec:
                 return wrap(v)
-            if tape.top + 2 > tape.rcap or tape.vtop + 2 > tape.vcap:
-                tape._reclaim(2, 2)
+            if tape.top + 3 > tape.rcap or tape.vtop + 3 > tape.vcap:
+                tape._reclaim(3, 3)
             a = x._slot if x._tape is tape else _leaf_slot(x, tape)
-            # the hottest path of scalar code: _record_scalar written out, plus the parameter
+            b = other._slot if other._tape is tape else _leaf_slot(other, tape)
+            if reflected:
+                a, b = b, a
+            # _record_scalar written out (the hot path of scalar code)
             i = tape.top
             tape.top = i + 1
             o = tape.vtop
             tape.vtop = o + 1
-            if reflected:
-                tape._wop[i] = op_rc
-                tape._wparam[i] = other
-            else:
-                tape._wop[i] = op_c[0]
-                tape._wparam[i] = op_c[1] * other
+            tape._wop[i] = op
             tape._win_a[i] = a
+            tape._win_b[i] = b
             tape._woff[i] = o
             tape._wval[o] = v
             t = _new(Tensor)
@@ -566,62 +618,17 @@ def binary(spec: tuple, x: "Tensor", other: Any, reflected: bool) -> "Tensor":
             t._rg = True
             tape._live.append(_weakref(t))
             return t
-        if not x._rg or not thread_state.grad_enabled:
-            return constant(numpy_call(uf, other, xv) if reflected else numpy_call(uf, xv, other))
-        o, p = (op_rc, float(other)) if reflected else (op_c[0], op_c[1] * float(other))
-        # (a Python number is weak under NEP 50: a float array keeps its dtype)
-        return emit(o, (x,), xv.shape, xv.dtype if xv.dtype.kind == "f" else
-                    np.result_type(xv, other),
-                     (lambda out: uf(other, xv, out=out)) if reflected else
-                     (lambda out: uf(xv, other, out=out)), p=p)
-    if to is not Tensor:
-        if isinstance(other, (str, bytes)) or other is None:
-            return NotImplemented
-        # ndarrays, lists and NumPy scalars (typed operands under NEP 50) are constants
-        other = as_constant(other)
-    ov = other._v
-    l, r = (ov, xv) if reflected else (xv, ov)
-    tape = thread_state.rec
-    rec = tape is not None and (x._rg or other._rg)
-    if type(l) is float and type(r) is float:
-        try:
-            v = sf(l, r)
-        except _ARITH_ERRORS:
-            v = float(numpy_call(uf, np.float64(l), r))
+        shape = _result_shape(shape_of(l), shape_of(r))
+        # a float64 tensor held as a Python float must not act as a weak scalar (NEP 50)
+        l, r = strong(l), strong(r)
         if not rec:
-            return wrap(v)
-        if tape.top + 3 > tape.rcap or tape.vtop + 3 > tape.vcap:
-            tape._reclaim(3, 3)
-        a = x._slot if x._tape is tape else _leaf_slot(x, tape)
-        b = other._slot if other._tape is tape else _leaf_slot(other, tape)
-        if reflected:
-            a, b = b, a
-        # _record_scalar written out (the hot path of scalar code)
-        i = tape.top
-        tape.top = i + 1
-        o = tape.vtop
-        tape.vtop = o + 1
-        tape._wop[i] = op
-        tape._win_a[i] = a
-        tape._win_b[i] = b
-        tape._woff[i] = o
-        tape._wval[o] = v
-        t = _new(Tensor)
-        t._v = v
-        t._tape = tape
-        t._slot = i
-        t._rg = True
-        tape._live.append(_weakref(t))
-        return t
-    shape = _result_shape(shape_of(l), shape_of(r))
-    # a float64 tensor held as a Python float must not act as a weak scalar (NEP 50)
-    l, r = strong(l), strong(r)
-    if not rec:
-        return constant(numpy_call(uf, l, r))
-    dl, dr = dtype_of(l), dtype_of(r)
-    return emit(op, (other, x) if reflected else (x, other), shape,
-                 dl if dl == dr else np.result_type(dl, dr), lambda out: uf(l, r, out=out),
-                 bcast=True)
+            return constant(numpy_call(uf, l, r))
+        dl, dr = dtype_of(l), dtype_of(r)
+        return emit(op, (other, x) if reflected else (x, other), shape,
+                     dl if dl == dr else np.result_type(dl, dr), lambda out: uf(l, r, out=out),
+                     bcast=True)
+
+    return method
 
 
 def unary(spec: tuple, x: "Tensor") -> "Tensor":

@@ -446,36 +446,7 @@ class Tensor:
         return repr(self) if not spec else format(repr(self), spec)
 
     # -- arithmetic --------------------------------------------------------------------------
-    def __add__(self, other: Any) -> "Tensor":
-        return binary(ADD, self, other, False)
-
-    def __radd__(self, other: Any) -> "Tensor":
-        return binary(ADD, self, other, True)
-
-    def __sub__(self, other: Any) -> "Tensor":
-        return binary(SUB, self, other, False)
-
-    def __rsub__(self, other: Any) -> "Tensor":
-        return binary(SUB, self, other, True)
-
-    def __mul__(self, other: Any) -> "Tensor":
-        return binary(MUL, self, other, False)
-
-    def __rmul__(self, other: Any) -> "Tensor":
-        return binary(MUL, self, other, True)
-
-    def __truediv__(self, other: Any) -> "Tensor":
-        return binary(DIV, self, other, False)
-
-    def __rtruediv__(self, other: Any) -> "Tensor":
-        return binary(DIV, self, other, True)
-
-    def __pow__(self, other: Any) -> "Tensor":
-        return binary(POW, self, other, False)
-
-    def __rpow__(self, other: Any) -> "Tensor":
-        return binary(POW, self, other, True)
-
+    # (+, -, *, / and ** and their reflections are made by ``_record.binary_method``, below)
     def __mod__(self, other: Any) -> "Tensor":
         return _ops.remainder(self, other)
 
@@ -485,7 +456,7 @@ class Tensor:
     def __neg__(self) -> "Tensor":
         if dtype_of(self._v).kind != "f":  # ints stay ints (never recorded)
             return constant(np.negative(self._v))
-        return binary(MUL, self, -1, False)
+        return self * -1
 
     def __pos__(self) -> "Tensor":
         return self
@@ -965,8 +936,8 @@ def _pack(out: list, single: bool) -> Any:
 # exists (``tapediff/__init__`` imports this module first).  The elementwise primitives'
 # methods (x.exp() ...) come from their rows of the primitive table, through _ops.
 from ._record import (  # noqa: E402
-    ADD, DIV, MUL, POW, SUB, binary, check_dtype, constant, dtype_of, numpy_call, size_of,
-    tensor_value, unary, wrap,
+    ADD, DIV, MUL, POW, SUB, binary_method, check_dtype, constant, dtype_of, numpy_call,
+    size_of, tensor_value, unary, wrap,
 )
 from . import _ops  # noqa: E402  (before _guards, which reads _ops at call time)
 from ._guards import RAW_VALUE, compare_for_replay, observe  # noqa: E402
@@ -974,3 +945,9 @@ from . import _numpy  # noqa: E402
 
 for _name, _fn in _ops.ELEMENTWISE.items():
     setattr(Tensor, _name, _fn)
+for _name, _spec in (("add", ADD), ("sub", SUB), ("mul", MUL), ("truediv", DIV), ("pow", POW)):
+    for _reflected in (False, True):
+        _method = binary_method(_spec, _reflected)
+        _method.__name__ = f"__{'r' * _reflected}{_name}__"
+        _method.__qualname__ = f"Tensor.{_method.__name__}"
+        setattr(Tensor, _method.__name__, _method)
