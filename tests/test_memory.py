@@ -542,6 +542,34 @@ def test_old_graph_keeps_its_leaf_after_update_and_reclamation(w0):
     np.testing.assert_array_equal(w.grad.numpy(), 2 * w0 + 2 * (w0 - 1.0))
 
 
+def test_a_leaf_read_by_many_operations_is_recorded_once_per_value(w0):
+    """Operations read a leaf through its cached record: one LEAF record however many
+    operations read it, another once an in-place update changed its value; a float32 leaf
+    read by a float64 operation goes through a cast.  The gradients are the closed forms."""
+    from tapediff._src import _kernels as K
+
+    with td.tape() as tape:
+        w = td.tensor(w0, requires_grad=True)
+        loss = (w * 2.0 + w * w + (w - 1.0) * w).sum()
+        assert int((tape.op[:tape.top] == K.OP_LEAF).sum()) == 1
+        with td.no_grad():
+            w += 1.0
+        loss2 = (w * w + w).sum()
+        assert int((tape.op[:tape.top] == K.OP_LEAF).sum()) == 2
+        loss.backward()
+        np.testing.assert_allclose(w.grad.numpy(), 2.0 + 4 * w0 - 1.0, rtol=1e-14, atol=1e-14)
+        w.grad = None
+        loss2.backward()
+        np.testing.assert_allclose(w.grad.numpy(), 2 * (w0 + 1.0) + 1.0, rtol=1e-14, atol=1e-14)
+
+        v = td.tensor(w0.astype(np.float32), requires_grad=True)
+        mixed = (v * td.tensor(w0) + v * 3.0).sum()  # (v * 3.0 stays float32: cast too)
+        assert mixed.dtype == np.float64 and int((tape.op[:tape.top] == K.OP_CAST).sum()) == 2
+        mixed.backward()
+        assert v.grad.dtype == np.float32
+        np.testing.assert_allclose(v.grad.numpy(), w0 + 3.0, rtol=1e-6)
+
+
 def test_graph_keeps_its_leaf_after_the_leaf_was_used_on_another_tape(w0):
     # Using a leaf on an inner tape must not cut it off from a graph on the default tape,
     # however often the default tape reclaims afterwards.

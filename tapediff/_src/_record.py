@@ -222,6 +222,17 @@ def slot_on(t: "Tensor", tape: Tape, kind: int = K.KIND_F64) -> int:
     return s
 
 
+def _cached_slot(t: "Tensor", tape: Tape) -> int:
+    """The slot of tape-less ``t`` (a leaf or constant) when its value is already recorded
+    on ``tape`` and still current (its cache), else -1."""
+    if t._tape is not None:  # (recorded tensors do not set _leaf_record)
+        return -1
+    c = t._leaf_record
+    if c is not None and c.tape() is tape and c.version == t._ver and c.requires_grad == t._rg:
+        return c.slot
+    return -1
+
+
 def _leaf_slot(t: "Tensor", tape: Tape) -> int:
     """``slot_on`` for a tensor not recorded on ``tape``, with the cache hit in line."""
     if t._tape is None:  # a leaf or constant (a tensor of another tape has no cache)
@@ -268,12 +279,15 @@ def emit(op: int, xs: Sequence["Tensor"], shape: tuple, dtype: np.dtype, fill: A
     kind = K.KIND_F64 if dtype == F64 else arena_kind(dtype)
     out_n = math.prod(shape)
     nx = len(xs)
-    # The common case, every input already recorded on this tape in the output's arena (so
-    # no LEAF, CONST or cast record is needed): room for the output and any broadcasts.
+    # The common case, every input already recorded on this tape in the output's arena (a
+    # leaf or constant through its cache; so no LEAF, CONST or cast record is needed): room
+    # for the output and any broadcasts.
     same = True
     for t in xs:
         v = t._v
-        if t._tape is not tape or (kind if type(v) is float else arena_kind(v.dtype)) != kind:
+        # (a cached value is a float one: an int or bool constant is never cached)
+        if (t._tape is not tape and _cached_slot(t, tape) < 0) or (
+                kind if type(v) is float else arena_kind(v.dtype)) != kind:
             same = False
             break
     nb = (5 + 2 * max(len(shape), 1)) * nx if bcast else 0  # broadcast layout blocks
@@ -283,8 +297,10 @@ def emit(op: int, xs: Sequence["Tensor"], shape: tuple, dtype: np.dtype, fill: A
             tape.reserve(3 * nx + 1, grow, nmeta + 1 + nb, 0)
         else:
             tape.reserve(3 * nx + 1, 0, nmeta + 1 + nb, grow)
-        slots = [t._slot for t in xs]
-    else:
+        # (after the reserve: a reclaim there renumbers slots, and may drop a cache)
+        slots = [t._slot if t._tape is tape else _cached_slot(t, tape) for t in xs]
+        same = -1 not in slots
+    if not same:
         need = [0, 0]
         need[kind] += out_n
         for t in xs:
