@@ -483,6 +483,38 @@ def test_hessian_of_a_random_program_against_differences_of_grad(x):
           atol=1e-12)
 
 
+SLICED = {
+    # overlapping runs of a vector (two layers of zero-padded concatenations)
+    "overlapping": lambda x: (x[1:] * x[:-1] ** 2).sum() + (x[2:5] ** 3).sum(),
+    # disjoint runs, as the layers of a flat parameter vector (one concatenation)
+    "disjoint": lambda x: (x[:4] ** 2 * x[4:8]).sum() + (x[8:] ** 3).sum() * x[0],
+    # a strided slice beside a run: one scatter of positions
+    "strided": lambda x: (x[::2] ** 2 * x[1::2]).sum() + (x[1:] ** 3).sum(),
+    # sums: along the last axis (runs repeated r times), the first (positions), all
+    "sums": lambda x: ((x.reshape(3, 4).sum(axis=1) ** 2).sum()
+                       + (x.reshape(3, 4).sum(axis=0) ** 3).sum() + x.sum() ** 2),
+    "rows": lambda x: (x.reshape(3, 4)[1:] ** 2 * x.reshape(3, 4)[:-1]).sum(),
+}
+
+
+@pytest.mark.parametrize("name", SLICED)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_hessians_through_slices_and_sums_against_differences_of_grad(name, dtype):
+    """The recorded backward of basic slices and sums (zero-padded concatenations, broadcast
+    gradients, scatters of positions): Hessians and Hessian-vector products against
+    central differences of the first-order gradient."""
+    f = SLICED[name]
+    x = rng(7).uniform(-1.5, 1.5, 12)
+    h = td.hessian(f)(x.astype(dtype))
+    assert h.dtype == dtype
+    tol = 1e-5 if dtype == np.float64 else 2e-3
+    expected = fd_hessian(f, [x])
+    close(h, expected, rtol=tol, atol=tol)
+    v = rng(8).normal(size=12)
+    _, hv = td.hvp(f, x, v)
+    close(hv, expected @ v, rtol=1e-5, atol=1e-5)
+
+
 @settings(max_examples=20, deadline=None)
 @given(prog=programs(max_ops=5, max_inputs=2, max_dims=2, max_side=3), data=st.data())
 def test_random_programs_hessian_blocks_against_differences_of_grad(prog, data):

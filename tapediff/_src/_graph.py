@@ -272,12 +272,53 @@ class _Sparse:
         return self
 
     def record(self, T: Any) -> Tensor:
-        """The contribution as a recorded scatter (one for all the merged parts)."""
-        if len(self.values) == 1:
-            return _scatter(self.values[0], self.pos[0], self.n)
+        """The contribution as recorded operations: parts that each fill a contiguous range
+        (the adjoints of basic slices of a vector) as zero-padded concatenations, one per
+        set of disjoint ranges, added up; otherwise one scatter for all the merged parts,
+        its positions in the side table."""
         dt = np.result_type(*(v.dtype for v in self.values))
-        values = T.concatenate([v if v.dtype == dt else v.astype(dt) for v in self.values])
-        return _scatter(values, np.concatenate(self.pos), self.n)
+        values = [v if v.dtype == dt else v.astype(dt) for v in self.values]
+        starts = [_run_start(p) for p in self.pos]
+        if -1 not in starts:
+            return _embedded(T, values, starts, self.n, dt)
+        if len(values) == 1:
+            return _scatter(values[0], self.pos[0], self.n)
+        return _scatter(T.concatenate(values), np.concatenate(self.pos), self.n)
+
+
+def _run_start(pos: np.ndarray) -> int:
+    """The first position when ``pos`` is a run of consecutive positions, else -1."""
+    if pos.size == 0 or pos[-1] - pos[0] != pos.size - 1:
+        return -1
+    return int(pos[0]) if bool((np.diff(pos) == 1).all()) else -1
+
+
+def _embedded(T: Any, values: list, starts: list, n: int, dt: Any) -> Tensor:
+    """sum_j (zeros(n) with values[j] at starts[j]:), recorded as concatenations with zero
+    gaps: each one holds parts whose ranges do not overlap (taken in order of start)."""
+    layers: list = []  # [end of the last range, [(start, value), ...]]
+    for start, v in sorted(zip(starts, values), key=lambda sv: sv[0]):
+        for layer in layers:
+            if layer[0] <= start:
+                break
+        else:
+            layer = [0, []]
+            layers.append(layer)
+        layer[0] = start + v.size
+        layer[1].append((start, v))
+    total = None
+    for end, parts in layers:
+        pieces, at = [], 0
+        for start, v in parts:
+            if start > at:
+                pieces.append(np.zeros(start - at, dt))
+            pieces.append(v.reshape(-1))
+            at = start + v.size
+        if at < n:
+            pieces.append(np.zeros(n - at, dt))
+        dense = T.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        total = dense if total is None else total + dense
+    return total
 
 
 def _spread(g: Tensor, pos: np.ndarray, r: int, n_in: int) -> Any:
@@ -310,9 +351,37 @@ def _broadcast_adjoints(T: Any, rule: Any, rec: _Slot, g: Tensor, y: Tensor, xs:
             for s, c, p, x in zip(rec.ins, out[:2], pos, xs)]
 
 
-def _restride_adjoint(g: Tensor, meta: np.ndarray, n_in: int) -> Tensor:
-    pos, r = _positions(meta)
-    return _spread(g, pos, r, n_in)
+def _restride_adjoint(g: Tensor, meta: np.ndarray, n_in: int) -> Any:
+    start, size = _run(meta)
+    if size < 0:
+        pos, r = _positions(meta)
+        return _spread(g, pos, r, n_in)
+    # one run of consecutive input positions, in order (a basic slice of a vector, a whole
+    # array summed): in[start + k] gets g[k // r], without a list of positions to record
+    r = int(meta[2])
+    c = g.reshape(-1)
+    if r > 1:
+        from ._ops import broadcast_to
+        c = broadcast_to(c.reshape(-1, 1), (size // r, r)).reshape(-1)
+    if start == 0 and size == n_in:
+        return c
+    return _Sparse(c, np.arange(start, start + size, dtype=np.int64), n_in)
+
+
+def _run(meta: np.ndarray) -> tuple:
+    """(first position, size) when the restride payload ``meta`` reads one run of
+    consecutive input positions in iteration order; (0, -1) otherwise."""
+    nd = int(meta[0])
+    shape, strides = meta[3:3 + nd], meta[3 + nd:3 + 2 * nd]
+    step = 1
+    for d in range(nd - 1, -1, -1):
+        if shape[d] > 1:
+            if strides[d] != step:
+                return 0, -1
+            step *= int(shape[d])
+        elif shape[d] == 0:
+            return 0, -1
+    return int(meta[1]), step
 
 
 def _concat_adjoints(g: Tensor, rec: _Slot, xs: list, needs: list) -> list:
