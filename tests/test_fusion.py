@@ -576,6 +576,35 @@ def test_a_kernel_not_compiled_yet_compiles_behind_once(monkeypatch):
     assert kernel.threads == [threading.current_thread().name]
 
 
+def test_a_process_exiting_during_a_background_compile_finishes_it(tmp_path):
+    """A process that ends while a kernel compiles in the background waits for it at exit
+    (saying so), so that Numba caches it for the next process."""
+    import subprocess
+    import sys
+
+    done = tmp_path / "compiled"
+    script = f"""
+import pathlib, time
+import numpy as np
+from tapediff._src import _tape
+
+class Kernel:
+    overloads = {{}}
+    def compile(self, sig):
+        time.sleep(1.0)
+        self.overloads[sig] = object()
+        pathlib.Path({str(done)!r}).write_text("yes")
+
+assert not _tape.kernel_ready(Kernel(), (np.zeros(3),), "a kernel")
+_tape.compile_behind()
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert done.read_text() == "yes"
+    assert "finishing a compile started in the background before exiting" in run.stderr
+
+
 def test_a_ready_kernel_is_remembered_by_its_argument_kinds(monkeypatch):
     """Once ``kernel_ready`` found a kernel compiled for some arguments, arguments of the same
     kinds (dtype, dimensions, layout, writeability) answer without Numba's typeof (which

@@ -36,6 +36,7 @@ recording now, which the hot path reads in one thread-local lookup);
 """
 from __future__ import annotations
 
+import atexit
 import mmap
 import sys
 import threading
@@ -134,6 +135,7 @@ _READY: set = set()  # (kernel, argument keys) that ``kernel_ready`` found compi
 _BEHIND: dict = {}  # (kernel, signature) -> the thread compiling it (None: not started)
 _QUEUED: list = []  # keys of _BEHIND whose thread ``compile_behind`` starts
 _BEHIND_LOCK = threading.Lock()
+_BEHIND_AT_EXIT: list = []  # the exit hook ``compile_behind`` registered (once)
 # Whether ``kernel_ready`` compiles in a background thread (else here, before it returns).
 COMPILE_BEHIND = True
 
@@ -180,6 +182,8 @@ def compile_behind() -> None:
     if not _QUEUED:
         return
     with _BEHIND_LOCK:
+        if not _BEHIND_AT_EXIT:
+            _BEHIND_AT_EXIT.append(atexit.register(_finish_behind))
         for kernel, sig, what, seconds in _QUEUED:
             notice_compile(kernel, what + " in the background", seconds)
             thread = threading.Thread(target=kernel.compile, args=(sig,), daemon=True,
@@ -187,6 +191,18 @@ def compile_behind() -> None:
             _BEHIND[kernel, sig] = thread
             thread.start()
         _QUEUED.clear()
+
+
+def _finish_behind() -> None:
+    """At exit, let the compiles still running in the background finish: Numba caches them
+    then, and the next process finds them.  A process shorter than a compile (~8 s) would
+    otherwise start it again every time, on a second core, and never use it."""
+    running = [t for t in list(_BEHIND.values()) if t is not None and t.is_alive()]
+    if running:
+        print("tapediff: finishing a compile started in the background before exiting, once "
+              "(later runs read Numba's cache)", file=sys.stderr, flush=True)
+        for thread in running:
+            thread.join()
 
 
 class LeafRecord(NamedTuple):
