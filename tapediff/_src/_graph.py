@@ -263,7 +263,7 @@ class _Sparse:
 
     __slots__ = ("values", "pos", "n")
 
-    def __init__(self, values: Tensor, pos: np.ndarray, n: int) -> None:
+    def __init__(self, values: Tensor, pos: "np.ndarray | range", n: int) -> None:
         self.values, self.pos, self.n = [values], [pos], n
 
     def add(self, other: "_Sparse") -> "_Sparse":
@@ -281,13 +281,18 @@ class _Sparse:
         starts = [_run_start(p) for p in self.pos]
         if -1 not in starts:
             return _embedded(T, values, starts, self.n, dt)
+        pos = [np.arange(p.start, p.stop, dtype=np.int64) if isinstance(p, range) else p
+               for p in self.pos]
         if len(values) == 1:
-            return _scatter(values[0], self.pos[0], self.n)
-        return _scatter(T.concatenate(values), np.concatenate(self.pos), self.n)
+            return _scatter(values[0], pos[0], self.n)
+        return _scatter(T.concatenate(values), np.concatenate(pos), self.n)
 
 
-def _run_start(pos: np.ndarray) -> int:
-    """The first position when ``pos`` is a run of consecutive positions, else -1."""
+def _run_start(pos: Any) -> int:
+    """The first position when ``pos`` (an array, or a range) is a run of consecutive
+    positions, else -1."""
+    if isinstance(pos, range):
+        return pos.start if len(pos) and pos.step == 1 else -1
     if pos.size == 0 or pos[-1] - pos[0] != pos.size - 1:
         return -1
     return int(pos[0]) if bool((np.diff(pos) == 1).all()) else -1
@@ -365,7 +370,7 @@ def _restride_adjoint(g: Tensor, meta: np.ndarray, n_in: int) -> Any:
         c = broadcast_to(c.reshape(-1, 1), (size // r, r)).reshape(-1)
     if start == 0 and size == n_in:
         return c
-    return _Sparse(c, np.arange(start, start + size, dtype=np.int64), n_in)
+    return _Sparse(c, range(start, start + size), n_in)
 
 
 def _run(meta: np.ndarray) -> tuple:
