@@ -163,7 +163,7 @@ def kernel_ready(kernel: Any, args: tuple, what: str, seconds: int = 8) -> bool:
     if sig in kernel.overloads:
         _READY.add(key)
         return True
-    if any(key[0] == sig for key in _cache_index(kernel) or ()) or not COMPILE_BEHIND:
+    if any(entry[0] == sig for entry in _cache_index(kernel) or ()) or not COMPILE_BEHIND:
         notice_compile(kernel, what, seconds)
         kernel.compile(sig)
         _READY.add(key)
@@ -857,7 +857,10 @@ class Tape:
         key = None
         if fusing:  # a loop's steps record the same records at the same offsets
             r = root + 1
-            key = b"".join([np.array([root, self.vtop, self.vtop32]).tobytes()] + [
+            # (the fusion settings and the memory rule's inputs too: tests change them)
+            key = b"".join([np.array([root, self.vtop, self.vtop32, planned, _fusion.BLOCK,
+                                      _fusion.FUSE_MIN, _fusion.FUSE_WORK]).tobytes(),
+                            np.float64(FUSE_ROOM).tobytes()] + [
                 a[:r].tobytes() for a in (self.op, self.in_a, self.in_b, self.off, self.n,
                                           self.param, self.meta_at, self.flag, self.arena_of)]
                 + [self.meta[:self.mtop].tobytes()])
