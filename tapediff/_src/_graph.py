@@ -312,7 +312,7 @@ def _embedded(T: Any, values: list, starts: list, n: int, dt: Any) -> Tensor:
         layer[0] = start + v.size
         layer[1].append((start, v))
     total = None
-    for end, parts in layers:
+    for _, parts in layers:
         pieces, at = [], 0
         for start, v in parts:
             if start > at:

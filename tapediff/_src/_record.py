@@ -203,9 +203,9 @@ def slot_on(t: "Tensor", tape: Tape, kind: int = K.KIND_F64) -> int:
                 "compute it inside the same `with td.tape():` block, or use .detach() to take "
                 "its value as a constant")
         return t._slot
-    c = t._leaf_record
-    if c is not None and c.tape() is tape and c.version == t._ver and c.requires_grad == t._rg:
-        return c.slot
+    s = _cached_slot(t, tape)
+    if s >= 0:
+        return s
     v = t._v
     op = K.OP_LEAF if t._rg else K.OP_CONST
     if type(v) is float:
@@ -234,7 +234,8 @@ def _cached_slot(t: "Tensor", tape: Tape) -> int:
 
 
 def _leaf_slot(t: "Tensor", tape: Tape) -> int:
-    """``slot_on`` for a tensor not recorded on ``tape``, with the cache hit in line."""
+    """``slot_on`` for a tensor not recorded on ``tape``, with ``_cached_slot`` written out
+    (scalar code's hot path: one call fewer per leaf it reads)."""
     if t._tape is None:  # a leaf or constant (a tensor of another tape has no cache)
         c = t._leaf_record
         if c is not None and c.tape() is tape and c.version == t._ver and c.requires_grad == t._rg:

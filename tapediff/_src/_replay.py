@@ -300,9 +300,9 @@ class _Recording:
             K.mark_constant(tape.top, tape.op, tape.in_a, tape.in_b, tape.meta_at, tape.flag,
                             tape.meta)
             self._calibrate()
-        # where each input goes and each gradient comes from: (slot, flat range of its arena)
+        # where each input goes (slot, flat range of its arena) and each gradient comes from
         self.in_ranges = [self._range(self.slot(x)) for x in self.inputs]
-        self.grad_ranges = [self._range(self.slot(x)) for x in self.diff]
+        self.grad_slots = [self.slot(x) for x in self.diff]
         self.root = -1 if self.out is None else self.out._slot
         self.plan = None  # fused groups: planned from what the first sweep reaches
         self.first = self._sweep()
@@ -358,7 +358,7 @@ class _Recording:
         """Refuse, as torch.autograd.grad does, an output that the first sweep found not to
         depend on some differentiated argument (a zero gradient there is usually a graph
         broken on the way)."""
-        unused = [i for i, (s, *_) in zip(order, self.grad_ranges)
+        unused = [i for i, s in zip(order, self.grad_slots)
                   if self.root < 0 or s < 0 or not self.swept[s]]
         if not unused:
             return
@@ -384,12 +384,9 @@ class _Recording:
         tape = self.tape
         value = tape.value_view(self.root, self.shape).copy()
         grads = []
-        planned = tape._aoff is not None or tape._handed  # (a sweep planned: see _sweep)
-        for x, (s, kind, lo, hi) in zip(self.diff, self.grad_ranges):
-            if s >= 0 and touched[s]:
-                adj = (tape.adjoint_view(s) if planned else
-                       (tape.adj if kind == K.KIND_F64 else tape.adj32)[lo:hi])
-                grads.append(adj.reshape(x.shape).copy())
+        for x, s in zip(self.diff, self.grad_slots):
+            if s >= 0 and touched[s]:  # (planned, handed over or at the value's offsets)
+                grads.append(tape.adjoint_view(s).reshape(x.shape).copy())
             else:
                 grads.append(np.zeros(x.shape, x.dtype))
         return value, grads
